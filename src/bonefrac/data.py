@@ -1,0 +1,212 @@
+"""Dataset layouts, a grouped stratified split saved to disk, and the decode cache.
+
+Three layouts, detected from the path:
+- FracAtlas-style folder: `labels.csv` (filename, fractured, optional body_region, dup_group, boxes) + `images/`
+- class folders: `fractured/` and `not_fractured/` (any depth below each)
+- a CSV file with `path,label` columns (paths relative to the CSV's folder, or absolute)
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BonefracError, DatasetError
+from .io import find_images, read_image
+from .transforms import letterbox
+
+CACHE_VERSION = 1  # bump when letterbox() changes what it produces
+
+
+@dataclass
+class Record:
+    """One labelled image. `boxes` are [x0, y0, x1, y1] in the pixels of the file as stored."""
+
+    path: str
+    label: int
+    region: str = "unknown"
+    group: str = ""
+    boxes: list[list[float]] = field(default_factory=list)
+    hardware: int | None = None
+
+    @property
+    def key(self) -> str:
+        return Path(self.path).name
+
+
+def load_dataset(path: str | Path) -> list[Record]:
+    """Read any supported layout into records, in a stable (sorted) order."""
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"{path}: no such dataset folder or CSV file")
+    if path.is_file():
+        return _from_csv(path)
+    if (path / "labels.csv").is_file():
+        return _from_fracatlas(path)
+    pos, neg = path / "fractured", path / "not_fractured"
+    if pos.is_dir() and neg.is_dir():
+        records = [Record(str(p), 1) for p in find_images([pos])] + [Record(str(p), 0) for p in find_images([neg])]
+        return _checked(sorted(records, key=lambda r: r.path), path)
+    raise DatasetError(
+        f"{path}: not a dataset. Expected labels.csv + images/, fractured/ + not_fractured/ folders, or a CSV file"
+    )
+
+
+def _parse_boxes(text: str) -> list[list[float]]:
+    boxes = []
+    for part in filter(None, (p.strip() for p in (text or "").split(";"))):
+        values = [float(v) for v in part.split()]
+        if len(values) == 4:
+            boxes.append(values)
+    return boxes
+
+
+def _label(value: str, where: str) -> int:
+    v = str(value).strip().lower()
+    if v in ("1", "true", "yes", "fractured", "positive"):
+        return 1
+    if v in ("0", "false", "no", "not_fractured", "negative"):
+        return 0
+    raise DatasetError(f"{where}: label {value!r} is not 0/1")
+
+
+def _from_fracatlas(root: Path) -> list[Record]:
+    records = []
+    with open(root / "labels.csv", newline="") as f:
+        for i, row in enumerate(csv.DictReader(f)):
+            if "filename" not in row or "fractured" not in row:
+                raise DatasetError(f"{root / 'labels.csv'}: needs 'filename' and 'fractured' columns")
+            hw = row.get("hardware")
+            records.append(
+                Record(
+                    path=str(root / "images" / row["filename"]),
+                    label=_label(row["fractured"], f"labels.csv row {i + 2}"),
+                    region=(row.get("body_region") or "unknown").strip() or "unknown",
+                    group=(row.get("dup_group") or "").strip(),
+                    boxes=_parse_boxes(row.get("boxes", "")),
+                    hardware=int(hw) if hw not in (None, "") else None,
+                )
+            )
+    return _checked(records, root)
+
+
+def _from_csv(path: Path) -> list[Record]:
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
+            raise DatasetError(f"{path}: a dataset CSV needs 'path' and 'label' columns")
+        records = [
+            Record(
+                path=str((path.parent / row["path"]) if not os.path.isabs(row["path"]) else Path(row["path"])),
+                label=_label(row["label"], f"{path.name} row {i + 2}"),
+                region=(row.get("body_region") or "unknown").strip() or "unknown",
+                group=(row.get("group") or "").strip(),
+                boxes=_parse_boxes(row.get("boxes", "")),
+            )
+            for i, row in enumerate(reader)
+        ]
+    return _checked(records, path)
+
+
+def _checked(records: list[Record], where: Path) -> list[Record]:
+    if not records:
+        raise DatasetError(f"{where}: the dataset has no images")
+    if len({r.label for r in records}) < 2:
+        warnings.warn(f"{where}: only one class present", stacklevel=3)
+    return records
+
+
+# ---------------------------------------------------------------- split
+def split_dataset(records: list[Record], val_fraction: float = 0.2, seed: int = 0) -> dict[str, str]:
+    """Stratified split that keeps each duplicate group on one side. Returns {record.key: "train"|"val"}."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    n_splits = max(2, round(1 / val_fraction))
+    labels = np.array([r.label for r in records])
+    groups = np.array([r.group or r.key for r in records])
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    _, val_idx = next(splitter.split(np.zeros(len(records)), labels, groups))
+    val = set(val_idx.tolist())
+    return {r.key: ("val" if i in val else "train") for i, r in enumerate(records)}
+
+
+def save_split(split: dict[str, str], path: Path) -> None:
+    path.write_text(json.dumps(dict(sorted(split.items())), indent=0))
+
+
+def load_split(path: Path) -> dict[str, str]:
+    return json.loads(path.read_text())
+
+
+# ---------------------------------------------------------------- decode cache
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("BONEFRAC_CACHE", Path.home() / ".cache" / "bonefrac"))
+
+
+def cache_key(path: str, size: int) -> str:
+    """Changes when the file (path, size in bytes, mtime) or the input size or the preprocessing changes."""
+    st = os.stat(path)
+    ident = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{size}|v{CACHE_VERSION}"
+    return hashlib.sha1(ident.encode()).hexdigest()
+
+
+def _decode_one(args: tuple[str, int, str]) -> str | None:
+    path, size, target = args
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # truncated JPEGs: the reader already handles them
+            boxed, _ = letterbox(read_image(path).pixels, size)
+    except BonefracError as e:
+        return str(e)
+    tmp = f"{target}.{os.getpid()}.tmp.npy"
+    np.save(tmp, np.round(boxed * 255).astype(np.uint8))
+    os.replace(tmp, target)  # atomic: a killed build never leaves a half-written entry
+    return None
+
+
+class DecodeCache:
+    """Each image decoded and letterboxed once to the training size, stored as uint8 .npy on disk."""
+
+    def __init__(self, root: str | Path | None = None, size: int = 256) -> None:
+        self.root = Path(root) if root else default_cache_dir()
+        self.size = size
+        self.dir = self.root / f"s{size}"
+
+    def path_for(self, image_path: str) -> Path:
+        return self.dir / f"{cache_key(image_path, self.size)}.npy"
+
+    def build(self, paths: list[str], workers: int | None = None, progress: bool = True) -> dict[str, str]:
+        """Decode what is missing; returns {path: error} for files that could not be read."""
+        from tqdm import tqdm
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        todo = [(p, self.size, str(self.path_for(p))) for p in paths if not self.path_for(p).exists()]
+        errors: dict[str, str] = {}
+        if not todo:
+            return errors
+        workers = workers or min(os.cpu_count() or 1, 8)
+        bar = tqdm(total=len(todo), desc=f"decode cache ({self.size}px)", disable=not progress, unit="img")
+        if workers <= 1:
+            results = map(_decode_one, todo)
+        else:
+            pool = ProcessPoolExecutor(workers)
+            results = pool.map(_decode_one, todo, chunksize=16)
+        for (p, _, _), err in zip(todo, results, strict=True):
+            if err:
+                errors[p] = err
+            bar.update()
+        bar.close()
+        if workers > 1:
+            pool.shutdown()
+        return errors
+
+    def load(self, image_path: str) -> np.ndarray:
+        return np.load(self.path_for(image_path))

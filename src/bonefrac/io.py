@@ -1,0 +1,235 @@
+"""Read any supported X-ray file into greyscale float32 pixels in [0, 1].
+
+One entry point, `read_image(path)`. The format is sniffed from the bytes, never trusted from the
+extension: DICOM by the `DICM` magic at offset 128, everything else through Pillow. What comes out is
+the image on its own pixel grid (EXIF orientation applied), bright bone on a dark background, plus
+metadata that never contains patient identifiers.
+
+Contrast is not stretched here: the reader maps each format's value range onto [0, 1] faithfully
+(bit depth, DICOM modality and VOI LUTs) and `transforms.preprocess` does the per-image normalisation,
+so a re-encoding of the same radiograph gives the same model input.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from .errors import ImageReadError, ImageTooLargeError
+
+#: Largest image accepted, in pixels (width x height of one frame). Checked from the header, before any
+#: decoding, so a decompression bomb costs nothing. 80 MP is well above any plain radiograph
+#: (a 43x43 cm detector at 100 um is 18 MP) and far below what would exhaust memory.
+MAX_PIXELS = 80_000_000
+
+DICOM_PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm", ".dicom")
+
+# Pillow's truncated-image switch is process-global; flipping it only for the retry keeps strict
+# decoding (and so the warning) for every other file. The lock keeps two retries from racing.
+_TRUNCATED_LOCK = threading.Lock()
+
+
+class ImageReadWarning(UserWarning):
+    """A file was read, but something about it deserves a look (truncated JPEG, extra frames)."""
+
+
+@dataclass
+class XrayImage:
+    """A radiograph as read from disk.
+
+    Attributes:
+        pixels: float32 array (H, W) in [0, 1], higher = brighter (bone), orientation as displayed.
+        meta: format, width, height, bit_depth, and for DICOM photometric/body_part/frames.
+            Never patient identifiers.
+        path: where it came from, if it came from a file.
+    """
+
+    pixels: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+    path: str | None = None
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+
+def is_dicom(head: bytes) -> bool:
+    """True when the first bytes of a file carry the DICOM Part 10 preamble magic."""
+    return len(head) >= 132 and head[128:132] == b"DICM"
+
+
+def read_image(path: str | Path) -> XrayImage:
+    """Read a JPEG, PNG (8/16-bit) or DICOM file as an `XrayImage`.
+
+    Raises:
+        ImageReadError: empty, unreadable, not an image, unsupported, or corrupt beyond recovery.
+        ImageTooLargeError: more than `MAX_PIXELS` pixels (checked before decoding).
+    """
+    path = Path(path)
+    name = path.name
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except IsADirectoryError:
+        raise ImageReadError(f"{name}: is a directory, not an image") from None
+    except FileNotFoundError:
+        raise ImageReadError(f"{name}: no such file") from None
+    except OSError as e:
+        raise ImageReadError(f"{name}: cannot open ({e.strerror or e})") from None
+    if not head:
+        raise ImageReadError(f"{name}: empty file")
+    if is_dicom(head) or (path.suffix.lower() in (".dcm", ".dicom") and not _looks_like_raster(head)):
+        from .dicom import read_dicom  # lazy: pydicom is only imported for DICOM files
+
+        pixels, meta = read_dicom(path)
+    else:
+        pixels, meta = _read_raster(path)
+    if pixels.ndim != 2 or min(pixels.shape) < 2:
+        raise ImageReadError(f"{name}: image of shape {pixels.shape} is too small to be a radiograph")
+    if not np.isfinite(pixels).all():
+        raise ImageReadError(f"{name}: pixel values are not finite")
+    meta.update(height=int(pixels.shape[0]), width=int(pixels.shape[1]))
+    return XrayImage(pixels=np.ascontiguousarray(pixels, dtype=np.float32), meta=meta, path=str(path))
+
+
+def check_size(width: int, height: int, name: str) -> None:
+    """Refuse absurd declared sizes before any pixel is decoded."""
+    if width <= 0 or height <= 0:
+        raise ImageReadError(f"{name}: declares an empty image ({width}x{height})")
+    if width * height > MAX_PIXELS:
+        raise ImageTooLargeError(
+            f"{name}: {width}x{height} pixels exceeds the limit of {MAX_PIXELS:,} "
+            "(bonefrac.io.MAX_PIXELS); refused before decoding"
+        )
+
+
+def _looks_like_raster(head: bytes) -> bool:
+    return head.startswith((b"\xff\xd8\xff", b"\x89PNG"))
+
+
+def _read_raster(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    name = path.name
+    try:
+        im = Image.open(path)  # reads the header only
+    except Image.DecompressionBombError:
+        raise ImageTooLargeError(f"{name}: declared size is absurd (decompression bomb); refused") from None
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{name}: not a recognised image (JPEG, PNG or DICOM)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageReadError(f"{name}: cannot be read as an image ({e})") from None
+    with im:
+        fmt = (im.format or "unknown").lower()
+        check_size(im.width, im.height, name)
+        if getattr(im, "n_frames", 1) > 1:
+            warnings.warn(f"{name}: has {im.n_frames} frames; reading the first", ImageReadWarning, stacklevel=3)
+        meta: dict[str, Any] = {"format": fmt, "mode": im.mode}
+        im = _load(im, path, meta)
+        try:
+            im = ImageOps.exif_transpose(im)
+        except Exception:  # a broken EXIF block must not cost the image; orientation stays as stored
+            meta["exif_orientation_error"] = True
+        pixels, bit_depth = _to_unit_grey(im, name)
+    meta["bit_depth"] = bit_depth
+    return pixels, meta
+
+
+def _load(im: Image.Image, path: Path, meta: dict[str, Any]) -> Image.Image:
+    """Decode pixels; a JPEG cut short by a few bytes is decoded as far as it goes, with a warning."""
+    name = path.name
+    try:
+        im.load()
+        return im
+    except OSError as e:
+        if "truncated" not in str(e).lower() or im.format != "JPEG":
+            raise ImageReadError(f"{name}: corrupt image data ({e})") from None
+    except (ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ImageReadError(f"{name}: corrupt image data ({e})") from None
+    with _TRUNCATED_LOCK:
+        ImageFile.LOAD_TRUNCATED_IMAGES = True
+        try:
+            retry = Image.open(path)
+            retry.load()
+        except Exception as e:
+            raise ImageReadError(f"{name}: truncated image could not be recovered ({e})") from None
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = False
+    meta["truncated"] = True
+    warnings.warn(f"{name}: JPEG file is truncated; read what is there", ImageReadWarning, stacklevel=4)
+    return retry
+
+
+def _to_unit_grey(im: Image.Image, name: str) -> tuple[np.ndarray, int]:
+    """Map any Pillow mode onto greyscale float32 in [0, 1] without losing 16-bit precision."""
+    mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        arr = np.asarray(im, dtype=np.uint16).astype(np.float32)
+        bits = _png_significant_bits(im) or 16
+        return arr / float(2**bits - 1), bits
+    if mode == "I":  # 32-bit signed; Pillow also uses it for some 16-bit PNGs
+        arr = np.asarray(im).astype(np.float64)
+        bits = _png_significant_bits(im) or (16 if arr.min() >= 0 and arr.max() <= 65535 else 32)
+        if bits == 32:
+            lo, hi = float(arr.min()), float(arr.max())
+            return ((arr - lo) / max(hi - lo, 1.0)).astype(np.float32), 32
+        return (np.clip(arr, 0, 2**bits - 1) / float(2**bits - 1)).astype(np.float32), bits
+    if mode == "F":
+        arr = np.asarray(im, dtype=np.float32)
+        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+        return (arr - lo) / max(hi - lo, 1e-12), 32
+    if mode == "1":
+        return np.asarray(im, dtype=np.float32), 1
+    if mode in ("LA", "PA", "RGBA", "P", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa", "La"):
+        im = im.convert("RGB") if mode not in ("LA", "La") else im.convert("L")
+    if im.mode == "RGB":
+        im = im.convert("L")  # ITU-R 601 luma; X-ray content in RGB files is grey anyway
+    if im.mode != "L":
+        raise ImageReadError(f"{name}: unsupported pixel mode {mode}")
+    return np.asarray(im, dtype=np.float32) / 255.0, 8
+
+
+def _png_significant_bits(im: Image.Image) -> int | None:
+    """16-bit PNGs written by modalities often hold 10-14 significant bits, declared in the sBIT chunk."""
+    sbit = im.info.get("sbit") if hasattr(im, "info") else None
+    if isinstance(sbit, tuple):
+        sbit = sbit[0] if sbit else None
+    if isinstance(sbit, int) and 1 <= sbit <= 16:
+        return sbit
+    return None
+
+
+def find_images(paths: list[str | Path]) -> list[Path]:
+    """Expand files and folders (recursively) into image files, sorted for a stable order.
+
+    Folders contribute .jpg/.jpeg/.png/.dcm files and extension-less files that carry the DICOM magic.
+    Files named explicitly are always kept, whatever their extension, so they get a per-file error.
+    """
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            for f in sorted(p.rglob("*")):
+                if not f.is_file() or f.name.startswith("."):
+                    continue
+                if f.suffix.lower() in IMAGE_SUFFIXES or (f.suffix == "" and _has_dicom_magic(f)):
+                    out.append(f)
+        else:
+            out.append(p)
+    return out
+
+
+def _has_dicom_magic(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return is_dicom(f.read(132))
+    except OSError:
+        return False

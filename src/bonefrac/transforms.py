@@ -1,0 +1,112 @@
+"""The one preprocessing path (train, evaluate, predict, serve, export) and train-time augmentation.
+
+file -> read_image -> `letterbox` (per-image min-max, aspect-preserving resize, zero padding to a square)
+-> `normalize` (mean/std from the ModelSpec) -> model. `Geometry` records the resize and padding so a
+heatmap on the model grid maps back onto the image as read.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .io import XrayImage
+from .models import ModelSpec
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How an (height x width) image was placed in the (size x size) model input."""
+
+    height: int
+    width: int
+    size: int
+    scale: float
+    pad_x: int
+    pad_y: int
+
+    def model_to_image(self, heat: np.ndarray) -> np.ndarray:
+        """Map an (h, w) map on the model input grid back onto the original (height, width) image."""
+        t = torch.from_numpy(np.ascontiguousarray(heat, dtype=np.float32))[None, None]
+        t = F.interpolate(t, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        nh, nw = _resized_shape(self.height, self.width, self.size)
+        t = t[..., self.pad_y : self.pad_y + nh, self.pad_x : self.pad_x + nw]
+        t = F.interpolate(t, size=(self.height, self.width), mode="bilinear", align_corners=False)
+        return t[0, 0].numpy()
+
+
+def _resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
+    scale = size / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def letterbox(pixels: np.ndarray, size: int) -> tuple[np.ndarray, Geometry]:
+    """Stretch to the full [0, 1] range, resize the long side to `size` (antialiased), pad to a square.
+
+    Per-image min-max makes the model input the same for any re-encoding of one radiograph (8/16-bit,
+    DICOM windows) and for any linear intensity scaling.
+    """
+    h, w = pixels.shape
+    lo, hi = float(pixels.min()), float(pixels.max())
+    unit = (pixels - lo) / (hi - lo) if hi > lo else np.zeros_like(pixels)
+    nh, nw = _resized_shape(h, w, size)
+    resized = np.asarray(Image.fromarray(unit.astype(np.float32), mode="F").resize((nw, nh), Image.BILINEAR))
+    out = np.zeros((size, size), dtype=np.float32)
+    pad_y, pad_x = (size - nh) // 2, (size - nw) // 2
+    out[pad_y : pad_y + nh, pad_x : pad_x + nw] = np.clip(resized, 0.0, 1.0)
+    return out, Geometry(h, w, size, nh / h, pad_x, pad_y)
+
+
+def normalize(x: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
+    """[0, 1] intensities -> model input. Works on (1, H, W) and (N, 1, H, W)."""
+    return (x - spec.mean) / spec.std
+
+
+def preprocess(image: XrayImage, spec: ModelSpec) -> tuple[torch.Tensor, Geometry]:
+    """An `XrayImage` -> normalised float32 tensor (1, size, size) plus the geometry to undo."""
+    boxed, geometry = letterbox(image.pixels, spec.image_size)
+    return normalize(torch.from_numpy(boxed)[None], spec), geometry
+
+
+@dataclass
+class Augment:
+    """Batched train-time augmentation on [0, 1] tensors (N, 1, S, S), on the CPU.
+
+    Radiograph-appropriate: small rotations and zoom (patients are not positioned identically),
+    horizontal flips (left and right limbs), gamma and contrast changes (exposure and processing differ
+    between sites). No vertical flips, no colour.
+    """
+
+    rotate_deg: float = 12.0
+    scale: tuple[float, float] = (0.85, 1.15)
+    translate: float = 0.06
+    flip_p: float = 0.5
+    gamma: tuple[float, float] = (0.7, 1.4)
+    contrast: float = 0.15
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        n = x.shape[0]
+
+        def uniform(lo: float, hi: float) -> torch.Tensor:
+            return lo + (hi - lo) * torch.rand(n, generator=generator)
+
+        angle = uniform(-self.rotate_deg, self.rotate_deg) * math.pi / 180
+        scale = uniform(*self.scale)
+        flip = torch.where(torch.rand(n, generator=generator) < self.flip_p, -1.0, 1.0)
+        tx, ty = uniform(-self.translate, self.translate) * 2, uniform(-self.translate, self.translate) * 2
+        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        theta = torch.stack(
+            [torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1
+        ).to(x.dtype)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        gamma = uniform(*self.gamma).view(n, 1, 1, 1)
+        x = x.clamp(0, 1) ** gamma
+        c = uniform(1 - self.contrast, 1 + self.contrast).view(n, 1, 1, 1)
+        mean = x.mean(dim=(2, 3), keepdim=True)
+        return ((x - mean) * c + mean).clamp(0, 1)
