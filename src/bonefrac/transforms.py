@@ -30,14 +30,29 @@ class Geometry:
     pad_x: int
     pad_y: int
 
-    def model_to_image(self, heat: np.ndarray) -> np.ndarray:
-        """Map an (h, w) map on the model input grid back onto the original (height, width) image."""
+    def model_to_content(self, heat: np.ndarray) -> np.ndarray:
+        """Upsample an (h, w) map on the model grid to (size, size) and crop the padding: the image's own
+        content at model resolution (cheap; used for boxes)."""
         t = torch.from_numpy(np.ascontiguousarray(heat, dtype=np.float32))[None, None]
         t = F.interpolate(t, size=(self.size, self.size), mode="bilinear", align_corners=False)
         nh, nw = _resized_shape(self.height, self.width, self.size)
-        t = t[..., self.pad_y : self.pad_y + nh, self.pad_x : self.pad_x + nw]
+        return t[0, 0, self.pad_y : self.pad_y + nh, self.pad_x : self.pad_x + nw].numpy()
+
+    def model_to_image(self, heat: np.ndarray) -> np.ndarray:
+        """Map an (h, w) map on the model grid back onto the original (height, width) image."""
+        t = torch.from_numpy(self.model_to_content(heat))[None, None]
         t = F.interpolate(t, size=(self.height, self.width), mode="bilinear", align_corners=False)
         return t[0, 0].numpy()
+
+    def content_box_to_image(self, box: list[float]) -> list[float]:
+        """[x0, y0, x1, y1, ...] in model-content pixels -> the same box in original image pixels."""
+        nh, nw = _resized_shape(self.height, self.width, self.size)
+        sx, sy = self.width / nw, self.height / nh
+        x0, y0, x1, y1 = box[:4]
+        return [
+            min(x0 * sx, self.width), min(y0 * sy, self.height), min(x1 * sx, self.width), min(y1 * sy, self.height),
+            *box[4:],
+        ]  # fmt: skip
 
 
 def _resized_shape(height: int, width: int, size: int) -> tuple[int, int]:

@@ -1,0 +1,226 @@
+"""FractureDetector: the public API. Load a model, predict on files or images, with heatmaps and boxes.
+
+    det = FractureDetector.load()              # the bundled default model
+    pred = det.predict("wrist.dcm")            # Prediction(probability, fractured, heatmap, boxes, ...)
+    for p in det.predict_many(paths): ...      # batched, decoding in parallel, bad files as errors
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .checkpoint import load_model
+from .errors import BonefracError
+from .explain import boxes_from_heatmap, heatmap_peak, normalize_heatmap
+from .export import Backend, make_backend
+from .io import XrayImage, read_image
+from .models import FractureNet, ModelSpec
+from .transforms import Geometry, preprocess
+
+
+def bundled_model_path() -> Path:
+    return Path(str(resources.files("bonefrac") / "weights" / "model.pt"))
+
+
+@dataclass
+class Prediction:
+    """One image's result. `heatmap` is (H, W) in [0, 1] on the image as read; `boxes` are
+    [x0, y0, x1, y1, score] in that image's pixels (empty unless `fractured`); `peak` is the [x, y]
+    pixel where the heatmap is highest. `heatmap` and `image` are filled when heatmaps are asked for."""
+
+    path: str | None
+    probability: float
+    fractured: bool
+    threshold: float
+    operating_point: str
+    operating_points: dict[str, bool]
+    boxes: list[list[float]]
+    model_version: str
+    width: int
+    height: int
+    peak: list[float] = field(default_factory=list)
+    heatmap: np.ndarray | None = field(default=None, repr=False)
+    image: XrayImage | None = field(default=None, repr=False)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the keys of `bonefrac predict --json` (no heatmap array)."""
+        return {
+            "path": self.path,
+            "probability": round(self.probability, 6),
+            "fractured": self.fractured,
+            "threshold": round(self.threshold, 6),
+            "operating_point": self.operating_point,
+            "operating_points": self.operating_points,
+            "boxes": [[round(v, 1) for v in b[:4]] + [b[4]] for b in self.boxes],
+            "peak": [round(v, 1) for v in self.peak],
+            "width": self.width,
+            "height": self.height,
+            "model_version": self.model_version,
+            **({"warnings": self.warnings} if self.warnings else {}),
+        }
+
+
+@dataclass
+class PredictionError:
+    """A file that could not be predicted, reported in the stream instead of raised."""
+
+    path: str
+    error: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "error": self.error}
+
+
+@dataclass
+class _Prepared:
+    path: str | None
+    tensor: torch.Tensor
+    geometry: Geometry
+    image: XrayImage | None
+    warnings: list[str]
+
+
+class FractureDetector:
+    """A trained fracture classifier with its preprocessing and calibrated operating points."""
+
+    def __init__(self, model: FractureNet, spec: ModelSpec, info: dict[str, Any] | None = None,
+                 backend: str = "auto") -> None:  # fmt: skip
+        self.model = model.eval()
+        self.spec = spec
+        self.info = info or {}
+        self.version = self.info.get("model_version") or f"{spec.arch}-{spec.image_size}px-{self.sha256[:12]}"
+        self.backend: Backend = make_backend(self.model, spec, self.sha256, backend)
+
+    @property
+    def sha256(self) -> str:
+        return str(self.info.get("sha256", "unversioned"))
+
+    @property
+    def operating_points(self) -> dict[str, float]:
+        return dict(self.spec.operating_points)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, backend: str = "auto") -> FractureDetector:
+        """The bundled default model, or a training run folder / checkpoint file."""
+        model, spec, info = load_model(bundled_model_path() if path is None else path)
+        return cls(model, spec, info, backend)
+
+    def preprocess(self, image: XrayImage) -> torch.Tensor:
+        """The one preprocessing: (1, S, S) float32 model input for an `XrayImage`."""
+        return preprocess(image, self.spec)[0]
+
+    # ------------------------------------------------------------------ single images
+    def predict(self, source: str | Path | XrayImage, operating_point: str = "default",
+                heatmap: bool = True) -> Prediction:  # fmt: skip
+        """Predict one file or `XrayImage`. Raises `BonefracError` for unreadable files."""
+        item = self._prepare(source)
+        return self._run([item], operating_point, full_heatmaps=heatmap)[0]
+
+    # ------------------------------------------------------------------ many files
+    def predict_many(
+        self,
+        paths: Iterable[str | Path],
+        batch_size: int = 16,
+        workers: int = 2,
+        operating_point: str = "default",
+        heatmaps: bool = False,
+    ) -> Iterator[Prediction | PredictionError]:
+        """Stream results in input order. Files are read and preprocessed by `workers` threads while the
+        model runs on the previous batch; unreadable files come out as `PredictionError`."""
+        self._check_operating_point(operating_point)
+        pending: list[_Prepared | PredictionError] = []
+        n_ready = 0
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            queue: deque[tuple[str, Future[_Prepared]]] = deque()
+            it = iter(paths)
+            prefetch = batch_size * 2 + workers
+
+            def fill() -> None:
+                while len(queue) < prefetch:
+                    p = next(it, None)
+                    if p is None:
+                        return
+                    queue.append((str(p), pool.submit(self._prepare, p)))
+
+            fill()
+            while queue:
+                path, fut = queue.popleft()
+                fill()
+                try:
+                    pending.append(fut.result())
+                    n_ready += 1
+                except BonefracError as e:
+                    pending.append(PredictionError(path, str(e)))
+                except Exception as e:  # never let one hostile file take the batch down
+                    pending.append(PredictionError(path, f"{Path(path).name}: unexpected error: {type(e).__name__}: {e}"))
+                if n_ready >= batch_size or not queue:
+                    yield from self._flush(pending, operating_point, heatmaps)
+                    pending, n_ready = [], 0
+
+    def _flush(self, pending: list[_Prepared | PredictionError], operating_point: str,
+               heatmaps: bool) -> Iterator[Prediction | PredictionError]:  # fmt: skip
+        ready = [p for p in pending if isinstance(p, _Prepared)]
+        results = iter(self._run(ready, operating_point, full_heatmaps=heatmaps) if ready else [])
+        for p in pending:
+            yield next(results) if isinstance(p, _Prepared) else p
+
+    # ------------------------------------------------------------------ internals
+    def _prepare(self, source: str | Path | XrayImage) -> _Prepared:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            image = source if isinstance(source, XrayImage) else read_image(source)
+            tensor, geometry = preprocess(image, self.spec)
+        path = str(source) if not isinstance(source, XrayImage) else image.path
+        return _Prepared(path, tensor, geometry, image, [str(w.message) for w in caught])
+
+    def _check_operating_point(self, name: str) -> None:
+        if name not in self.spec.operating_points:
+            raise BonefracError(f"unknown operating point {name!r}; choose one of {', '.join(self.spec.operating_points)}")
+
+    def _run(self, items: list[_Prepared], operating_point: str, full_heatmaps: bool) -> list[Prediction]:
+        self._check_operating_point(operating_point)
+        x = torch.stack([i.tensor for i in items]).numpy()
+        logits, cams = self.backend.run(x)
+        probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+        threshold = self.spec.operating_points[operating_point]
+        out = []
+        for item, prob, cam in zip(items, probs, cams, strict=True):
+            g = item.geometry
+            fractured = bool(prob >= threshold)
+            # Boxes from the heatmap on the model grid (cheap), scaled back to image pixels.
+            content = normalize_heatmap(g.model_to_content(cam))
+            boxes = [g.content_box_to_image(b) for b in boxes_from_heatmap(content, float(prob))] if fractured else []
+            px, py = heatmap_peak(content)
+            peak = g.content_box_to_image([px + 0.5, py + 0.5, px + 0.5, py + 0.5])[:2]  # pixel centre
+            heat = normalize_heatmap(g.model_to_image(cam)) if full_heatmaps else None
+            out.append(
+                Prediction(
+                    path=item.path,
+                    probability=float(prob),
+                    fractured=fractured,
+                    threshold=float(threshold),
+                    operating_point=operating_point,
+                    operating_points={k: bool(prob >= t) for k, t in self.spec.operating_points.items()},
+                    boxes=boxes,
+                    model_version=self.version,
+                    width=g.width,
+                    height=g.height,
+                    peak=peak,
+                    heatmap=heat,
+                    image=item.image if full_heatmaps else None,
+                    warnings=item.warnings,
+                )
+            )
+            item.image = None  # release pixels early when streaming many files
+        return out
