@@ -1,8 +1,8 @@
 """bonefrac: find bone fractures in X-ray images.
 
-    from bonefrac import FractureDetector, read_image
-    det = FractureDetector.load()          # the bundled default model
-    pred = det.predict("hand.jpg")         # probability, decision, heatmap, boxes
+from bonefrac import FractureDetector, read_image
+det = FractureDetector.load()          # the bundled default model
+pred = det.predict("hand.jpg")         # probability, decision, heatmap, boxes
 """
 
 from __future__ import annotations

@@ -1,9 +1,15 @@
-"""bonefrac command line: parse, call one library function, turn user errors into one line."""
+"""bonefrac command line: parse, call one library function, turn user errors into one line.
+
+Exit codes: 0 success; 1 some inputs failed or a user error (one-line message, no traceback); 2 usage.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
+from importlib import resources
+from pathlib import Path
 
 from .errors import BonefracError
 
@@ -13,11 +19,23 @@ def _train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, fit
 
     distributed.init_from_env()
-    cfg = TrainConfig(dataset=args.dataset, out=args.out, arch=args.arch, epochs=args.epochs,
-                      image_size=args.image_size, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                      patience=args.patience, split_file=args.split, cache_dir=args.cache_dir,
-                      threads=args.threads, max_train_images=args.max_train_images,
-                      progress=not args.no_progress)  # fmt: skip
+    cfg = TrainConfig(
+        dataset=args.dataset,
+        out=args.out,
+        arch=args.arch,
+        epochs=args.epochs,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        patience=args.patience,
+        val_fraction=args.val_fraction,
+        split_file=args.split,
+        cache_dir=args.cache_dir,
+        threads=args.threads,
+        max_train_images=args.max_train_images,
+        progress=not args.no_progress,
+    )
     try:
         fit(cfg, resume=args.resume)
     finally:
@@ -25,18 +43,122 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from . import distributed
+    from .detector import FractureDetector
+    from .predict import PredictOptions, run_predict
+
+    distributed.init_from_env()
+    try:
+        det = FractureDetector.load(args.model, backend=args.backend)
+        opts = PredictOptions(
+            json=args.json,
+            csv=args.csv,
+            overlay_dir=args.overlay_dir,
+            operating_point=args.operating_point,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            progress=not args.no_progress,
+        )
+        return run_predict(det, args.paths, opts)
+    finally:
+        distributed.cleanup()
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+
+    m = evaluate(
+        args.dataset,
+        args.out,
+        model=args.model,
+        split_file=args.split,
+        subset=args.subset,
+        backend=args.backend,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )
+    print((Path(args.out) / "results.txt").read_text(), end="")
+    print(f"report written to {args.out}/ (metrics.json, results.txt, plots)")
+    return 0 if not m["unreadable"] else 1
+
+
+def _export(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .checkpoint import load_model
+    from .detector import bundled_model_path
+    from .export import export_onnx, parity
+    from .io import read_image
+    from .transforms import preprocess
+
+    model, spec, _ = load_model(args.model or bundled_model_path())
+    path = export_onnx(model, spec, args.out)
+    examples = sorted(Path(str(resources.files("bonefrac") / "examples")).glob("*.jpg"))
+    if examples:
+        x = np.stack([preprocess(read_image(p), spec)[0].numpy() for p in examples])
+        print(
+            f"torch/onnxruntime parity on {len(examples)} example images: max |dp| = {parity(model, path, x):.2e}"
+        )
+    print(f"exported {spec.arch} ({spec.image_size}px, dynamic batch, outputs: logit, cam) to {path}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .detector import FractureDetector
+    from .predict import PredictOptions, run_predict
+
+    examples = Path(str(resources.files("bonefrac") / "examples"))
+    out = Path(args.out)
+    det = FractureDetector.load(args.model)
+    print(f"bonefrac demo: model {det.version} on the example radiographs in {examples}\n")
+    code = run_predict(det, [str(examples)], PredictOptions(overlay_dir=str(out), progress=False))
+    print(f"\noverlays (heatmap + boxes + verdict) written to {out.resolve()}/")
+    print("next: `bonefrac predict YOUR_IMAGES --overlay-dir out/`, `bonefrac serve`, or see README.md")
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bonefrac", description="Find bone fractures in X-ray images.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"bonefrac {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("predict", help="predict on image files or folders (JPEG, PNG, DICOM)")
+    p.add_argument("paths", nargs="+", help="files or folders (searched recursively)")
+    p.add_argument("--json", action="store_true", help="one JSON object per input on stdout")
+    p.add_argument("--csv", help="also write results to this CSV file")
+    p.add_argument("--overlay-dir", help="write a heatmap + boxes overlay PNG per input here")
+    p.add_argument(
+        "--operating-point", default="default", help="default | high_sensitivity | high_specificity"
+    )
+    _model_args(p)
+    p.set_defaults(func=_predict)
+
+    e = sub.add_parser("evaluate", help="metrics, plots and results.txt on a labelled dataset")
+    e.add_argument("dataset", help="FracAtlas-style folder, fractured/ + not_fractured/ folders, or a CSV")
+    e.add_argument("--out", required=True, help="report folder")
+    e.add_argument("--split", help="a training run's split.json: evaluate only one subset of it")
+    e.add_argument("--subset", default="val", help="with --split: which subset (default val)")
+    _model_args(e)
+    e.set_defaults(func=_evaluate)
+
     t = sub.add_parser("train", help="train a fracture classifier on a labelled dataset")
     t.add_argument("dataset", help="FracAtlas-style folder, fractured/ + not_fractured/ folders, or a CSV")
     t.add_argument("--out", required=True, help="run folder (checkpoints, logs, split)")
-    t.add_argument("--arch", default="efficientnet_lite0")
+    t.add_argument(
+        "--arch",
+        default="efficientnet_lite0",
+        help="efficientnet_lite0 | efficientnet_lite0_scratch | seed_cnn",
+    )
     t.add_argument("--epochs", type=int, default=12)
     t.add_argument("--image-size", type=int, default=256)
-    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--batch-size", type=int, default=32, help="global batch (split across torchrun ranks)")
     t.add_argument("--lr", type=float, default=6e-4)
     t.add_argument("--patience", type=int, default=5, help="early stopping: epochs without a better val AUC")
+    t.add_argument("--val-fraction", type=float, default=0.2)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--split", help="reuse this split.json instead of making one")
     t.add_argument("--cache-dir", help="decode cache folder (default ~/.cache/bonefrac or $BONEFRAC_CACHE)")
@@ -45,12 +167,42 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=_train)
+
+    x = sub.add_parser("export", help="export the model to ONNX (dynamic batch, heatmap features output)")
+    x.add_argument("--format", choices=["onnx"], default="onnx")
+    x.add_argument("--out", required=True, help="output .onnx file")
+    x.add_argument("--model", help="checkpoint or run folder (default: the bundled model)")
+    x.set_defaults(func=_export)
+
+    d = sub.add_parser("demo", help="run the bundled model on the bundled example radiographs")
+    d.add_argument("--out", default="demo-out", help="where to write the overlays")
+    d.add_argument("--model", help=argparse.SUPPRESS)
+    d.set_defaults(func=_demo)
+
+    try:
+        from .server import add_parser as add_serve_parser
+    except ImportError:  # the server's dependencies are optional at import time
+        add_serve_parser = None
+    if add_serve_parser:
+        add_serve_parser(sub)
     return parser
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="checkpoint file or training run folder (default: the bundled model)")
+    p.add_argument(
+        "--backend", default="auto", choices=["auto", "onnx", "torch"], help="auto = onnx when available"
+    )
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--workers", type=int, default=2, help="threads reading and preprocessing files")
+    p.add_argument("--no-progress", action="store_true")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Reader warnings (truncated JPEGs, extra frames) are reported per file in the output instead.
+    warnings.filterwarnings("ignore", category=UserWarning, module="bonefrac")
     try:
         return args.func(args)
     except BonefracError as e:

@@ -53,7 +53,9 @@ def load_dataset(path: str | Path) -> list[Record]:
         return _from_fracatlas(path)
     pos, neg = path / "fractured", path / "not_fractured"
     if pos.is_dir() and neg.is_dir():
-        records = [Record(str(p), 1) for p in find_images([pos])] + [Record(str(p), 0) for p in find_images([neg])]
+        records = [Record(str(p), 1) for p in find_images([pos])] + [
+            Record(str(p), 0) for p in find_images([neg])
+        ]
         return _checked(sorted(records, key=lambda r: r.path), path)
     raise DatasetError(
         f"{path}: not a dataset. Expected labels.csv + images/, fractured/ + not_fractured/ folders, or a CSV file"
@@ -105,7 +107,9 @@ def _from_csv(path: Path) -> list[Record]:
             raise DatasetError(f"{path}: a dataset CSV needs 'path' and 'label' columns")
         records = [
             Record(
-                path=str((path.parent / row["path"]) if not os.path.isabs(row["path"]) else Path(row["path"])),
+                path=str(
+                    (path.parent / row["path"]) if not os.path.isabs(row["path"]) else Path(row["path"])
+                ),
                 label=_label(row["label"], f"{path.name} row {i + 2}"),
                 region=(row.get("body_region") or "unknown").strip() or "unknown",
                 group=(row.get("group") or "").strip(),

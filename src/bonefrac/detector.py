@@ -1,8 +1,8 @@
 """FractureDetector: the public API. Load a model, predict on files or images, with heatmaps and boxes.
 
-    det = FractureDetector.load()              # the bundled default model
-    pred = det.predict("wrist.dcm")            # Prediction(probability, fractured, heatmap, boxes, ...)
-    for p in det.predict_many(paths): ...      # batched, decoding in parallel, bad files as errors
+det = FractureDetector.load()              # the bundled default model
+pred = det.predict("wrist.dcm")            # Prediction(probability, fractured, heatmap, boxes, ...)
+for p in det.predict_many(paths): ...      # batched, decoding in parallel, bad files as errors
 """
 
 from __future__ import annotations
@@ -94,8 +94,9 @@ class _Prepared:
 class FractureDetector:
     """A trained fracture classifier with its preprocessing and calibrated operating points."""
 
-    def __init__(self, model: FractureNet, spec: ModelSpec, info: dict[str, Any] | None = None,
-                 backend: str = "auto") -> None:  # fmt: skip
+    def __init__(
+        self, model: FractureNet, spec: ModelSpec, info: dict[str, Any] | None = None, backend: str = "auto"
+    ) -> None:
         self.model = model.eval()
         self.spec = spec
         self.info = info or {}
@@ -121,8 +122,9 @@ class FractureDetector:
         return preprocess(image, self.spec)[0]
 
     # ------------------------------------------------------------------ single images
-    def predict(self, source: str | Path | XrayImage, operating_point: str = "default",
-                heatmap: bool = True) -> Prediction:  # fmt: skip
+    def predict(
+        self, source: str | Path | XrayImage, operating_point: str = "default", heatmap: bool = True
+    ) -> Prediction:
         """Predict one file or `XrayImage`. Raises `BonefracError` for unreadable files."""
         item = self._prepare(source)
         return self._run([item], operating_point, full_heatmaps=heatmap)[0]
@@ -163,13 +165,16 @@ class FractureDetector:
                 except BonefracError as e:
                     pending.append(PredictionError(path, str(e)))
                 except Exception as e:  # never let one hostile file take the batch down
-                    pending.append(PredictionError(path, f"{Path(path).name}: unexpected error: {type(e).__name__}: {e}"))
+                    pending.append(
+                        PredictionError(path, f"{Path(path).name}: unexpected error: {type(e).__name__}: {e}")
+                    )
                 if n_ready >= batch_size or not queue:
                     yield from self._flush(pending, operating_point, heatmaps)
                     pending, n_ready = [], 0
 
-    def _flush(self, pending: list[_Prepared | PredictionError], operating_point: str,
-               heatmaps: bool) -> Iterator[Prediction | PredictionError]:  # fmt: skip
+    def _flush(
+        self, pending: list[_Prepared | PredictionError], operating_point: str, heatmaps: bool
+    ) -> Iterator[Prediction | PredictionError]:
         ready = [p for p in pending if isinstance(p, _Prepared)]
         results = iter(self._run(ready, operating_point, full_heatmaps=heatmaps) if ready else [])
         for p in pending:
@@ -186,7 +191,9 @@ class FractureDetector:
 
     def _check_operating_point(self, name: str) -> None:
         if name not in self.spec.operating_points:
-            raise BonefracError(f"unknown operating point {name!r}; choose one of {', '.join(self.spec.operating_points)}")
+            raise BonefracError(
+                f"unknown operating point {name!r}; choose one of {', '.join(self.spec.operating_points)}"
+            )
 
     def _run(self, items: list[_Prepared], operating_point: str, full_heatmaps: bool) -> list[Prediction]:
         self._check_operating_point(operating_point)
@@ -200,7 +207,11 @@ class FractureDetector:
             fractured = bool(prob >= threshold)
             # Boxes from the heatmap on the model grid (cheap), scaled back to image pixels.
             content = normalize_heatmap(g.model_to_content(cam))
-            boxes = [g.content_box_to_image(b) for b in boxes_from_heatmap(content, float(prob))] if fractured else []
+            boxes = (
+                [g.content_box_to_image(b) for b in boxes_from_heatmap(content, float(prob))]
+                if fractured
+                else []
+            )
             px, py = heatmap_peak(content)
             peak = g.content_box_to_image([px + 0.5, py + 0.5, px + 0.5, py + 0.5])[:2]  # pixel centre
             heat = normalize_heatmap(g.model_to_image(cam)) if full_heatmaps else None

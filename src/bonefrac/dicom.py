@@ -6,21 +6,36 @@ attributes are never read into the returned metadata, never printed and never lo
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import ImageReadError
+from .errors import BonefracError, ImageReadError
 from .io import DICOM_PHOTOMETRICS, ImageReadWarning, check_size
 
 
 def read_dicom(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     """Decode the first frame of a DICOM file into float32 [0, 1], bone bright."""
+    try:
+        return _read_dicom(path)
+    except BonefracError:
+        raise
+    except Exception as e:
+        # A damaged file makes pydicom raise from wherever a bad element is first converted
+        # (NotImplementedError, struct.error, BytesLengthException, ...). Its message may quote element
+        # values, and so patient data: keep only the exception type and the tag.
+        tag = re.search(r"\([0-9A-Fa-f]{4},[0-9A-Fa-f]{4}\)", str(e))
+        where = f" in tag {tag.group(0)}" if tag else ""
+        raise ImageReadError(f"{path.name}: corrupt DICOM file ({type(e).__name__}{where})") from None
+
+
+def _read_dicom(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     import pydicom
     from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
+    from pydicom.pixels import pixel_array
 
     name = path.name
     try:
@@ -36,7 +51,9 @@ def read_dicom(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         bits_stored = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
     except (AttributeError, TypeError, ValueError):
-        raise ImageReadError(f"{name}: DICOM image attributes (Rows, Columns, ...) are missing or invalid") from None
+        raise ImageReadError(
+            f"{name}: DICOM image attributes (Rows, Columns, ...) are missing or invalid"
+        ) from None
     check_size(cols, rows, name)
     if photometric not in DICOM_PHOTOMETRICS:
         raise ImageReadError(
@@ -44,7 +61,9 @@ def read_dicom(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
             f"(supported: {', '.join(DICOM_PHOTOMETRICS)})"
         )
     if frames > 1:
-        warnings.warn(f"{name}: multi-frame DICOM ({frames} frames); reading the first", ImageReadWarning, stacklevel=3)
+        warnings.warn(
+            f"{name}: multi-frame DICOM ({frames} frames); reading the first", ImageReadWarning, stacklevel=3
+        )
     try:
         arr = pixel_array(ds, index=0 if frames > 1 else None)
     except Exception as e:  # pydicom raises many types for corrupt/unsupported encodings
@@ -57,7 +76,7 @@ def read_dicom(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
         arr = arr.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
         values = arr / (2.0**bits_stored - 1)
     elif arr.ndim == 2:
-        values = _grey_to_unit(arr, ds, bits_stored, apply_modality_lut, apply_voi_lut)
+        values = _grey_to_unit(arr, ds, bits_stored, name)
     else:
         raise ImageReadError(f"{name}: DICOM pixel array of shape {arr.shape} is not a 2-D image")
     values = np.clip(values, 0.0, 1.0)
@@ -75,7 +94,7 @@ def read_dicom(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     return values.astype(np.float32), meta
 
 
-def _grey_to_unit(arr: np.ndarray, ds: Any, bits_stored: int, modality_lut: Any, voi_lut: Any) -> np.ndarray:
+def _grey_to_unit(arr: np.ndarray, ds: Any, bits_stored: int, name: str) -> np.ndarray:
     """Stored values -> modality values -> VOI (window or LUT) -> [0, 1]."""
     signed = int(ds.get("PixelRepresentation", 0)) == 1
     stored = arr.astype(np.int64)
@@ -86,17 +105,15 @@ def _grey_to_unit(arr: np.ndarray, ds: Any, bits_stored: int, modality_lut: Any,
     hi_stored = 2 ** (bits_stored - 1) - 1 if signed else 2**bits_stored - 1
     slope = float(ds.get("RescaleSlope", 1) or 1)
     intercept = float(ds.get("RescaleIntercept", 0) or 0)
-    if "ModalityLUTSequence" in ds:
-        values = modality_lut(stored, ds).astype(np.float64)
-        lo, hi = float(values.min()), float(values.max())
+    if ds.get("ModalityLUTSequence"):
+        values, bits = _apply_lut(stored, ds.ModalityLUTSequence[0], ds, name)
+        lo, hi = 0.0, 2.0**bits - 1
     else:
         values = stored.astype(np.float64) * slope + intercept
         lo, hi = sorted((lo_stored * slope + intercept, hi_stored * slope + intercept))
-    if "VOILUTSequence" in ds:
-        out = voi_lut(values, ds, prefer_lut=True).astype(np.float64)
-        descriptor = ds.VOILUTSequence[0].get("LUTDescriptor", [0, 0, 16])
-        top = 2.0 ** int(descriptor[2]) - 1
-        return out / top
+    if ds.get("VOILUTSequence"):
+        out, bits = _apply_lut(values, ds.VOILUTSequence[0], ds, name)
+        return out / (2.0**bits - 1)
     window = _first_window(ds)
     if window is not None:
         center, width = window
@@ -107,12 +124,43 @@ def _grey_to_unit(arr: np.ndarray, ds: Any, bits_stored: int, modality_lut: Any,
     return (values - lo) / max(hi - lo, 1e-6)
 
 
+def _apply_lut(values: np.ndarray, item: Any, ds: Any, name: str) -> tuple[np.ndarray, int]:
+    """Look `values` up in a modality or VOI LUT item; returns (output values, bits per output entry).
+
+    Done here rather than with pydicom's apply_voi_lut, which indexes 8-bit LUTs through a uint8 array
+    (so any LUT longer than 256 entries wraps around) and warns on the float input a rescale produces.
+    Inputs below the first mapped value take the first entry, inputs past the end the last (PS3.3 C.11.2.1.1).
+    """
+    try:
+        entries, first, bits = (int(v) for v in item.LUTDescriptor)
+    except (AttributeError, TypeError, ValueError):
+        raise ImageReadError(f"{name}: DICOM LUT has no valid LUT Descriptor") from None
+    entries = entries or 65536  # 0 means 2**16 entries
+    if first >= 2**15 and int(ds.get("PixelRepresentation", 0)) == 1:
+        first -= 2**16  # the descriptor is "US or SS": signed data may store a negative first value as US
+    data = item.get("LUTData")
+    if isinstance(data, bytes | bytearray):  # OW: one entry per 16-bit word, or 8-bit entries packed in pairs
+        little = getattr(ds, "original_encoding", (None, True))[1] is not False
+        if len(data) >= 2 * entries:
+            table = np.frombuffer(data, dtype="<u2" if little else ">u2", count=entries)
+        else:
+            table = np.frombuffer(data, dtype=np.uint8, count=min(entries, len(data)))
+    else:
+        table = np.atleast_1d(np.asarray(data if data is not None else [], dtype=np.float64))
+    if len(table) < entries or not 1 <= bits <= 16:
+        raise ImageReadError(f"{name}: DICOM LUT Data does not match its LUT Descriptor")
+    index = np.clip(np.rint(values) - first, 0, entries - 1).astype(np.intp)
+    return table[:entries].astype(np.float64)[index], bits
+
+
 def _first_window(ds: Any) -> tuple[float, float] | None:
     if "WindowCenter" not in ds or "WindowWidth" not in ds:
         return None
     center, width = ds.WindowCenter, ds.WindowWidth
     try:
-        center = float(center[0]) if hasattr(center, "__len__") and not isinstance(center, str) else float(center)
+        center = (
+            float(center[0]) if hasattr(center, "__len__") and not isinstance(center, str) else float(center)
+        )
         width = float(width[0]) if hasattr(width, "__len__") and not isinstance(width, str) else float(width)
     except (TypeError, ValueError, IndexError):
         return None

@@ -72,6 +72,15 @@ def gather_predictions(predict: Callable[[list[Any]], np.ndarray], items: list[A
     return out
 
 
+def sum_int(value: int) -> int:
+    """Sum an integer over all ranks (e.g. failure counts, so every rank returns the same exit code)."""
+    if not is_dist():
+        return value
+    t = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(t)
+    return int(t.item())
+
+
 def cleanup() -> None:
     if is_dist():
         dist.destroy_process_group()

@@ -17,7 +17,9 @@ def auc(y: np.ndarray, p: np.ndarray) -> float:
     return float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
 
 
-def auc_ci(y: np.ndarray, p: np.ndarray, n_boot: int = 2000, seed: int = 0, alpha: float = 0.05) -> list[float]:
+def auc_ci(
+    y: np.ndarray, p: np.ndarray, n_boot: int = 2000, seed: int = 0, alpha: float = 0.05
+) -> list[float]:
     """Percentile bootstrap CI for the AUC, resampling positives and negatives separately (stratified)."""
     y, p = np.asarray(y), np.asarray(p, dtype=np.float64)
     pos, neg = p[y == 1], p[y == 0]
@@ -62,8 +64,11 @@ def operating_point_stats(y: np.ndarray, p: np.ndarray, threshold: float) -> dic
         "specificity": ratio(tn, tn + fp),
         "ppv": ratio(tp, tp + fp),
         "npv": ratio(tn, tn + fn),
-        "tp": int(tp), "fp": int(fp), "tn": int(tn), "fn": int(fn),
-    }  # fmt: skip
+        "tp": int(tp),
+        "fp": int(fp),
+        "tn": int(tn),
+        "fn": int(fn),
+    }
 
 
 def iou(a: Sequence[float], b: Sequence[float]) -> float:

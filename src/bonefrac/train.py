@@ -82,7 +82,9 @@ def lr_at(step: int, total: int, warmup: int, base: float) -> float:
     return base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def load_batch(cache: DecodeCache, records: list[Record], idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def load_batch(
+    cache: DecodeCache, records: list[Record], idx: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.from_numpy(np.stack([cache.load(records[i].path) for i in idx]))[:, None].float().div_(255)
     y = torch.tensor([records[i].label for i in idx], dtype=torch.float32)
     return x, y
@@ -113,7 +115,7 @@ def prepare_data(cfg: TrainConfig, out: Path) -> tuple[list[Record], list[Record
         save_split(split, out / "split.json")
     cache = DecodeCache(cfg.cache_dir, cfg.image_size)
     bad = cache.build([r.path for r in records], progress=cfg.progress and distributed.is_main())
-    for path, err in bad.items():
+    for err in bad.values():
         print(f"skipping unreadable image: {err}", file=sys.stderr)
     records = [r for r in records if r.path not in bad]
     train = [r for r in records if split.get(r.key) == "train"]
@@ -152,7 +154,8 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path:
     for p in model.parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
     )
     n_pos = sum(r.label for r in train)
     pos_weight = torch.tensor((len(train) - n_pos) / max(n_pos, 1))  # balance the classes in the loss
@@ -170,6 +173,7 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path:
         ema.updates = state["ema_updates"]
         opt.load_state_dict(state["optimizer"])
         start_epoch, best_auc, stale = state["epoch"] + 1, state["best_auc"], state["stale"]
+        torch.set_rng_state(state["torch_rng"])  # dropout / stochastic depth continue as if never stopped
         history = state["history"]
         if main:
             print(f"resuming after epoch {state['epoch'] + 1} (best val AUC so far {best_auc:.4f})")
@@ -180,16 +184,24 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path:
             break
         t0 = time.time()
         # Seeded per epoch, identical on every rank, so a resumed or distributed run sees the same order.
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)).tolist()
+        order = torch.randperm(
+            len(train), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        ).tolist()
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch + 1 + distributed.rank() * 7919)
         model.train()
         losses = []
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and main))
+        bar = tqdm(
+            range(steps_per_epoch),
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            disable=not (cfg.progress and main),
+        )
         for step in bar:
             glob = epoch * steps_per_epoch + step
             for g in opt.param_groups:
                 g["lr"] = lr_at(glob, total_steps, warmup, cfg.lr)
-            idx = distributed.shard(order[step * cfg.batch_size * world : (step + 1) * cfg.batch_size * world])
+            idx = distributed.shard(
+                order[step * cfg.batch_size * world : (step + 1) * cfg.batch_size * world]
+            )
             x, y = load_batch(cache, train, idx)
             x = normalize(augment(x, gen), spec).contiguous(memory_format=torch.channels_last)
             loss = F.binary_cross_entropy_with_logits(ddp_model(x), y, pos_weight=pos_weight)
@@ -203,28 +215,53 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path:
         p = distributed.gather_predictions(lambda recs: predict_cached(ema.module, spec, cache, recs), val)
         y = np.array([r.label for r in val])
         val_auc = auc(y, p)
-        val_loss = float(F.binary_cross_entropy(torch.tensor(p).clamp(1e-6, 1 - 1e-6), torch.tensor(y).float()))
-        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val_loss, "val_auc": val_auc,
-               "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0,
-               "train_images_per_s": steps_per_epoch * cfg.batch_size * world / train_time}  # fmt: skip
+        val_loss = float(
+            F.binary_cross_entropy(torch.tensor(p).clamp(1e-6, 1 - 1e-6), torch.tensor(y).float())
+        )
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": float(np.mean(losses)),
+            "val_loss": val_loss,
+            "val_auc": val_auc,
+            "lr": opt.param_groups[0]["lr"],
+            "seconds": time.time() - t0,
+            "train_images_per_s": steps_per_epoch * cfg.batch_size * world / train_time,
+        }
         history.append(row)
         improved = val_auc > best_auc
         best_auc, stale = (val_auc, 0) if improved else (best_auc, stale + 1)
         if main:
             if improved:
                 spec.operating_points = choose_operating_points(y, p)
-                info = {"bonefrac_version": __version__, "trained_epochs": epoch + 1, "config": asdict(cfg),
-                        "dataset": str(cfg.dataset), "n_train": len(train), "n_val": len(val),
-                        "validation": validation_report(y, p, spec.operating_points)}  # fmt: skip
+                info = {
+                    "bonefrac_version": __version__,
+                    "trained_epochs": epoch + 1,
+                    "config": asdict(cfg),
+                    "dataset": str(cfg.dataset),
+                    "n_train": len(train),
+                    "n_val": len(val),
+                    "validation": validation_report(y, p, spec.operating_points),
+                }
                 save_model(ema.module, spec, out / "model.pt", info)
             tqdm.write(
                 f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}  val loss {val_loss:.4f}  "
                 f"val AUC {val_auc:.4f}{' *' if improved else ''}  {row['train_images_per_s']:.1f} img/s"
             )
             write_history(out, history)
-            atomic_save({"model": model.state_dict(), "ema": ema.module.state_dict(), "ema_updates": ema.updates,
-                         "optimizer": opt.state_dict(), "epoch": epoch, "best_auc": best_auc, "stale": stale,
-                         "history": history}, last_path)  # fmt: skip
+            atomic_save(
+                {
+                    "model": model.state_dict(),
+                    "ema": ema.module.state_dict(),
+                    "ema_updates": ema.updates,
+                    "optimizer": opt.state_dict(),
+                    "epoch": epoch,
+                    "best_auc": best_auc,
+                    "stale": stale,
+                    "history": history,
+                    "torch_rng": torch.get_rng_state(),
+                },
+                last_path,
+            )
         distributed.barrier()
     if main:
         print(f"best validation AUC {best_auc:.4f}; model written to {out / 'model.pt'}")
@@ -247,8 +284,13 @@ def write_run_info(out: Path, cfg: TrainConfig, n_train: int, n_val: int) -> Non
         "config": asdict(cfg),
         "n_train": n_train,
         "n_val": n_val,
-        "versions": {"bonefrac": __version__, "torch": torch.__version__, "numpy": np.__version__,
-                     "python": platform.python_version(), "platform": platform.platform()},  # fmt: skip
+        "versions": {
+            "bonefrac": __version__,
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
         "threads": torch.get_num_threads(),
         "world_size": distributed.world_size(),
     }

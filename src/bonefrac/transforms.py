@@ -50,9 +50,12 @@ class Geometry:
         sx, sy = self.width / nw, self.height / nh
         x0, y0, x1, y1 = box[:4]
         return [
-            min(x0 * sx, self.width), min(y0 * sy, self.height), min(x1 * sx, self.width), min(y1 * sy, self.height),
+            min(x0 * sx, self.width),
+            min(y0 * sy, self.height),
+            min(x1 * sx, self.width),
+            min(y1 * sy, self.height),
             *box[4:],
-        ]  # fmt: skip
+        ]
 
 
 def _resized_shape(height: int, width: int, size: int) -> tuple[int, int]:

@@ -1,0 +1,128 @@
+"""The command line as a user runs it: subprocesses, exit codes, outputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from _models import FIXTURE_IMAGES, FIXTURES, make_checkpoint
+from PIL import Image
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bonefrac", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("m") / "model.pt")
+
+
+def test_predict_json_one_object_per_input_and_exit_code(model: Path, tmp_path: Path) -> None:
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff" + bytes(range(256)) * 4)
+    r = run(
+        "predict",
+        str(FIXTURE_IMAGES[0]),
+        str(tmp_path / "bad.jpg"),
+        "--model",
+        str(model),
+        "--json",
+        "--backend",
+        "torch",
+    )
+    assert r.returncode == 1, r.stderr
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(lines) == 2
+    assert {"path", "probability", "fractured", "threshold", "boxes"} <= set(lines[0])
+    assert set(lines[1]) == {"path", "error"} and "bad.jpg" in lines[1]["error"]
+    assert "Traceback" not in r.stderr
+
+
+def test_predict_folder_csv_overlays(model: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "in" / "nested"
+    folder.mkdir(parents=True)
+    for p in FIXTURE_IMAGES[:3]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    Image.open(FIXTURE_IMAGES[3]).save(folder / "png_copy.png")
+    (folder / "notes.txt").write_text("ignored: not an image extension")
+    r = run(
+        "predict",
+        str(tmp_path / "in"),
+        "--model",
+        str(model),
+        "--csv",
+        str(tmp_path / "out.csv"),
+        "--overlay-dir",
+        str(tmp_path / "ov"),
+        "--backend",
+        "torch",
+    )
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(open(tmp_path / "out.csv")))
+    assert len(rows) == 4 and all(row["error"] == "" for row in rows)
+    assert all(0 <= float(row["probability"]) <= 1 for row in rows)
+    overlays = sorted((tmp_path / "ov").glob("*.png"))
+    assert len(overlays) == 4
+    assert Image.open(overlays[0]).mode == "RGB"
+    assert "probability" in r.stdout  # the readable table header
+
+
+def test_usage_errors_exit_2(model: Path) -> None:
+    assert run("predict").returncode == 2
+    assert run("predict", "x.jpg", "--backend", "tensorflow").returncode == 2
+    assert run("frobnicate").returncode == 2
+
+
+def test_user_errors_are_one_line(tmp_path: Path) -> None:
+    r = run("predict", str(FIXTURE_IMAGES[0]), "--model", str(tmp_path / "nope.pt"))
+    assert r.returncode == 1
+    assert r.stderr.strip().count("\n") == 0 and r.stderr.startswith("bonefrac: error:")
+    r = run("evaluate", str(tmp_path / "no-such-dataset"), "--out", str(tmp_path / "o"))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+
+
+def test_evaluate_writes_report(model: Path, tmp_path: Path) -> None:
+    r = run(
+        "evaluate",
+        str(FIXTURES),
+        "--out",
+        str(tmp_path / "rep"),
+        "--model",
+        str(model),
+        "--backend",
+        "torch",
+        "--no-progress",
+    )
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    assert m["n"] == len(FIXTURE_IMAGES) and m["n_positive"] > 0
+    assert 0 <= m["auc"] <= 1 and m["auc_ci95"][0] <= m["auc"] <= m["auc_ci95"][1]
+    assert set(m["operating_points"]) == {"default", "high_sensitivity", "high_specificity"}
+    # thresholds come from the checkpoint, unchanged
+    assert m["operating_points"]["high_specificity"]["threshold"] == 0.8
+    for s in m["operating_points"].values():
+        assert {"threshold", "sensitivity", "specificity", "ppv", "npv"} <= set(s)
+    assert "hand" in m["per_region"] and {"n", "auc"} <= set(m["per_region"]["hand"])
+    assert 0 <= m["localization"]["pointing_game"] <= 1
+    for name in ("results.txt", "roc.png", "pr.png", "calibration.png", "confusion_default.png"):
+        assert (tmp_path / "rep" / name).is_file(), name
+    assert "AUC" in (tmp_path / "rep" / "results.txt").read_text()
+
+
+def test_export_onnx(tmp_path: Path) -> None:
+    ckpt = make_checkpoint(tmp_path / "m.pt", arch="efficientnet_lite0", image_size=96)
+    r = run("export", "--format", "onnx", "--out", str(tmp_path / "m.onnx"), "--model", str(ckpt))
+    assert r.returncode == 0, r.stderr
+    import onnx
+
+    graph = onnx.load(str(tmp_path / "m.onnx")).graph
+    assert [o.name for o in graph.output] == ["logit", "cam"]
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    diff = float(r.stdout.split("max |dp| = ")[1].split()[0])
+    assert diff <= 1e-4

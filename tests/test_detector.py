@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _models import FIXTURE_IMAGES, make_checkpoint
+from PIL import Image
+
+from bonefrac import FractureDetector, ImageReadError, Prediction, PredictionError, read_image
+
+
+@pytest.fixture(scope="module")
+def det(tmp_path_factory: pytest.TempPathFactory) -> FractureDetector:
+    return FractureDetector.load(make_checkpoint(tmp_path_factory.mktemp("m") / "model.pt"), backend="torch")
+
+
+def test_predict_fields(det: FractureDetector) -> None:
+    pred = det.predict(FIXTURE_IMAGES[0])
+    image = read_image(FIXTURE_IMAGES[0])
+    assert 0.0 <= pred.probability <= 1.0
+    assert pred.fractured == (pred.probability >= pred.threshold)
+    assert pred.threshold == det.operating_points["default"]
+    assert set(pred.operating_points) == {"default", "high_sensitivity", "high_specificity"}
+    assert pred.heatmap is not None and pred.heatmap.shape == image.pixels.shape
+    assert 0.0 <= pred.heatmap.min() and pred.heatmap.max() <= 1.0
+    assert pred.model_version == "test-seed_cnn-64"
+    y, x = np.unravel_index(np.argmax(pred.heatmap), pred.heatmap.shape)
+    assert abs(pred.peak[0] - x) <= 0.06 * image.width and abs(pred.peak[1] - y) <= 0.06 * image.height
+    for x0, y0, x1, y1, score in pred.boxes:
+        assert 0 <= x0 < x1 <= image.width and 0 <= y0 < y1 <= image.height and 0 < score <= 1
+
+
+def test_preprocess_shape(det: FractureDetector) -> None:
+    t = det.preprocess(read_image(FIXTURE_IMAGES[0]))
+    assert tuple(t.shape) == (1, 64, 64) and t.dtype.is_floating_point
+
+
+def test_operating_point_changes_the_decision_not_the_probability(det: FractureDetector) -> None:
+    a = det.predict(FIXTURE_IMAGES[1], operating_point="high_sensitivity")
+    b = det.predict(FIXTURE_IMAGES[1], operating_point="high_specificity")
+    assert a.probability == b.probability
+    assert (a.threshold, b.threshold) == (0.2, 0.8)
+
+
+def test_heatmap_follows_exif_orientation(det: FractureDetector, tmp_path: Path) -> None:
+    im = Image.open(FIXTURE_IMAGES[0]).convert("L")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    im.save(tmp_path / "rot.jpg", exif=exif, quality=95)
+    pred = det.predict(tmp_path / "rot.jpg")
+    assert pred.heatmap.shape == (im.width, im.height)
+    assert (pred.width, pred.height) == (im.height, im.width)
+
+
+def test_predict_many_streams_in_order_with_errors(det: FractureDetector, tmp_path: Path) -> None:
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "text.png").write_text("hello")
+    paths = [
+        FIXTURE_IMAGES[0],
+        tmp_path / "empty.jpg",
+        *FIXTURE_IMAGES[1:5],
+        tmp_path / "text.png",
+        tmp_path / "gone",
+    ]
+    results = list(det.predict_many(paths, batch_size=3, workers=2))
+    assert [str(r.path) for r in results] == [str(p) for p in paths]
+    kinds = [type(r) for r in results]
+    assert kinds == [Prediction, PredictionError, *[Prediction] * 4, PredictionError, PredictionError]
+    assert "empty" in results[1].error
+    single = det.predict(FIXTURE_IMAGES[2])
+    assert results[3].probability == pytest.approx(single.probability, abs=1e-6)
+
+
+def test_batched_equals_single(det: FractureDetector) -> None:
+    many = [r.probability for r in det.predict_many(FIXTURE_IMAGES, batch_size=5)]
+    one = [det.predict(p, heatmap=False).probability for p in FIXTURE_IMAGES]
+    assert np.allclose(many, one, atol=1e-5)
+
+
+def test_unreadable_file_raises_for_single_predict(det: FractureDetector, tmp_path: Path) -> None:
+    (tmp_path / "x.dcm").write_bytes(b"\0" * 10)
+    with pytest.raises(ImageReadError):
+        det.predict(tmp_path / "x.dcm")
+
+
+def test_onnx_backend_matches_torch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BONEFRAC_CACHE", str(tmp_path / "cache"))
+    path = make_checkpoint(tmp_path / "model.pt", arch="efficientnet_lite0", image_size=96)
+    t = FractureDetector.load(path, backend="torch")
+    o = FractureDetector.load(path, backend="onnx")
+    assert o.backend.name == "onnx" and (tmp_path / "cache" / "onnx").is_dir()
+    for img in FIXTURE_IMAGES[:4]:
+        a, b = t.predict(img), o.predict(img)
+        assert abs(a.probability - b.probability) <= 1e-4
+        assert np.abs(a.heatmap - b.heatmap).max() < 1e-3

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from bonefrac.metrics import (
+    auc,
+    auc_ci,
+    choose_operating_points,
+    localization_scores,
+    operating_point_stats,
+)
+
+
+def _scores(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.2).astype(int)
+    p = np.clip(rng.normal(0.3 + 0.3 * y, 0.15), 0, 1).round(2)  # rounded: ties exercise the tie handling
+    return y, p
+
+
+def test_auc_matches_sklearn_and_ci_brackets_it() -> None:
+    y, p = _scores()
+    assert auc(y, p) == pytest.approx(roc_auc_score(y, p))
+    lo, hi = auc_ci(y, p, n_boot=500)
+    assert lo < auc(y, p) < hi
+    assert 0.02 < hi - lo < 0.2
+
+
+def test_bootstrap_auc_formula_equals_sklearn_with_ties() -> None:
+    """auc_ci's fast Mann-Whitney computation is the same number roc_auc_score gives."""
+    y, p = _scores(100, seed=5)
+    pos, neg = p[y == 1], np.sort(p[y == 0])
+    below = np.searchsorted(neg, pos, side="left")
+    ties = np.searchsorted(neg, pos, side="right") - below
+    assert (below.sum() + 0.5 * ties.sum()) / (len(pos) * len(neg)) == pytest.approx(roc_auc_score(y, p))
+
+
+def test_single_class_gives_nan_not_an_exception() -> None:
+    assert np.isnan(auc(np.zeros(5), np.linspace(0, 1, 5)))
+    assert all(np.isnan(auc_ci(np.zeros(5), np.linspace(0, 1, 5))))
+
+
+def test_operating_points_meet_their_targets_on_the_data_they_were_chosen_on() -> None:
+    y, p = _scores(1000, seed=1)
+    points = choose_operating_points(y, p)
+    assert points["high_sensitivity"] <= points["default"] <= points["high_specificity"]
+    assert operating_point_stats(y, p, points["high_sensitivity"])["sensitivity"] >= 0.90
+    assert operating_point_stats(y, p, points["high_specificity"])["specificity"] >= 0.90
+
+
+def test_operating_point_stats_counts() -> None:
+    y = np.array([1, 1, 0, 0, 0])
+    p = np.array([0.9, 0.2, 0.8, 0.1, 0.1])
+    s = operating_point_stats(y, p, 0.5)
+    assert (s["tp"], s["fn"], s["fp"], s["tn"]) == (1, 1, 1, 2)
+    assert s["sensitivity"] == 0.5 and s["specificity"] == pytest.approx(2 / 3)
+    assert s["ppv"] == 0.5 and s["npv"] == pytest.approx(2 / 3)
+
+
+def test_localization_scores() -> None:
+    truth = [[[10, 10, 20, 20]], [[50, 50, 60, 60]]]
+    peaks = [(15, 15), (0, 0)]
+    preds = [[[11, 11, 21, 21, 0.9]], []]
+    s = localization_scores(peaks, preds, truth)
+    assert s["pointing_game"] == 0.5
+    assert s["box_precision"] == 1.0 and s["box_recall"] == 0.5

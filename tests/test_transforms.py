@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bonefrac.io import XrayImage
+from bonefrac.models import ModelSpec
+from bonefrac.transforms import Augment, letterbox, preprocess
+
+
+@pytest.mark.parametrize("shape", [(373, 454), (454, 373), (1024, 1024), (50, 300)])
+def test_letterbox_keeps_aspect_and_pads_symmetrically(shape: tuple[int, int]) -> None:
+    pixels = np.random.default_rng(0).random(shape, dtype=np.float32)
+    out, g = letterbox(pixels, 128)
+    assert out.shape == (128, 128) and out.dtype == np.float32
+    assert 0.0 <= out.min() and out.max() <= 1.0
+    h, w = shape
+    nh, nw = round(h * 128 / max(h, w)), round(w * 128 / max(h, w))
+    assert (g.pad_y, g.pad_x) == ((128 - nh) // 2, (128 - nw) // 2)
+    # the padding is zero, the content is not
+    if g.pad_y:
+        assert not out[: g.pad_y].any()
+    if g.pad_x:
+        assert not out[:, : g.pad_x].any()
+
+
+def test_min_max_makes_input_invariant_to_linear_intensity_changes() -> None:
+    pixels = np.random.default_rng(1).random((200, 160), dtype=np.float32)
+    a, _ = letterbox(pixels, 64)
+    b, _ = letterbox(pixels * 0.25 + 0.5, 64)  # e.g. a 12-bit image stored in 16 bits, plus an offset
+    assert np.abs(a - b).max() < 1e-5
+
+
+def test_heatmap_maps_back_onto_the_original_geometry() -> None:
+    """A hot cell on the model grid lands at the same relative place in the original image."""
+    image = XrayImage(np.random.default_rng(2).random((300, 600), dtype=np.float32))
+    spec = ModelSpec(image_size=256)
+    x, g = preprocess(image, spec)
+    assert x.shape == (1, 256, 256)
+    heat = np.zeros((256, 256), dtype=np.float32)
+    # content spans rows pad_y .. pad_y+128; mark the model-grid point for image pixel (x=450, y=75)
+    heat[g.pad_y + round(75 * g.scale), g.pad_x + round(450 * g.scale)] = 1.0
+    full = g.model_to_image(heat)
+    assert full.shape == (300, 600)
+    y, x_ = np.unravel_index(np.argmax(full), full.shape)
+    assert abs(x_ - 450) <= 3 and abs(y - 75) <= 3
+    box = g.content_box_to_image([64.0, 32.0, 128.0, 64.0, 0.9])
+    assert box == pytest.approx([150.0, 75.0, 300.0, 150.0, 0.9])
+
+
+def test_normalisation_uses_spec() -> None:
+    image = XrayImage(np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64))
+    x, _ = preprocess(image, ModelSpec(image_size=64, mean=0.5, std=0.25))
+    assert x.min().item() == pytest.approx(-2.0, abs=1e-3) and x.max().item() == pytest.approx(2.0, abs=1e-3)
+
+
+def test_augment_is_seeded_and_stays_in_range() -> None:
+    x = torch.rand(4, 1, 64, 64)
+    a = Augment()(x, torch.Generator().manual_seed(3))
+    b = Augment()(x, torch.Generator().manual_seed(3))
+    c = Augment()(x, torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.shape == x.shape and a.min() >= 0 and a.max() <= 1
