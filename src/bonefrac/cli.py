@@ -98,9 +98,7 @@ def _export(args: argparse.Namespace) -> int:
     examples = sorted(Path(str(resources.files("bonefrac") / "examples")).glob("*.jpg"))
     if examples:
         x = np.stack([preprocess(read_image(p), spec)[0].numpy() for p in examples])
-        print(
-            f"torch/onnxruntime parity on {len(examples)} example images: max |dp| = {parity(model, path, x):.2e}"
-        )
+        print(f"torch/onnxruntime parity on {len(examples)} example images: max |dp| = {parity(model, path, x):.2e}")
     print(f"exported {spec.arch} ({spec.image_size}px, dynamic batch, outputs: logit, cam) to {path}")
     return 0
 
@@ -131,9 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per input on stdout")
     p.add_argument("--csv", help="also write results to this CSV file")
     p.add_argument("--overlay-dir", help="write a heatmap + boxes overlay PNG per input here")
-    p.add_argument(
-        "--operating-point", default="default", help="default | high_sensitivity | high_specificity"
-    )
+    p.add_argument("--operating-point", default="default", help="default | high_sensitivity | high_specificity")
     _model_args(p)
     p.set_defaults(func=_predict)
 
@@ -190,9 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="checkpoint file or training run folder (default: the bundled model)")
-    p.add_argument(
-        "--backend", default="auto", choices=["auto", "onnx", "torch"], help="auto = onnx when available"
-    )
+    p.add_argument("--backend", default="auto", choices=["auto", "onnx", "torch"], help="auto = onnx when available")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=2, help="threads reading and preprocessing files")
     p.add_argument("--no-progress", action="store_true")

@@ -28,7 +28,11 @@ CACHE_VERSION = 1  # bump when letterbox() changes what it produces
 
 @dataclass
 class Record:
-    """One labelled image. `boxes` are [x0, y0, x1, y1] in the pixels of the file as stored."""
+    """One labelled image. `boxes` are [x0, y0, x1, y1] in the pixels of the image as read.
+
+    `name` identifies the image in split files: the file name for FracAtlas folders, the path relative to
+    the dataset root for class folders, the path as written for CSVs (so `IM0001` in two folders differ).
+    """
 
     path: str
     label: int
@@ -36,10 +40,11 @@ class Record:
     group: str = ""
     boxes: list[list[float]] = field(default_factory=list)
     hardware: int | None = None
+    name: str = ""
 
     @property
     def key(self) -> str:
-        return Path(self.path).name
+        return self.name or Path(self.path).name
 
 
 def load_dataset(path: str | Path) -> list[Record]:
@@ -53,10 +58,15 @@ def load_dataset(path: str | Path) -> list[Record]:
         return _from_fracatlas(path)
     pos, neg = path / "fractured", path / "not_fractured"
     if pos.is_dir() and neg.is_dir():
-        records = [Record(str(p), 1) for p in find_images([pos])] + [
-            Record(str(p), 0) for p in find_images([neg])
-        ]
-        return _checked(sorted(records, key=lambda r: r.path), path)
+        records = sorted(
+            (
+                Record(str(p), label, name=p.relative_to(path).as_posix())
+                for label, folder in ((1, pos), (0, neg))
+                for p in find_images([folder])
+            ),
+            key=lambda r: r.path,
+        )
+        return _checked(records, path)
     raise DatasetError(
         f"{path}: not a dataset. Expected labels.csv + images/, fractured/ + not_fractured/ folders, or a CSV file"
     )
@@ -80,43 +90,64 @@ def _label(value: str, where: str) -> int:
     raise DatasetError(f"{where}: label {value!r} is not 0/1")
 
 
+def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """Column names and rows of a UTF-8 CSV file; a byte-order mark (as Excel writes one) is fine."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            return list(reader.fieldnames or []), list(reader)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DatasetError(f"{path}: not a UTF-8 CSV file ({type(e).__name__})") from None
+
+
 def _from_fracatlas(root: Path) -> list[Record]:
+    columns, rows = _read_csv(root / "labels.csv")
+    if not {"filename", "fractured"} <= set(columns):
+        raise DatasetError(f"{root / 'labels.csv'}: needs 'filename' and 'fractured' columns")
     records = []
-    with open(root / "labels.csv", newline="") as f:
-        for i, row in enumerate(csv.DictReader(f)):
-            if "filename" not in row or "fractured" not in row:
-                raise DatasetError(f"{root / 'labels.csv'}: needs 'filename' and 'fractured' columns")
-            hw = row.get("hardware")
+    for i, row in enumerate(rows):
+        where = f"labels.csv row {i + 2}"
+        if not (row.get("filename") or "").strip():
+            raise DatasetError(f"{where}: empty filename")
+        hw = row.get("hardware")
+        try:
             records.append(
                 Record(
                     path=str(root / "images" / row["filename"]),
-                    label=_label(row["fractured"], f"labels.csv row {i + 2}"),
+                    label=_label(row["fractured"], where),
                     region=(row.get("body_region") or "unknown").strip() or "unknown",
                     group=(row.get("dup_group") or "").strip(),
                     boxes=_parse_boxes(row.get("boxes", "")),
                     hardware=int(hw) if hw not in (None, "") else None,
                 )
             )
+        except ValueError as e:  # a malformed box or hardware value
+            raise DatasetError(f"{where}: {e}") from None
     return _checked(records, root)
 
 
 def _from_csv(path: Path) -> list[Record]:
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
-            raise DatasetError(f"{path}: a dataset CSV needs 'path' and 'label' columns")
-        records = [
-            Record(
-                path=str(
-                    (path.parent / row["path"]) if not os.path.isabs(row["path"]) else Path(row["path"])
-                ),
-                label=_label(row["label"], f"{path.name} row {i + 2}"),
-                region=(row.get("body_region") or "unknown").strip() or "unknown",
-                group=(row.get("group") or "").strip(),
-                boxes=_parse_boxes(row.get("boxes", "")),
+    columns, rows = _read_csv(path)
+    if not {"path", "label"} <= set(columns):
+        raise DatasetError(f"{path}: a dataset CSV needs 'path' and 'label' columns")
+    records = []
+    for i, row in enumerate(rows):
+        where = f"{path.name} row {i + 2}"
+        if not (row.get("path") or "").strip():
+            raise DatasetError(f"{where}: empty path")
+        try:
+            records.append(
+                Record(
+                    path=str((path.parent / row["path"]) if not os.path.isabs(row["path"]) else Path(row["path"])),
+                    label=_label(row["label"], where),
+                    region=(row.get("body_region") or "unknown").strip() or "unknown",
+                    group=(row.get("group") or "").strip(),
+                    boxes=_parse_boxes(row.get("boxes", "")),
+                    name=row["path"].strip(),
+                )
             )
-            for i, row in enumerate(reader)
-        ]
+        except ValueError as e:  # a malformed box
+            raise DatasetError(f"{where}: {e}") from None
     return _checked(records, path)
 
 
@@ -125,6 +156,11 @@ def _checked(records: list[Record], where: Path) -> list[Record]:
         raise DatasetError(f"{where}: the dataset has no images")
     if len({r.label for r in records}) < 2:
         warnings.warn(f"{where}: only one class present", stacklevel=3)
+    seen: set[str] = set()
+    for r in records:
+        if r.key in seen:  # split files are keyed by name: a repeat would silently join two images
+            raise DatasetError(f"{where}: {r.key!r} is listed twice")
+        seen.add(r.key)
     return records
 
 
@@ -192,8 +228,16 @@ class DecodeCache:
         from tqdm import tqdm
 
         self.dir.mkdir(parents=True, exist_ok=True)
-        todo = [(p, self.size, str(self.path_for(p))) for p in paths if not self.path_for(p).exists()]
-        errors: dict[str, str] = {}
+        todo, errors = [], {}
+        for p in paths:
+            try:
+                target = self.path_for(p)  # stats the file: a missing one is an error to report, not raise
+            except OSError as e:
+                reason = "no such file" if isinstance(e, FileNotFoundError) else f"cannot open ({e.strerror or e})"
+                errors[p] = f"{Path(p).name}: {reason}"
+                continue
+            if not target.exists():
+                todo.append((p, self.size, str(target)))
         if not todo:
             return errors
         workers = workers or min(os.cpu_count() or 1, 8)

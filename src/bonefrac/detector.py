@@ -207,11 +207,7 @@ class FractureDetector:
             fractured = bool(prob >= threshold)
             # Boxes from the heatmap on the model grid (cheap), scaled back to image pixels.
             content = normalize_heatmap(g.model_to_content(cam))
-            boxes = (
-                [g.content_box_to_image(b) for b in boxes_from_heatmap(content, float(prob))]
-                if fractured
-                else []
-            )
+            boxes = [g.content_box_to_image(b) for b in boxes_from_heatmap(content, float(prob))] if fractured else []
             px, py = heatmap_peak(content)
             peak = g.content_box_to_image([px + 0.5, py + 0.5, px + 0.5, py + 0.5])[:2]  # pixel centre
             heat = normalize_heatmap(g.model_to_image(cam)) if full_heatmaps else None

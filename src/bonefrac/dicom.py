@@ -51,9 +51,7 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         bits_stored = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
     except (AttributeError, TypeError, ValueError):
-        raise ImageReadError(
-            f"{name}: DICOM image attributes (Rows, Columns, ...) are missing or invalid"
-        ) from None
+        raise ImageReadError(f"{name}: DICOM image attributes (Rows, Columns, ...) are missing or invalid") from None
     check_size(cols, rows, name)
     if photometric not in DICOM_PHOTOMETRICS:
         raise ImageReadError(
@@ -61,9 +59,7 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
             f"(supported: {', '.join(DICOM_PHOTOMETRICS)})"
         )
     if frames > 1:
-        warnings.warn(
-            f"{name}: multi-frame DICOM ({frames} frames); reading the first", ImageReadWarning, stacklevel=3
-        )
+        warnings.warn(f"{name}: multi-frame DICOM ({frames} frames); reading the first", ImageReadWarning, stacklevel=4)
     try:
         arr = pixel_array(ds, index=0 if frames > 1 else None)
     except Exception as e:  # pydicom raises many types for corrupt/unsupported encodings
@@ -158,9 +154,7 @@ def _first_window(ds: Any) -> tuple[float, float] | None:
         return None
     center, width = ds.WindowCenter, ds.WindowWidth
     try:
-        center = (
-            float(center[0]) if hasattr(center, "__len__") and not isinstance(center, str) else float(center)
-        )
+        center = float(center[0]) if hasattr(center, "__len__") and not isinstance(center, str) else float(center)
         width = float(width[0]) if hasattr(width, "__len__") and not isinstance(width, str) else float(width)
     except (TypeError, ValueError, IndexError):
         return None

@@ -105,9 +105,7 @@ def evaluate(
     preds: list[Prediction] = []
     errors: dict[str, str] = {}
     stream = det.predict_many([r.path for r in records], batch_size=batch_size, workers=workers)
-    for rec, res in tqdm(
-        zip(records, stream, strict=True), total=len(records), desc="evaluate", disable=not progress
-    ):
+    for rec, res in tqdm(zip(records, stream, strict=True), total=len(records), desc="evaluate", disable=not progress):
         if isinstance(res, Prediction):
             kept.append(rec)
             preds.append(res)
@@ -135,9 +133,7 @@ def evaluate(
     with open(out / "predictions.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", "label", "probability", "region"])
-        w.writerows(
-            [r.path, r.label, f"{q.probability:.6f}", r.region] for r, q in zip(kept, preds, strict=True)
-        )
+        w.writerows([r.path, r.label, f"{q.probability:.6f}", r.region] for r, q in zip(kept, preds, strict=True))
     y = np.array([r.label for r in kept])
     p = np.array([q.probability for q in preds])
     write_plots(y, p, det.operating_points, out)

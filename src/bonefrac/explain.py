@@ -37,9 +37,7 @@ def heatmap_peak(heat: np.ndarray) -> tuple[float, float]:
     return float(x), float(y)
 
 
-def boxes_from_heatmap(
-    heat: np.ndarray, probability: float, threshold: float = BOX_THRESHOLD
-) -> list[list[float]]:
+def boxes_from_heatmap(heat: np.ndarray, probability: float, threshold: float = BOX_THRESHOLD) -> list[list[float]]:
     """Connected regions of `heat >= threshold * max` as [x0, y0, x1, y1, score] in the heatmap's pixels."""
     from scipy import ndimage
 
@@ -53,8 +51,6 @@ def boxes_from_heatmap(
             continue
         peak = float(heat[sl][labels[sl] == i].max())
         ys, xs = sl
-        boxes.append(
-            [float(xs.start), float(ys.start), float(xs.stop), float(ys.stop), round(probability * peak, 4)]
-        )
+        boxes.append([float(xs.start), float(ys.start), float(xs.stop), float(ys.stop), round(probability * peak, 4)])
     boxes.sort(key=lambda b: -b[4])
     return boxes[:MAX_BOXES]

@@ -132,9 +132,7 @@ def _read_raster(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
         fmt = (im.format or "unknown").lower()
         check_size(im.width, im.height, name)
         if getattr(im, "n_frames", 1) > 1:
-            warnings.warn(
-                f"{name}: has {im.n_frames} frames; reading the first", ImageReadWarning, stacklevel=3
-            )
+            warnings.warn(f"{name}: has {im.n_frames} frames; reading the first", ImageReadWarning, stacklevel=3)
         meta: dict[str, Any] = {"format": fmt, "mode": im.mode}
         im = _load(im, path, meta)
         try:

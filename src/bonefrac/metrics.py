@@ -17,9 +17,7 @@ def auc(y: np.ndarray, p: np.ndarray) -> float:
     return float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
 
 
-def auc_ci(
-    y: np.ndarray, p: np.ndarray, n_boot: int = 2000, seed: int = 0, alpha: float = 0.05
-) -> list[float]:
+def auc_ci(y: np.ndarray, p: np.ndarray, n_boot: int = 2000, seed: int = 0, alpha: float = 0.05) -> list[float]:
     """Percentile bootstrap CI for the AUC, resampling positives and negatives separately (stratified)."""
     y, p = np.asarray(y), np.asarray(p, dtype=np.float64)
     pos, neg = p[y == 1], p[y == 0]

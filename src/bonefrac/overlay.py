@@ -39,9 +39,7 @@ def render_overlay(image: XrayImage, pred: Prediction, opacity: float = 0.45) ->
     line = max(2, round(max(im.size) / 300))
     for x0, y0, x1, y1, score in pred.boxes:
         draw.rectangle([x0 * scale, y0 * scale, x1 * scale, y1 * scale], outline=(0, 255, 128), width=line)
-        draw.text(
-            (x0 * scale + line, y0 * scale + line), f"{score:.2f}", fill=(0, 255, 128), font=_font(im, 0.025)
-        )
+        draw.text((x0 * scale + line, y0 * scale + line), f"{score:.2f}", fill=(0, 255, 128), font=_font(im, 0.025))
     verdict = "FRACTURE" if pred.fractured else "no fracture"
     caption = f"{verdict}  p={pred.probability:.3f}  (threshold {pred.threshold:.3f}, {pred.operating_point})"
     font = _font(im, 0.032)

@@ -61,9 +61,7 @@ def _table_line(res: Prediction | PredictionError, width: int) -> str:
     return f"{res.path:<{width}}  {res.probability:11.3f}  {verdict:<11}  {len(res.boxes)}"
 
 
-def stream(
-    det: FractureDetector, files: list[Path], opts: PredictOptions
-) -> Iterator[Prediction | PredictionError]:
+def stream(det: FractureDetector, files: list[Path], opts: PredictOptions) -> Iterator[Prediction | PredictionError]:
     from tqdm import tqdm
 
     results = det.predict_many(
@@ -77,15 +75,11 @@ def stream(
     yield from tqdm(results, total=len(files), desc="predict", unit="img", disable=not show, file=sys.stderr)
 
 
-def run_predict(
-    det: FractureDetector, inputs: list[str], opts: PredictOptions, out: IO[str] = sys.stdout
-) -> int:
+def run_predict(det: FractureDetector, inputs: list[str], opts: PredictOptions, out: IO[str] = sys.stdout) -> int:
     """Predict every image under `inputs`; returns the exit code (0 all predicted, 1 some failed)."""
     files = find_images(inputs)
     if not files:
-        raise BonefracError(
-            f"no images found in {', '.join(inputs)} (looked for .jpg .jpeg .png .dcm and DICOM)"
-        )
+        raise BonefracError(f"no images found in {', '.join(inputs)} (looked for .jpg .jpeg .png .dcm and DICOM)")
     if opts.overlay_dir:
         Path(opts.overlay_dir).mkdir(parents=True, exist_ok=True)
     mine = distributed.shard(list(enumerate(files)))

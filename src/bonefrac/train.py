@@ -1,6 +1,9 @@
 """The fit loop: class-balanced loss, radiograph augmentation, AdamW + warmup/cosine, EMA weights,
 best checkpoint by validation AUC, early stopping, and resume from the last finished epoch.
 
+Under torchrun the same loop runs data-parallel (see `distributed`): `batch_size` is the global batch, split
+across ranks; only rank 0 writes files, logs and shows progress; validation is sharded and gathered.
+
 Outputs in the run folder: model.pt (best, with operating points chosen on validation), last.pt (resume
 state), history.csv, learning_curve.png, split.json, run.json (command line, versions, config).
 """
@@ -26,7 +29,7 @@ from tqdm import tqdm
 from . import __version__, distributed
 from .checkpoint import atomic_save, save_model
 from .data import DecodeCache, Record, load_dataset, load_split, save_split, split_dataset
-from .errors import DatasetError
+from .errors import BonefracError, DatasetError
 from .metrics import auc, auc_ci, choose_operating_points, operating_point_stats
 from .models import ModelSpec, build_model
 from .transforms import Augment, normalize
@@ -82,9 +85,7 @@ def lr_at(step: int, total: int, warmup: int, base: float) -> float:
     return base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def load_batch(
-    cache: DecodeCache, records: list[Record], idx: list[int]
-) -> tuple[torch.Tensor, torch.Tensor]:
+def load_batch(cache: DecodeCache, records: list[Record], idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.from_numpy(np.stack([cache.load(records[i].path) for i in idx]))[:, None].float().div_(255)
     y = torch.tensor([records[i].label for i in idx], dtype=torch.float32)
     return x, y
@@ -99,23 +100,35 @@ def predict_cached(
     out = []
     for s in range(0, len(records), batch_size):
         x, _ = load_batch(cache, records, list(range(s, min(s + batch_size, len(records)))))
-        x = normalize(x, spec).contiguous(memory_format=torch.channels_last)
-        out.append(torch.sigmoid(model(x)).numpy())
+        x = normalize(x, spec).to(distributed.device()).contiguous(memory_format=torch.channels_last)
+        out.append(torch.sigmoid(model(x)).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0)
 
 
 def prepare_data(cfg: TrainConfig, out: Path) -> tuple[list[Record], list[Record], DecodeCache]:
     records = load_dataset(cfg.dataset)
-    split_path = Path(cfg.split_file) if cfg.split_file else out / "split.json"
-    if split_path.is_file():
-        split = load_split(split_path)  # resume, or a split chosen elsewhere: reuse it exactly
-    else:
-        split = split_dataset(records, cfg.val_fraction, cfg.seed)
+    split: dict[str, str] | None = None
     if distributed.is_main():
+        split_path = Path(cfg.split_file) if cfg.split_file else out / "split.json"
+        if split_path.is_file():
+            split = load_split(split_path)  # resume, or a split chosen elsewhere: reuse it exactly
+        else:
+            split = split_dataset(records, cfg.val_fraction, cfg.seed)
         save_split(split, out / "split.json")
+    # Rank 0 decides and the others receive it: nobody reads a split.json while it is being written.
+    split = distributed.broadcast_object(split)
+    assert split is not None
     cache = DecodeCache(cfg.cache_dir, cfg.image_size)
-    bad = cache.build([r.path for r in records], progress=cfg.progress and distributed.is_main())
-    for err in bad.values():
+    paths = [r.path for r in records]
+    # One process per node decodes first (the cache may be node-local); the others then find it built and
+    # only re-try the unreadable files, so every rank drops the same records. One barrier on every rank.
+    first = distributed.local_rank() == 0
+    if not first:
+        distributed.barrier()
+    bad = cache.build(paths, progress=cfg.progress and distributed.is_main())
+    if first:
+        distributed.barrier()
+    for err in bad.values() if distributed.is_main() else ():
         print(f"skipping unreadable image: {err}", file=sys.stderr)
     records = [r for r in records if r.path not in bad]
     train = [r for r in records if split.get(r.key) == "train"]
@@ -138,18 +151,27 @@ def validation_report(y: np.ndarray, p: np.ndarray, points: dict[str, float]) ->
 
 
 def fit(cfg: TrainConfig, resume: bool = False) -> Path:
-    """Train a model as configured; returns the run folder. With `resume`, continue from last.pt."""
+    """Train a model as configured; returns the run folder. With `resume`, continue from last.pt.
+
+    Under torchrun every rank runs this; rank 0 alone writes the run folder, and the others receive its
+    decisions (split, resume state), so only rank 0 needs the folder.
+    """
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    main = distributed.is_main()
+    world = distributed.world_size()
+    if cfg.batch_size < world:
+        raise BonefracError(f"--batch-size {cfg.batch_size} is the global batch: it needs at least {world}")
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    main = distributed.is_main()
+    dev = distributed.device()
     train, val, cache = prepare_data(cfg, out)
     spec = ModelSpec(arch=cfg.arch, image_size=cfg.image_size)
-    model = build_model(spec).to(memory_format=torch.channels_last)
+    model = build_model(spec).to(dev, memory_format=torch.channels_last)
     ema = EMA(model, cfg.ema_decay)
-    ddp_model = distributed.wrap(model)
+    ddp_model = distributed.wrap(model)  # `model` stays the plain module: its state_dict is what we save
     decay, no_decay = [], []
     for p in model.parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)
@@ -158,16 +180,21 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path:
         lr=cfg.lr,
     )
     n_pos = sum(r.label for r in train)
-    pos_weight = torch.tensor((len(train) - n_pos) / max(n_pos, 1))  # balance the classes in the loss
-    world = distributed.world_size()
-    steps_per_epoch = len(train) // (cfg.batch_size * world) or 1
+    pos_weight = torch.tensor((len(train) - n_pos) / max(n_pos, 1), device=dev)  # balance the classes
+    # The same steps and the same global batches whatever the number of processes.
+    steps_per_epoch = len(train) // cfg.batch_size or 1
     total_steps = steps_per_epoch * cfg.epochs
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
     augment = Augment()
     start_epoch, best_auc, stale, history = 0, -1.0, 0, []
     last_path = out / "last.pt"
-    if resume and last_path.is_file():
-        state = torch.load(last_path, map_location="cpu", weights_only=True)
+    state = (
+        torch.load(last_path, map_location="cpu", weights_only=True)
+        if resume and main and last_path.is_file()
+        else None
+    )
+    state = distributed.broadcast_object(state)  # every rank resumes from rank 0's last.pt
+    if state is not None:
         model.load_state_dict(state["model"])
         ema.module.load_state_dict(state["ema"])
         ema.updates = state["ema_updates"]
@@ -183,11 +210,10 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path:
         if stale >= cfg.patience:
             break
         t0 = time.time()
-        # Seeded per epoch, identical on every rank, so a resumed or distributed run sees the same order.
-        order = torch.randperm(
-            len(train), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        ).tolist()
-        gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch + 1 + distributed.rank() * 7919)
+        # Seeded per epoch, identical on every rank, so a resumed or distributed run sees the same order
+        # and the same augmentation (drawn for the global batch, each rank keeping its rows).
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)).tolist()
+        gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch + 1)
         model.train()
         losses = []
         bar = tqdm(
@@ -199,25 +225,28 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path:
             glob = epoch * steps_per_epoch + step
             for g in opt.param_groups:
                 g["lr"] = lr_at(glob, total_steps, warmup, cfg.lr)
-            idx = distributed.shard(
-                order[step * cfg.batch_size * world : (step + 1) * cfg.batch_size * world]
-            )
+            batch = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            params = augment.sample(len(batch), gen)
+            idx = distributed.shard(batch)
             x, y = load_batch(cache, train, idx)
-            x = normalize(augment(x, gen), spec).contiguous(memory_format=torch.channels_last)
-            loss = F.binary_cross_entropy_with_logits(ddp_model(x), y, pos_weight=pos_weight)
+            x = normalize(augment.apply(x, distributed.shard(params)), spec)
+            x, y = x.to(dev).contiguous(memory_format=torch.channels_last), y.to(dev)
+            # This rank's mean, weighted by its share of the global batch (1.0 for equal shards and in one
+            # process): DDP's average over ranks is then exactly the global batch's mean loss and gradient.
+            share = len(idx) * world / len(batch)
+            loss = F.binary_cross_entropy_with_logits(ddp_model(x), y, pos_weight=pos_weight) * share
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            ema.update(model)
+            ema.update(model)  # weights are identical on every rank after the step, so every EMA is too
             losses.append(loss.item())
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")  # rank 0's share: a noisy estimate
         train_time = time.time() - t0
+        losses = distributed.mean_over_ranks(losses)  # the global batches' losses
         p = distributed.gather_predictions(lambda recs: predict_cached(ema.module, spec, cache, recs), val)
         y = np.array([r.label for r in val])
         val_auc = auc(y, p)
-        val_loss = float(
-            F.binary_cross_entropy(torch.tensor(p).clamp(1e-6, 1 - 1e-6), torch.tensor(y).float())
-        )
+        val_loss = float(F.binary_cross_entropy(torch.tensor(p).clamp(1e-6, 1 - 1e-6), torch.tensor(y).float()))
         row = {
             "epoch": epoch + 1,
             "train_loss": float(np.mean(losses)),
@@ -225,9 +254,10 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path:
             "val_auc": val_auc,
             "lr": opt.param_groups[0]["lr"],
             "seconds": time.time() - t0,
-            "train_images_per_s": steps_per_epoch * cfg.batch_size * world / train_time,
+            "train_images_per_s": min(steps_per_epoch * cfg.batch_size, len(train)) / train_time,
         }
         history.append(row)
+        # Every rank holds the same gathered predictions, hence takes the same best / early-stop decisions.
         improved = val_auc > best_auc
         best_auc, stale = (val_auc, 0) if improved else (best_auc, stale + 1)
         if main:
@@ -262,7 +292,7 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path:
                 },
                 last_path,
             )
-        distributed.barrier()
+        distributed.barrier()  # ranks leave the epoch together, after rank 0's checkpoint is on disk
     if main:
         print(f"best validation AUC {best_auc:.4f}; model written to {out / 'model.pt'}")
     return out

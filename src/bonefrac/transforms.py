@@ -108,7 +108,14 @@ class Augment:
     contrast: float = 0.15
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        n = x.shape[0]
+        return self.apply(x, self.sample(x.shape[0], generator))
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Random parameters for `n` images, (n, 7): angle (rad), scale, flip, tx, ty, gamma, contrast.
+
+        Drawn apart from `apply` so that distributed training can draw them for the whole global batch
+        on every rank and keep its own rows: each image gets the same augmentation as in one process.
+        """
 
         def uniform(lo: float, hi: float) -> torch.Tensor:
             return lo + (hi - lo) * torch.rand(n, generator=generator)
@@ -117,14 +124,21 @@ class Augment:
         scale = uniform(*self.scale)
         flip = torch.where(torch.rand(n, generator=generator) < self.flip_p, -1.0, 1.0)
         tx, ty = uniform(-self.translate, self.translate) * 2, uniform(-self.translate, self.translate) * 2
+        gamma = uniform(*self.gamma)
+        contrast = uniform(1 - self.contrast, 1 + self.contrast)
+        return torch.stack([angle, scale, flip, tx, ty, gamma, contrast], 1)
+
+    def apply(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """Augment (N, 1, S, S) in [0, 1] with (N, 7) parameters from `sample`."""
+        n = x.shape[0]
+        angle, scale, flip, tx, ty, gamma, contrast = params.unbind(1)
         cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-        theta = torch.stack(
-            [torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1
-        ).to(x.dtype)
+        theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1).to(
+            x.dtype
+        )
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        gamma = uniform(*self.gamma).view(n, 1, 1, 1)
-        x = x.clamp(0, 1) ** gamma
-        c = uniform(1 - self.contrast, 1 + self.contrast).view(n, 1, 1, 1)
+        x = x.clamp(0, 1) ** gamma.view(n, 1, 1, 1)
+        c = contrast.view(n, 1, 1, 1)
         mean = x.mean(dim=(2, 3), keepdim=True)
         return ((x - mean) * c + mean).clamp(0, 1)

@@ -1,0 +1,78 @@
+"""How fast are real radiographs read, and how much does a second worker buy when building the decode cache?
+
+    python bench/bench_read.py [FOLDER] [--size 256] [--limit N]
+
+- read_image:    every image in FOLDER (default ../shared/data/fracatlas/images), one after another.
+- decode cache:  `DecodeCache.build` at --size px into a fresh temporary folder, with 1 and with 2 worker
+                 processes (decode + letterbox + uint8 .npy per image).
+Prints images/s for each, then the ratio of the two cache builds (2.0 would be perfect scaling on two idle
+cores). Numbers are wall clock: anything else running on the machine slows them down, so the load
+average at the start is printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+from _common import DATASET
+
+from bonefrac.data import DecodeCache
+from bonefrac.errors import ImageReadError
+from bonefrac.io import ImageReadWarning, find_images, read_image
+
+
+def time_reads(paths: list[Path]) -> tuple[float, int]:
+    """Seconds to read every file, and how many were refused."""
+    refused = 0
+    start = time.perf_counter()
+    for path in paths:
+        try:
+            read_image(path)
+        except ImageReadError:
+            refused += 1
+    return time.perf_counter() - start, refused
+
+
+def time_cache_build(paths: list[str], size: int, workers: int) -> tuple[float, int]:
+    """Seconds to build a decode cache from scratch, and how many files it reported as unreadable."""
+    with tempfile.TemporaryDirectory(prefix="bonefrac-bench-") as tmp:
+        start = time.perf_counter()
+        errors = DecodeCache(Path(tmp), size).build(paths, workers=workers, progress=False)
+        return time.perf_counter() - start, len(errors)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("folder", nargs="?", type=Path, default=DATASET / "images", help="images to read (recursive)")
+    ap.add_argument("--size", type=int, default=256, help="decode cache image size in pixels")
+    ap.add_argument("--limit", type=int, default=0, help="use only the first N images (0 = all)")
+    args = ap.parse_args()
+    if not args.folder.is_dir():
+        ap.error(f"{args.folder}: no such folder (pass one, or put FracAtlas at {DATASET})")
+    paths = find_images([args.folder])[: args.limit or None]
+    if not paths:
+        ap.error(f"{args.folder}: no images found")
+    warnings.simplefilter("ignore", ImageReadWarning)  # truncated JPEGs are part of the data, not news here
+
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    print(f"{len(paths)} images from {args.folder}; {os.cpu_count()} CPUs, load average at start {load}")
+    seconds, refused = time_reads(paths)
+    print(f"read_image:                    {len(paths) / seconds:8.1f} images/s  ({seconds:.1f} s, {refused} refused)")
+    rates = {}
+    for workers in (1, 2):
+        seconds, errors = time_cache_build([str(p) for p in paths], args.size, workers)
+        rates[workers] = len(paths) / seconds
+        print(
+            f"decode cache {args.size}px, workers={workers}:  {rates[workers]:8.1f} images/s"
+            f"  ({seconds:.1f} s, {errors} unreadable)"
+        )
+    print(f"ratio decode cache workers=2 / workers=1: {rates[2] / rates[1]:.2f}  (2.00 = perfect scaling)")
+
+
+if __name__ == "__main__":
+    main()

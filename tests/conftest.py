@@ -1,0 +1,43 @@
+"""Shared fixtures: the tiny FracAtlas-style dataset in tests/fixtures, the full dataset when present."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from make_variants import BASE_IMAGE, FIXTURES
+
+FRACATLAS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fracatlas"
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    """tests/fixtures: a FracAtlas-style dataset (labels.csv + images/) of 14 real radiographs."""
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def fixture_rows() -> list[dict[str, str]]:
+    with open(FIXTURES / "labels.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="session")
+def fracatlas_dir() -> Path:
+    """The full development dataset next to the repository; the test is skipped when it is absent."""
+    if not (FRACATLAS / "labels.csv").is_file() or not (FRACATLAS / "images").is_dir():
+        pytest.skip(f"FracAtlas dataset not found at {FRACATLAS} (needs labels.csv and images/)")
+    return FRACATLAS
+
+
+@pytest.fixture(scope="session")
+def grey() -> np.ndarray:
+    """The base radiograph as 8-bit grey values (H, W) uint8, exactly as the reader returns it x 255."""
+    from bonefrac.io import read_image
+
+    pixels = read_image(FIXTURES / "images" / BASE_IMAGE).pixels
+    out = np.round(pixels * 255).astype(np.uint8)
+    assert np.abs(out / 255.0 - pixels).max() < 1e-6  # an 8-bit JPEG: values are exact multiples of 1/255
+    return out
