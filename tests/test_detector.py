@@ -94,3 +94,11 @@ def test_onnx_backend_matches_torch(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         a, b = t.predict(img), o.predict(img)
         assert abs(a.probability - b.probability) <= 1e-4
         assert np.abs(a.heatmap - b.heatmap).max() < 1e-3
+
+
+def test_truncated_jpeg_is_predicted_with_its_warning_in_the_stream(det: FractureDetector) -> None:
+    truncated = FIXTURE_IMAGES[0].parent / "IMG0004228.jpg"  # jpeg_truncated=1 in labels.csv
+    results = list(det.predict_many([truncated, FIXTURE_IMAGES[0]], workers=2))
+    assert isinstance(results[0], Prediction)
+    assert any("truncated" in w for w in results[0].warnings)
+    assert "warnings" in results[0].to_dict() and not results[1].warnings

@@ -7,7 +7,6 @@ for p in det.predict_many(paths): ...      # batched, decoding in parallel, bad 
 
 from __future__ import annotations
 
-import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -182,12 +181,10 @@ class FractureDetector:
 
     # ------------------------------------------------------------------ internals
     def _prepare(self, source: str | Path | XrayImage) -> _Prepared:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            image = source if isinstance(source, XrayImage) else read_image(source)
-            tensor, geometry = preprocess(image, self.spec)
+        image = source if isinstance(source, XrayImage) else read_image(source)
+        tensor, geometry = preprocess(image, self.spec)
         path = str(source) if not isinstance(source, XrayImage) else image.path
-        return _Prepared(path, tensor, geometry, image, [str(w.message) for w in caught])
+        return _Prepared(path, tensor, geometry, image, list(image.meta.get("warnings", [])))
 
     def _check_operating_point(self, name: str) -> None:
         if name not in self.spec.operating_points:

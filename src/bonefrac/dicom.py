@@ -7,14 +7,13 @@ attributes are never read into the returned metadata, never printed and never lo
 from __future__ import annotations
 
 import re
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .errors import BonefracError, ImageReadError
-from .io import DICOM_PHOTOMETRICS, ImageReadWarning, check_size
+from .io import DICOM_PHOTOMETRICS, check_size, warn
 
 
 def read_dicom(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
@@ -58,8 +57,9 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
             f"{name}: unsupported DICOM photometric interpretation {photometric!r} "
             f"(supported: {', '.join(DICOM_PHOTOMETRICS)})"
         )
+    notes: dict[str, Any] = {}
     if frames > 1:
-        warnings.warn(f"{name}: multi-frame DICOM ({frames} frames); reading the first", ImageReadWarning, stacklevel=4)
+        warn(notes, f"{name}: multi-frame DICOM ({frames} frames); reading the first", stacklevel=4)
     try:
         arr = pixel_array(ds, index=0 if frames > 1 else None)
     except Exception as e:  # pydicom raises many types for corrupt/unsupported encodings
@@ -86,6 +86,7 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
         "body_part": body_part,
         "modality": str(ds.get("Modality", "") or "") or None,
         "frames": frames,
+        **notes,
     }
     return values.astype(np.float32), meta
 

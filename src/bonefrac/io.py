@@ -64,6 +64,13 @@ class XrayImage:
         return int(self.pixels.shape[1])
 
 
+def warn(meta: dict[str, Any], message: str, stacklevel: int = 2) -> None:
+    """Warn library users, and keep the message in `meta["warnings"]`: batch prediction reads files in
+    threads, where catching `warnings` is not thread-safe, and reports these per file instead."""
+    meta.setdefault("warnings", []).append(message)
+    warnings.warn(message, ImageReadWarning, stacklevel=stacklevel + 1)
+
+
 def is_dicom(head: bytes) -> bool:
     """True when the first bytes of a file carry the DICOM Part 10 preamble magic."""
     return len(head) >= 132 and head[128:132] == b"DICM"
@@ -131,9 +138,9 @@ def _read_raster(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     with im:
         fmt = (im.format or "unknown").lower()
         check_size(im.width, im.height, name)
-        if getattr(im, "n_frames", 1) > 1:
-            warnings.warn(f"{name}: has {im.n_frames} frames; reading the first", ImageReadWarning, stacklevel=3)
         meta: dict[str, Any] = {"format": fmt, "mode": im.mode}
+        if getattr(im, "n_frames", 1) > 1:
+            warn(meta, f"{name}: has {im.n_frames} frames; reading the first", stacklevel=3)
         im = _load(im, path, meta)
         try:
             im = ImageOps.exif_transpose(im)
@@ -165,7 +172,7 @@ def _load(im: Image.Image, path: Path, meta: dict[str, Any]) -> Image.Image:
         finally:
             ImageFile.LOAD_TRUNCATED_IMAGES = False
     meta["truncated"] = True
-    warnings.warn(f"{name}: JPEG file is truncated; read what is there", ImageReadWarning, stacklevel=4)
+    warn(meta, f"{name}: JPEG file is truncated; read what is there", stacklevel=4)
     return retry
 
 
