@@ -1,0 +1,398 @@
+"""The web page and REST API: `create_app(detector)` serves `/`, `/api/predict`, `/api/model`, `/healthz`.
+
+    bonefrac serve --model runs/lite0-256          # or: python -m bonefrac.server --model ...
+
+The detector is loaded once by the caller and injected into the routes with `Depends`, so tests build the
+app around a tiny model and no app exists at import time. The server holds no image logic of its own:
+uploads go through the same `read_image` -> `FractureDetector.predict` -> overlay path as the CLI.
+User errors come back as 4xx `{"error": "..."}`; anything else is logged and answered with a bare 500
+(`server_edge`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import logging
+import math
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, replace
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, BinaryIO
+
+import anyio
+import numpy as np
+from fastapi import APIRouter, Depends, FastAPI, File, Query, Request, UploadFile
+from fastapi.responses import HTMLResponse, JSONResponse
+from PIL import Image
+from pydantic import BaseModel
+
+from . import __version__
+from .detector import FractureDetector, Prediction
+from .errors import BonefracError, ImageReadError, ImageTooLargeError
+from .overlay import MAX_SIDE, _colormap, render_overlay
+from .server_edge import UploadLimit, add_error_handlers, json_error, sanitize_filename
+
+logger = logging.getLogger("bonefrac.server")
+
+# The page is self-contained (inline CSS/JS, images as data: URLs); this policy makes the browser enforce it.
+PAGE_CSP = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+# The heatmap is smooth (upsampled from the model's feature grid): 256 px carries all of it, and the browser
+# scales it onto the radiograph. Colouring and encoding it at 3000 px would cost more than the model.
+HEATMAP_SIDE = 256
+# zlib level 1: about 5x faster than the default 6 for ~20% larger PNGs; on a LAN the encoding time dominates.
+PNG_COMPRESS_LEVEL = 1
+# Training-config keys that are paths on the training machine: not a fact about the model, not for the web.
+_PRIVATE_CONFIG_KEYS = {"out", "cache_dir"}
+_PATH_CONFIG_KEYS = {"dataset", "split_file"}
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Limits of one server, fixed at start-up.
+
+    Attributes:
+        max_upload_mb: largest request body accepted, in MB of 2**20 bytes (multipart overhead included).
+        concurrency: predictions running at once; more requests wait their turn off the event loop.
+    """
+
+    max_upload_mb: float = 50.0
+    concurrency: int = 2
+
+    def __post_init__(self) -> None:
+        if not self.max_upload_mb > 0:
+            raise ValueError("max_upload_mb must be positive")
+        if self.concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 2**20)
+
+
+class PredictionResponse(BaseModel):
+    """`Prediction.to_dict()` plus what the page needs to re-decide and draw without a re-upload."""
+
+    path: str
+    probability: float
+    fractured: bool
+    threshold: float
+    operating_point: str
+    operating_points: dict[str, bool]
+    thresholds: dict[str, float]
+    boxes: list[list[float]]
+    candidate_boxes: list[list[float]]
+    peak: list[float]
+    width: int
+    height: int
+    model_version: str
+    warnings: list[str] | None = None
+    image_png: str | None = None
+    heatmap_png: str | None = None
+    overlay_png: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: str
+
+
+# ---------------------------------------------------------------- dependencies
+def get_detector(request: Request) -> FractureDetector:
+    return request.app.state.detector
+
+
+def get_limiter(request: Request) -> anyio.CapacityLimiter:
+    return request.app.state.limiter
+
+
+DetectorDep = Annotated[FractureDetector, Depends(get_detector)]
+LimiterDep = Annotated[anyio.CapacityLimiter, Depends(get_limiter)]
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in (
+        (413, "upload over the size limit, or an image declaring too many pixels"),
+        (415, "not a readable X-ray image (JPEG, PNG or DICOM)"),
+        (422, "no `file` field, or an unknown operating point"),
+    )
+}
+
+router = APIRouter()
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def page(request: Request) -> HTMLResponse:
+    return HTMLResponse(request.app.state.page, headers={"Content-Security-Policy": PAGE_CSP})
+
+
+@router.get("/healthz", summary="Liveness: 200 once the model is loaded")
+async def healthz(detector: DetectorDep) -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/api/model", summary="Model card facts: version, architecture, operating points, validation")
+async def model_info(detector: DetectorDep) -> dict[str, Any]:
+    return model_facts(detector)
+
+
+@router.post(
+    "/api/predict",
+    response_model=PredictionResponse,
+    responses=_ERRORS,
+    summary="Fracture probability, decision, boxes and heatmap pictures for one radiograph",
+)
+async def predict(
+    detector: DetectorDep,
+    limiter: LimiterDep,
+    file: Annotated[UploadFile, File(description="a JPEG, PNG or DICOM radiograph (sniffed by content)")],
+    operating_point: Annotated[str, Query(description="threshold to decide at: a key of `thresholds`")] = "default",
+    images: Annotated[bool, Query(description="include image_png, heatmap_png, overlay_png (base64)")] = True,
+) -> JSONResponse:
+    name = sanitize_filename(file.filename)
+    if operating_point not in detector.operating_points:
+        choices = ", ".join(detector.operating_points)
+        return json_error(422, f"unknown operating point {operating_point!r}; choose one of {choices}")
+    try:
+        # Decoding, the model and PNG encoding all block: run them in a worker thread, at most
+        # `concurrency` at once, so the event loop stays free for /healthz and new connections.
+        body = await anyio.to_thread.run_sync(
+            _predict_upload, detector, file.file, name, operating_point, images, limiter=limiter
+        )
+    except ImageTooLargeError as e:  # before ImageReadError: it is a subclass
+        return _refused(413, name, e)
+    except ImageReadError as e:
+        return _refused(415, name, e)
+    except BonefracError as e:
+        return _refused(422, name, e)
+    logger.info("predicted %r: p=%.3f %s", name, body["probability"], "fracture" if body["fractured"] else "none")
+    return JSONResponse(body)
+
+
+# ---------------------------------------------------------------- the work, in a worker thread
+def _predict_upload(
+    detector: FractureDetector, upload: BinaryIO, name: str, operating_point: str, images: bool
+) -> dict[str, Any]:
+    thresholds = detector.operating_points
+    # Predict at the most sensitive operating point: boxes then exist whenever any operating point calls
+    # the image fractured, so the page can re-decide at another point without a re-upload.
+    sensitive = min(thresholds, key=thresholds.__getitem__)
+    # read_image takes a path; the upload keeps its (sanitised) name so error messages name the user's file.
+    with tempfile.TemporaryDirectory(prefix="bonefrac-upload-") as tmp:
+        path = Path(tmp) / name
+        with open(path, "wb") as f:
+            shutil.copyfileobj(upload, f, 1 << 20)
+        everywhere = detector.predict(path, operating_point=sensitive, heatmap=True)
+    pred = at_operating_point(everywhere, operating_point, thresholds[operating_point])
+    pred.path = name
+    body = pred.to_dict()
+    body["thresholds"] = thresholds
+    body["candidate_boxes"] = replace(pred, boxes=everywhere.boxes).to_dict()["boxes"]
+    if images:
+        body.update(pictures(pred))
+    return _jsonable(body)
+
+
+def at_operating_point(pred: Prediction, name: str, threshold: float) -> Prediction:
+    """The same prediction decided at another threshold: what `detector.predict(..., name)` returns."""
+    fractured = bool(pred.probability >= threshold)  # the detector's rule
+    return replace(
+        pred,
+        operating_point=name,
+        threshold=float(threshold),
+        fractured=fractured,
+        boxes=pred.boxes if fractured else [],
+    )
+
+
+def pictures(pred: Prediction) -> dict[str, str]:
+    """Base64 PNGs for the page to layer with CSS: the plain radiograph (at the overlay's display size) and
+    the heatmap alone (RGBA, alpha = heat, same aspect); plus the full overlay, as `--overlay-dir` draws it."""
+    image, heat = pred.image, pred.heatmap
+    if image is None or heat is None:
+        raise RuntimeError("pictures need a prediction made with heatmap=True")
+    grey = Image.fromarray((np.clip(image.pixels, 0, 1) * 255).astype(np.uint8))
+    heat_im = Image.fromarray(np.ascontiguousarray(heat, dtype=np.float32))
+    grey = grey.resize(_fit(grey.size, MAX_SIDE), Image.BILINEAR) if max(grey.size) > MAX_SIDE else grey
+    heat_im = heat_im.resize(_fit(heat_im.size, HEATMAP_SIDE), Image.BILINEAR)
+    h = np.clip(np.asarray(heat_im), 0, 1)
+    rgba = np.dstack([_colormap(h), (h * 255).astype(np.uint8)])  # the overlay's colours
+    return {
+        "image_png": _b64(_png(grey)),
+        "heatmap_png": _b64(_png(Image.fromarray(rgba))),
+        # render_overlay is what overlay_png_bytes draws (the --overlay-dir picture), encoded faster.
+        "overlay_png": _b64(_png(render_overlay(image, pred))),
+    }
+
+
+def _fit(size: tuple[int, int], side: int) -> tuple[int, int]:
+    scale = side / max(size)
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
+def model_facts(detector: FractureDetector) -> dict[str, Any]:
+    """What `/api/model` shows. `detector.info` comes from whatever trained the checkpoint: any key may
+    be missing or oddly typed, so every field is read defensively."""
+    info = detector.info if isinstance(detector.info, dict) else {}
+    config = info.get("config") if isinstance(info.get("config"), dict) else None
+    if config is not None:
+        config = {
+            k: (_basename(v) if k in _PATH_CONFIG_KEYS else v)
+            for k, v in config.items()
+            if k not in _PRIVATE_CONFIG_KEYS
+        }
+    return _jsonable(
+        {
+            "version": detector.version,
+            "arch": detector.spec.arch,
+            "image_size": detector.spec.image_size,
+            "backend": getattr(detector.backend, "name", None),
+            "sha256": detector.sha256,
+            "operating_points": detector.operating_points,
+            "training": {
+                "dataset": _basename(info.get("dataset")),
+                "n_train": info.get("n_train"),
+                "n_val": info.get("n_val"),
+                "trained_epochs": info.get("trained_epochs"),
+                "bonefrac_version": info.get("bonefrac_version"),
+                "config": config,
+            },
+            "validation": info.get("validation") if isinstance(info.get("validation"), dict) else None,
+            "model_card": bundled_model_card(detector.sha256),
+            "bonefrac_version": __version__,
+        }
+    )
+
+
+def bundled_model_card(sha256: str, weights: Path | None = None) -> str | None:
+    """weights/MODEL_CARD.md, but only for the weights it describes: another model must not wear it."""
+    weights = weights or Path(str(resources.files("bonefrac") / "weights"))
+    card, sidecar = weights / "MODEL_CARD.md", weights / "model.pt.sha256"
+    try:
+        if card.is_file() and sidecar.is_file() and sidecar.read_text().split()[:1] == [sha256]:
+            return card.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        logger.warning("bundled model card could not be read")
+    return None
+
+
+# ---------------------------------------------------------------- small helpers
+def _basename(value: Any) -> str | None:
+    return Path(str(value)).name if value else None
+
+
+def _png(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return buf.getvalue()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain JSON types only; NaN/inf become null (Starlette refuses them, which would be a 500)."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, str | int | bool):
+        return obj
+    return str(obj)
+
+
+def _refused(status: int, name: str, e: BonefracError) -> JSONResponse:
+    logger.info("refused %r (%d): %s", name, status, e)
+    return json_error(status, str(e))
+
+
+def create_app(detector: FractureDetector, settings: ServerSettings | None = None) -> FastAPI:
+    """The web app around one loaded detector."""
+    settings = settings or ServerSettings()
+    app = FastAPI(
+        title="bonefrac",
+        version=__version__,
+        description="Find bone fractures in X-ray images. Research software, not a medical device.",
+    )
+    app.state.detector = detector
+    app.state.settings = settings
+    app.state.limiter = anyio.CapacityLimiter(settings.concurrency)
+    app.state.page = (resources.files("bonefrac") / "static" / "index.html").read_text(encoding="utf-8")
+    app.include_router(router)
+    app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
+    add_error_handlers(app)
+    return app
+
+
+# ---------------------------------------------------------------- command line
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `bonefrac serve` on the CLI's subparsers."""
+    p = sub.add_parser(
+        "serve",
+        help="web page + REST API (FastAPI) for fracture predictions",
+        description="Serve the fracture finder page and its REST API (OpenAPI docs at /docs).",
+    )
+    _add_serve_arguments(p)
+    p.set_defaults(func=serve)
+
+
+def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="interface (default loopback only; 0.0.0.0 = all)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model", help="checkpoint file or training run folder (default: the bundled model)")
+    p.add_argument("--backend", choices=("auto", "onnx", "torch"), default="auto")
+    p.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=ServerSettings.max_upload_mb,
+        help="largest upload accepted, in MB (default %(default)g)",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=ServerSettings.concurrency,
+        help="predictions run at once (default %(default)d)",
+    )
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Load the model once, then run uvicorn until interrupted."""
+    import uvicorn
+
+    try:
+        settings = ServerSettings(max_upload_mb=args.max_upload_mb, concurrency=args.concurrency)
+    except ValueError as e:
+        raise BonefracError(str(e)) from None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    detector = FractureDetector.load(args.model, backend=args.backend)
+    app = create_app(detector, settings)
+    print(
+        f"bonefrac: serving {detector.version} on http://{args.host}:{args.port}/ (API docs at /docs)", file=sys.stderr
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m bonefrac.server [options]`: the same as `bonefrac serve [options]`."""
+    parser = argparse.ArgumentParser(prog="python -m bonefrac.server", description="bonefrac web server")
+    _add_serve_arguments(parser)
+    try:
+        return serve(parser.parse_args(argv))
+    except BonefracError as e:
+        print(f"bonefrac: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""The page in a real browser: Debian's headless Chromium driven by Playwright against the real uvicorn server
+on a loopback port. Upload real radiographs, read the result, switch operating point, toggle the heatmap."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from server_helpers import fixture_images, make_test_model
+
+from bonefrac import FractureDetector
+from bonefrac.server import create_app
+
+pytestmark = pytest.mark.browser
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+if not CHROMIUM.exists():
+    pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+
+
+@pytest.fixture(scope="module")
+def det(tmp_path_factory: pytest.TempPathFactory) -> FractureDetector:
+    return FractureDetector.load(make_test_model(tmp_path_factory.mktemp("model") / "model.pt"), backend="torch")
+
+
+@pytest.fixture(scope="module")
+def server_url(det: FractureDetector) -> Iterator[str]:
+    import uvicorn
+
+    # Bind first and hand the socket to uvicorn: a free port with no window for another process to take it.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(det), log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("uvicorn did not start")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+    sock.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def test_upload_and_explore(browser, server_url: str, det: FractureDetector, tmp_path: Path) -> None:  # noqa: ANN001
+    fracture, normal = fixture_images(fractured=True)[0], fixture_images(fractured=False)[0]
+    not_an_image = tmp_path / "notes.txt"
+    not_an_image.write_text("this is not an X-ray\n")
+    p = det.predict(fracture).probability
+
+    page = browser.new_page(viewport={"width": 1360, "height": 860})
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    uploads: list[str] = []
+    page.on("request", lambda r: uploads.append(r.url) if "/api/predict" in r.url else None)
+
+    page.goto(server_url)
+    sync_api.expect(page.locator("#model-version")).to_have_text("test-seed_cnn-64")
+    page.set_input_files("#file-input", [str(fracture), str(normal), str(not_an_image)])
+
+    # The first file is shown: probability, decision, and the radiograph with its heatmap layered on top.
+    sync_api.expect(page.locator("#probability")).to_have_text(f"{p:.3f}", timeout=30_000)
+    page.wait_for_function("""() => ['image-base', 'image-heat'].every(id => {
+        const im = document.getElementById(id); return im.complete && im.naturalWidth > 0; })""")
+    assert page.locator("#image-base").evaluate("im => im.naturalWidth") == 373
+    assert page.locator("#overlay-link").get_attribute("href").startswith("data:image/png;base64,")
+    items = page.locator("#results li")
+    sync_api.expect(items).to_have_count(3)
+    sync_api.expect(items.nth(2)).to_contain_text("not a recognised image", timeout=30_000)
+    sync_api.expect(items.nth(1)).to_contain_text("p = ", timeout=30_000)
+    assert len(uploads) == 3
+
+    # Switching operating point re-decides in the page from the probability and thresholds: no re-upload.
+    # Boxes are drawn in the page whenever the selected point calls the image fractured.
+    n_boxes = len(det.predict(fracture, operating_point="high_sensitivity").boxes)
+    for op, threshold in sorted(det.operating_points.items(), key=lambda kv: -kv[1]):  # high_sensitivity last
+        page.locator(f'#op-select button[data-op="{op}"]').click()
+        sync_api.expect(page.locator("#decision")).to_have_text("Fracture" if p >= threshold else "No fracture")
+        sync_api.expect(page.locator("#decision-at")).to_contain_text(f"{threshold:.3f}")
+        sync_api.expect(page.locator("#boxes rect")).to_have_count(n_boxes if p >= threshold else 0)
+    assert len(uploads) == 3 and p >= det.operating_points["high_sensitivity"] and n_boxes > 0
+
+    heat = page.locator("#image-heat")
+    sync_api.expect(heat).to_have_css("opacity", "0.45")
+    page.locator("#toggle-heatmap").uncheck()
+    sync_api.expect(heat).to_have_css("opacity", "0")
+    page.locator("#toggle-heatmap").check()
+    page.locator("#opacity").evaluate("el => { el.value = 70; el.dispatchEvent(new Event('input')); }")
+    sync_api.expect(heat).to_have_css("opacity", "0.7")
+    page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+
+    # A file that is not an X-ray shows a readable message, not a crash.
+    items.nth(2).locator("button").click()
+    sync_api.expect(page.locator("#error")).to_be_visible()
+    sync_api.expect(page.locator("#error-message")).to_contain_text("notes.txt: not a recognised image")
+    page.screenshot(path=str(tmp_path / "error.png"))
+    assert [m for m in problems if "415" not in m] == []  # the 415 is notes.txt's, expected
+    page.close()

@@ -1,0 +1,357 @@
+"""The REST API and page through FastAPI's TestClient: real fixture radiographs as JPEG, PNG and DICOM, every
+kind of bad upload, limits, concurrency, and no patient data or stack trace ever leaving the server."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import logging
+import os
+import random
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from server_helpers import (
+    IMAGES,
+    PATIENT_ID,
+    PATIENT_NAME,
+    bomb_png,
+    dicom_bytes,
+    fixture_images,
+    make_test_model,
+    png_bytes,
+)
+
+from bonefrac import FractureDetector, read_image
+from bonefrac.io import ImageReadWarning
+from bonefrac.overlay import overlay_png_bytes
+from bonefrac.server import ServerSettings, add_parser, bundled_model_card, create_app, serve
+from bonefrac.server_edge import UploadLimit, sanitize_filename
+
+PREDICTION_KEYS = {
+    "path",
+    "probability",
+    "fractured",
+    "threshold",
+    "boxes",
+    "operating_point",
+    "operating_points",
+    "peak",
+    "width",
+    "height",
+    "model_version",
+}
+SECRETS = (PATIENT_NAME, "Doe", "Jane", PATIENT_ID, "19700101")
+
+
+@pytest.fixture(scope="module")
+def det(tmp_path_factory: pytest.TempPathFactory) -> FractureDetector:
+    return FractureDetector.load(make_test_model(tmp_path_factory.mktemp("model") / "model.pt"), backend="torch")
+
+
+@pytest.fixture(scope="module")
+def client(det: FractureDetector) -> TestClient:
+    return TestClient(create_app(det))
+
+
+@pytest.fixture
+def fracture_jpeg() -> Path:
+    return fixture_images(fractured=True)[0]
+
+
+def post(client: TestClient, name: str, data: bytes, **params: str) -> tuple[int, dict]:
+    r = client.post("/api/predict", files={"file": (name, data)}, params=params)
+    assert "Traceback" not in r.text
+    return r.status_code, r.json()
+
+
+def decode_png(b64: str) -> Image.Image:
+    im = Image.open(io.BytesIO(base64.b64decode(b64)))
+    im.load()
+    return im
+
+
+# ---------------------------------------------------------------- the good path
+def test_healthz(client: TestClient) -> None:
+    r = client.get("/healthz")
+    assert r.status_code == 200 and r.json() == {"status": "ok"}
+
+
+def test_page_is_self_contained(client: TestClient) -> None:
+    r = client.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "http://" not in r.text and "https://" not in r.text  # no external asset, works offline
+    assert "default-src 'none'" in r.headers["content-security-policy"]
+    for anchor in ('id="file-input"', 'id="op-select"', 'id="toggle-heatmap"', 'id="opacity"', "/api/predict"):
+        assert anchor in r.text
+
+
+def test_docs_and_openapi(client: TestClient) -> None:
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/openapi.json").json()
+    assert {"/api/predict", "/api/model", "/healthz"} <= set(spec["paths"])
+
+
+def test_predict_jpeg_is_the_detectors_prediction(
+    client: TestClient, det: FractureDetector, fracture_jpeg: Path
+) -> None:
+    status, body = post(client, fracture_jpeg.name, fracture_jpeg.read_bytes())
+    assert status == 200
+    assert PREDICTION_KEYS <= set(body) and body["path"] == fracture_jpeg.name
+    expected = det.predict(fracture_jpeg).to_dict()
+    assert {k: body[k] for k in expected if k != "path"} == {k: v for k, v in expected.items() if k != "path"}
+    assert body["thresholds"] == det.operating_points
+    assert body["model_version"] == "test-seed_cnn-64"
+    image, heat, overlay = (decode_png(body[k]) for k in ("image_png", "heatmap_png", "overlay_png"))
+    assert image.size == overlay.size == (body["width"], body["height"])
+    assert max(heat.size) == 256 and abs(heat.size[0] / heat.size[1] - image.size[0] / image.size[1]) < 0.01
+    assert image.mode == "L" and heat.mode == "RGBA" and overlay.mode == "RGB"
+    assert heat.getextrema()[3][1] > 0  # alpha follows the heat: somewhere the model looks
+    cli_overlay = Image.open(io.BytesIO(overlay_png_bytes(read_image(fracture_jpeg), det.predict(fracture_jpeg))))
+    assert overlay.tobytes() == cli_overlay.tobytes()  # the same picture as `predict --overlay-dir`
+
+
+@pytest.mark.parametrize("op", ["default", "high_sensitivity", "high_specificity"])
+def test_operating_point_matches_detector(client: TestClient, det: FractureDetector, op: str) -> None:
+    for path in fixture_images()[:4]:
+        status, body = post(client, path.name, path.read_bytes(), operating_point=op, images="false")
+        assert status == 200 and "image_png" not in body
+        expected = det.predict(path, operating_point=op).to_dict()
+        assert {k: body[k] for k in expected if k != "path"} == {k: v for k, v in expected.items() if k != "path"}
+        # Boxes for re-deciding on the page: present whenever the most sensitive point says fracture.
+        assert bool(body["candidate_boxes"]) == (body["probability"] >= min(body["thresholds"].values()))
+
+
+def test_png_and_dicom_give_the_jpegs_answer(client: TestClient, fracture_jpeg: Path) -> None:
+    _, ref = post(client, "a.jpg", fracture_jpeg.read_bytes(), images="false")
+    for name, data in (
+        ("a.png", png_bytes(fracture_jpeg)),
+        ("a.dcm", dicom_bytes(fracture_jpeg)),
+        ("no_extension", dicom_bytes(fracture_jpeg)),
+    ):
+        status, body = post(client, name, data)
+        assert status == 200, body
+        assert (body["width"], body["height"]) == (ref["width"], ref["height"])
+        assert body["probability"] == pytest.approx(ref["probability"], abs=2e-3)
+        assert decode_png(body["overlay_png"]).size == (ref["width"], ref["height"])
+
+
+def test_upload_name_is_sanitised(client: TestClient, fracture_jpeg: Path) -> None:
+    status, body = post(client, "../../etc\\evil:*.jpg", fracture_jpeg.read_bytes(), images="false")
+    assert status == 200 and body["path"] == "evil__.jpg"
+    assert sanitize_filename("a\x00b\x07\nc.png") == "a_b__c.png"
+    assert sanitize_filename(None) == sanitize_filename("..") == sanitize_filename("/") == "upload"
+    assert sanitize_filename("C:\\scans\\hand.dcm") == "hand.dcm"
+    long = sanitize_filename("x" * 500 + ".dcm")
+    assert len(long) == 120 and long.endswith(".dcm")
+
+
+def test_truncated_jpeg_is_read_with_a_warning(client: TestClient) -> None:
+    data = (IMAGES / "IMG0004228.jpg").read_bytes()  # labelled jpeg_truncated in the fixtures
+    with pytest.warns(ImageReadWarning):
+        status, body = post(client, "cut.jpg", data[: len(data) // 2], images="false")
+    assert status == 200 and body["warnings"] == ["cut.jpg: JPEG file is truncated; read what is there"]
+
+
+# ---------------------------------------------------------------- bad input: 4xx with {"error"}, never a 500
+@pytest.mark.parametrize(
+    ("name", "data", "status"),
+    [
+        ("empty.jpg", b"", 415),
+        ("notes.txt", b"patient had a fall, check the wrist\n" * 20, 415),
+        ("noise.png", random.Random(0).randbytes(4096), 415),
+        ("fake.jpg", b"\xff\xd8\xff\xe0" + random.Random(1).randbytes(2000), 415),  # JPEG magic, garbage after
+        ("nopixels.dcm", dicom_bytes(None), 415),
+        ("bomb.png", bomb_png(), 413),
+    ],
+)
+def test_bad_uploads_are_refused_readably(client: TestClient, name: str, data: bytes, status: int) -> None:
+    start = time.perf_counter()
+    got, body = post(client, name, data)
+    assert got == status and set(body) == {"error"} and body["error"]
+    assert time.perf_counter() - start < 5  # the bomb is refused from its header, never decoded
+
+
+def test_missing_file_field_is_422(client: TestClient, fracture_jpeg: Path) -> None:
+    for kwargs in ({}, {"files": {"image": ("a.jpg", fracture_jpeg.read_bytes())}}, {"content": b"raw bytes"}):
+        r = client.post("/api/predict", **kwargs)
+        assert r.status_code == 422 and set(r.json()) == {"error"} and "file" in r.json()["error"]
+
+
+def test_unknown_operating_point_is_422(client: TestClient, fracture_jpeg: Path) -> None:
+    status, body = post(client, "a.jpg", fracture_jpeg.read_bytes(), operating_point="bogus")
+    assert status == 422 and "high_sensitivity" in body["error"]
+
+
+def test_unknown_route_and_method_give_json_errors(client: TestClient) -> None:
+    assert client.get("/nope").json() == {"error": "Not Found"}
+    r = client.get("/api/predict")
+    assert r.status_code == 405 and set(r.json()) == {"error"}
+
+
+def test_upload_over_the_limit_is_413(det: FractureDetector) -> None:
+    small = TestClient(create_app(det, ServerSettings(max_upload_mb=0.01)))  # ~10 KB
+    big = os.urandom(64 * 1024)
+    r = small.post("/api/predict", files={"file": ("big.jpg", big)})  # refused from Content-Length
+    assert r.status_code == 413 and "limit" in r.json()["error"]
+    # A well-formed multipart body sent chunked (no Content-Length): refused by counting as it streams.
+    head = b'--x\r\nContent-Disposition: form-data; name="file"; filename="big.jpg"\r\n\r\n'
+    body = head + big + b"\r\n--x--\r\n"
+    chunks = (body[i : i + 4096] for i in range(0, len(body), 4096))
+    r = small.post("/api/predict", content=chunks, headers={"content-type": "multipart/form-data; boundary=x"})
+    assert r.status_code == 413 and "limit" in r.json()["error"]
+    assert "content-length" not in r.request.headers
+
+
+def test_body_is_never_read_past_the_limit() -> None:
+    """Straight at the middleware: a body streaming in 1 KB messages is cut off just past 10 KB."""
+    pulled = 0
+
+    async def receive() -> dict:
+        nonlocal pulled
+        pulled += 1
+        return {"type": "http.request", "body": b"x" * 1024, "more_body": pulled < 1000}
+
+    async def app(scope: dict, receive_, send) -> None:  # an app that would read everything
+        while (await receive_()).get("more_body"):
+            pass
+
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    anyio.run(UploadLimit(app, max_bytes=10 * 1024), {"type": "http", "headers": []}, receive, send)
+    assert sent[0]["status"] == 413 and pulled == 11
+
+
+def test_internal_error_is_a_bare_500_logged_server_side(
+    det: FractureDetector, fracture_jpeg: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("model exploded at /srv/secret/path")
+
+    monkeypatch.setattr(det, "predict", broken)
+    caplog.set_level(logging.ERROR, logger="bonefrac.server")
+    r = TestClient(create_app(det), raise_server_exceptions=False).post(
+        "/api/predict", files={"file": ("a.jpg", fracture_jpeg.read_bytes())}
+    )
+    assert r.status_code == 500 and r.json() == {"error": "internal error"}
+    assert "exploded" not in r.text and "Traceback" not in r.text
+    assert any(rec.exc_info and "exploded" in str(rec.exc_info[1]) for rec in caplog.records)
+
+
+def test_no_patient_data_in_responses_or_logs(
+    client: TestClient, fracture_jpeg: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    good = client.post("/api/predict", files={"file": ("study.dcm", dicom_bytes(fracture_jpeg))})
+    bad = client.post("/api/predict", files={"file": ("nopixels.dcm", dicom_bytes(None))})
+    assert (good.status_code, bad.status_code) == (200, 415)
+    assert "study.dcm" in caplog.text and "nopixels.dcm" in caplog.text  # the logs were captured
+    # The pictures are checked decoded: three letters like "Doe" turn up in any long base64 text by chance.
+    pngs = {k: base64.b64decode(good.json().pop(k)) for k in ("image_png", "heatmap_png", "overlay_png")}
+    fields = {k: v for k, v in good.json().items() if k not in pngs}
+    texts = [str(fields), bad.text, caplog.text, *(str(rec.args) for rec in caplog.records)]
+    for text in texts:
+        for secret in SECRETS:
+            assert secret not in text
+    for data in pngs.values():  # compressed bytes: only the long secrets are meaningful to look for
+        assert PATIENT_NAME.encode() not in data and PATIENT_ID.encode() not in data
+
+
+def test_uploads_are_deleted(
+    client: TestClient, fracture_jpeg: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    post(client, "a.jpg", fracture_jpeg.read_bytes())
+    post(client, "bad.jpg", b"not an image")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- model card
+def test_model_facts(client: TestClient) -> None:
+    r = client.get("/api/model")
+    assert r.status_code == 200 and "/secret" not in r.text
+    m = r.json()
+    assert m["version"] == "test-seed_cnn-64" and m["arch"] == "seed_cnn" and m["image_size"] == 64
+    assert m["operating_points"] == {"default": 0.5, "high_sensitivity": 0.2, "high_specificity": 0.8}
+    assert m["training"]["dataset"] == "fracatlas" and m["training"]["n_train"] == 100
+    assert m["training"]["config"] == {"arch": "seed_cnn", "epochs": 3, "dataset": "fracatlas"}
+    assert m["validation"]["auc"] == 0.71 and m["validation"]["auc_ci95"] == [0.6, None]  # NaN -> null
+    assert m["model_card"] is None  # the bundled card describes the bundled weights only
+
+
+def test_model_facts_without_info(det: FractureDetector, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(det, "info", {})
+    m = TestClient(create_app(det)).get("/api/model").json()
+    assert m["validation"] is None and m["training"]["n_train"] is None
+
+
+def test_bundled_model_card_only_for_its_weights(tmp_path: Path) -> None:
+    (tmp_path / "MODEL_CARD.md").write_text("# card\n")
+    (tmp_path / "model.pt.sha256").write_text("abc123  model.pt\n")
+    assert bundled_model_card("abc123", tmp_path) == "# card\n"
+    assert bundled_model_card("other", tmp_path) is None
+    assert bundled_model_card("abc123", tmp_path / "missing") is None
+
+
+# ---------------------------------------------------------------- concurrency
+def test_inference_is_bounded_and_off_the_event_loop(
+    det: FractureDetector, fracture_jpeg: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_predict, release, entered = det.predict, threading.Event(), threading.Semaphore(0)
+    lock, running, peak = threading.Lock(), [0], [0]
+
+    def gated(*args: object, **kwargs: object) -> object:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        entered.release()
+        try:
+            release.wait(20)
+            return real_predict(*args, **kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(det, "predict", gated)
+    data = fracture_jpeg.read_bytes()
+    with TestClient(create_app(det, ServerSettings(concurrency=1))) as c:
+        results: list[int] = []
+        threads = [
+            threading.Thread(
+                target=lambda: results.append(c.post("/api/predict", files={"file": ("a.jpg", data)}).status_code)
+            )
+            for _ in range(3)
+        ]
+        for t in threads:
+            t.start()
+        assert entered.acquire(timeout=10)
+        start = time.perf_counter()
+        assert c.get("/healthz").status_code == 200  # answered while a prediction blocks its thread
+        assert time.perf_counter() - start < 2
+        time.sleep(0.3)
+        assert running[0] == 1  # the other two wait for the limiter, not in the model
+        release.set()
+        for t in threads:
+            t.join(30)
+    assert results == [200, 200, 200] and peak[0] == 1
+
+
+def test_serve_parser() -> None:
+    parser = argparse.ArgumentParser(prog="bonefrac")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["serve"])
+    assert (args.host, args.port, args.model, args.backend) == ("127.0.0.1", 8000, None, "auto")
+    assert (args.max_upload_mb, args.concurrency, args.func) == (50.0, 2, serve)
+    assert ServerSettings(args.max_upload_mb, args.concurrency).max_upload_bytes == 50 * 2**20
+    with pytest.raises(ValueError):
+        ServerSettings(concurrency=0)
