@@ -57,3 +57,13 @@ def test_spec_roundtrip_ignores_unknown_keys() -> None:
     spec = ModelSpec(arch="seed_cnn", image_size=128, operating_points={"default": 0.3})
     d = spec.to_dict() | {"from_the_future": 1}
     assert ModelSpec.from_dict(d) == spec
+
+
+def test_forward_can_return_the_cam_in_the_same_call() -> None:
+    model = build_model(ModelSpec(arch="efficientnet_lite0_scratch", image_size=64), pretrained=False).eval()
+    torch.nn.init.normal_(model.head.fc.weight)
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        logits, cam = model(x, return_cam=True)
+        assert torch.allclose(logits, model(x))
+    assert cam.shape == (2, 2, 2) and torch.allclose(cam.mean(dim=(1, 2)), logits, atol=1e-5)

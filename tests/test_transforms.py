@@ -62,3 +62,32 @@ def test_augment_is_seeded_and_stays_in_range() -> None:
     c = Augment()(x, torch.Generator().manual_seed(4))
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert a.shape == x.shape and a.min() >= 0 and a.max() <= 1
+
+
+def test_box_mask_lands_where_letterbox_puts_the_box() -> None:
+    from bonefrac.transforms import box_mask, letterbox_geometry
+
+    g = letterbox_geometry(300, 600, 128)  # scale 128/600, padded top and bottom
+    mask = box_mask([[300, 150, 360, 210]], g)
+    rows, cols = np.nonzero(mask)
+    s = 128 / 600
+    assert abs(cols.min() - (300 * s + g.pad_x)) <= 1 and abs(cols.max() + 1 - (360 * s + g.pad_x)) <= 1
+    assert abs(rows.min() - (150 * s + g.pad_y)) <= 1 and abs(rows.max() + 1 - (210 * s + g.pad_y)) <= 1
+    assert letterbox(np.zeros((300, 600), np.float32), 128)[1] == g
+
+
+def test_augment_moves_masks_with_the_image_but_not_their_values() -> None:
+    aug = Augment()
+    x = torch.zeros(2, 1, 64, 64)
+    x[:, :, 10:20, 40:50] = 1.0  # a bright square...
+    masks = (x > 0).float()  # ...and its mask
+    params = aug.sample(2, torch.Generator().manual_seed(0))
+    params[:, 5:] = 1.0  # no gamma or contrast change, so the image is warped exactly like the mask
+    xa, ma = aug.apply(x, params, masks)
+    assert torch.allclose(xa, ma, atol=1e-5)
+    params[:, 5] = 2.0  # gamma changes the image's values, never the mask's
+    xb, mb = aug.apply(x, params, masks)
+    assert torch.allclose(mb, ma) and not torch.allclose(xb, ma, atol=1e-3)
+    identity = torch.tensor([[0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0]] * 2)
+    _, m0 = aug.apply(x, identity, masks)
+    assert torch.allclose(m0, masks, atol=1e-5)

@@ -34,6 +34,7 @@ def _train(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         threads=args.threads,
         max_train_images=args.max_train_images,
+        loc_weight=args.loc_weight,
         progress=not args.no_progress,
     )
     try:
@@ -50,7 +51,8 @@ def _predict(args: argparse.Namespace) -> int:
 
     distributed.init_from_env()
     try:
-        det = FractureDetector.load(args.model, backend=args.backend)
+        with distributed.node_first():  # one ONNX export per node, not one per process
+            det = FractureDetector.load(args.model, backend=args.backend)
         opts = PredictOptions(
             json=args.json,
             csv=args.csv,
@@ -155,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=6e-4)
     t.add_argument("--patience", type=int, default=5, help="early stopping: epochs without a better val AUC")
     t.add_argument("--val-fraction", type=float, default=0.2)
+    t.add_argument(
+        "--loc-weight",
+        type=float,
+        default=0.5,
+        help="weight of the heatmap box-supervision loss when the dataset has fracture boxes (0 = off)",
+    )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--split", help="reuse this split.json instead of making one")
     t.add_argument("--cache-dir", help="decode cache folder (default ~/.cache/bonefrac or $BONEFRAC_CACHE)")

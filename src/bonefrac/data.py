@@ -21,9 +21,9 @@ import numpy as np
 
 from .errors import BonefracError, DatasetError
 from .io import find_images, read_image
-from .transforms import letterbox
+from .transforms import Geometry, letterbox, letterbox_geometry
 
-CACHE_VERSION = 1  # bump when letterbox() changes what it produces
+CACHE_VERSION = 2  # bump when letterbox() or the entry format changes
 
 
 @dataclass
@@ -203,9 +203,12 @@ def _decode_one(args: tuple[str, int, str]) -> str | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # truncated JPEGs: the reader already handles them
-            boxed, _ = letterbox(read_image(path).pixels, size)
+            boxed, geometry = letterbox(read_image(path).pixels, size)
     except BonefracError as e:
         return str(e)
+    # The size as read (EXIF applied) places fracture boxes on the cached grid; written before the
+    # pixels, so an existing .npy always has its .hw.
+    Path(f"{target[:-4]}.hw").write_text(f"{geometry.height} {geometry.width}")
     tmp = f"{target}.{os.getpid()}.tmp.npy"
     np.save(tmp, np.round(boxed * 255).astype(np.uint8))
     os.replace(tmp, target)  # atomic: a killed build never leaves a half-written entry
@@ -258,3 +261,8 @@ class DecodeCache:
 
     def load(self, image_path: str) -> np.ndarray:
         return np.load(self.path_for(image_path))
+
+    def geometry(self, image_path: str) -> Geometry:
+        """How the image sits in its cached (size x size) array."""
+        h, w = map(int, self.path_for(image_path).with_suffix(".hw").read_text().split())
+        return letterbox_geometry(h, w, self.size)

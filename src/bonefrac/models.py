@@ -76,8 +76,16 @@ class FractureNet(nn.Module):
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.head(features)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+    def forward(self, x: torch.Tensor, return_cam: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Logits (N,); with `return_cam`, also the class-activation map (N, h, w). Both in one call so that
+        training with box supervision goes through DistributedDataParallel's forward."""
+        features = self.forward_features(x)
+        logits = self.forward_head(features)
+        if not return_cam:
+            return logits
+        from .explain import class_activation_map
+
+        return logits, class_activation_map(self, features)
 
 
 # ---------------------------------------------------------------- EfficientNet-Lite0

@@ -32,7 +32,7 @@ from .data import DecodeCache, Record, load_dataset, load_split, save_split, spl
 from .errors import BonefracError, DatasetError
 from .metrics import auc, auc_ci, choose_operating_points, operating_point_stats
 from .models import ModelSpec, build_model
-from .transforms import Augment, normalize
+from .transforms import Augment, box_mask, normalize
 
 
 @dataclass
@@ -53,6 +53,7 @@ class TrainConfig:
     split_file: str | None = None
     cache_dir: str | None = None
     threads: int | None = None
+    loc_weight: float = 0.5  # box supervision of the heatmap, where the dataset has fracture boxes
     max_train_images: int | None = None  # for smoke tests only
     progress: bool = True
 
@@ -91,6 +92,31 @@ def load_batch(cache: DecodeCache, records: list[Record], idx: list[int]) -> tup
     return x, y
 
 
+def load_box_masks(cache: DecodeCache, records: list[Record], idx: list[int]) -> torch.Tensor:
+    """(N, 1, S, S) fracture-box masks on the cached grid; all zero for images without boxes."""
+    masks = [
+        box_mask(records[i].boxes, cache.geometry(records[i].path))
+        if records[i].boxes
+        else np.zeros((cache.size, cache.size), np.float32)
+        for i in idx
+    ]
+    return torch.from_numpy(np.stack(masks))[:, None]
+
+
+def localization_loss(cam: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy between the heatmap's spatial softmax and the share of each cell covered by boxes.
+
+    It shapes only *where* the heatmap is high, relative to the rest of the image, so it does not fight
+    the image-level logit (the heatmap's mean). Images without boxes (negatives) contribute nothing.
+    """
+    target = F.adaptive_avg_pool2d(masks, cam.shape[-2:]).flatten(1)
+    keep = target.sum(1) > 1e-6
+    if not keep.any():
+        return cam.sum() * 0.0  # keeps every parameter in the graph (DistributedDataParallel needs that)
+    target = target[keep] / target[keep].sum(1, keepdim=True)
+    return -(target * F.log_softmax(cam[keep].flatten(1), dim=1)).sum(1).mean()
+
+
 @torch.no_grad()
 def predict_cached(
     model: torch.nn.Module, spec: ModelSpec, cache: DecodeCache, records: list[Record], batch_size: int = 64
@@ -121,13 +147,9 @@ def prepare_data(cfg: TrainConfig, out: Path) -> tuple[list[Record], list[Record
     cache = DecodeCache(cfg.cache_dir, cfg.image_size)
     paths = [r.path for r in records]
     # One process per node decodes first (the cache may be node-local); the others then find it built and
-    # only re-try the unreadable files, so every rank drops the same records. One barrier on every rank.
-    first = distributed.local_rank() == 0
-    if not first:
-        distributed.barrier()
-    bad = cache.build(paths, progress=cfg.progress and distributed.is_main())
-    if first:
-        distributed.barrier()
+    # only re-try the unreadable files, so every rank drops the same records.
+    with distributed.node_first():
+        bad = cache.build(paths, progress=cfg.progress and distributed.is_main())
     for err in bad.values() if distributed.is_main() else ():
         print(f"skipping unreadable image: {err}", file=sys.stderr)
     records = [r for r in records if r.path not in bad]
@@ -186,6 +208,7 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path:
     total_steps = steps_per_epoch * cfg.epochs
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
     augment = Augment()
+    use_boxes = cfg.loc_weight > 0 and any(r.boxes for r in train)
     start_epoch, best_auc, stale, history = 0, -1.0, 0, []
     last_path = out / "last.pt"
     state = (
@@ -215,7 +238,7 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path:
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)).tolist()
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch + 1)
         model.train()
-        losses = []
+        losses, loc_losses = [], []
         bar = tqdm(
             range(steps_per_epoch),
             desc=f"epoch {epoch + 1}/{cfg.epochs}",
@@ -229,12 +252,27 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path:
             params = augment.sample(len(batch), gen)
             idx = distributed.shard(batch)
             x, y = load_batch(cache, train, idx)
-            x = normalize(augment.apply(x, distributed.shard(params)), spec)
-            x, y = x.to(dev).contiguous(memory_format=torch.channels_last), y.to(dev)
+            masks = load_box_masks(cache, train, idx) if use_boxes else None
+            x, masks = (
+                augment.apply(x, distributed.shard(params), masks)
+                if use_boxes
+                else (
+                    augment.apply(x, distributed.shard(params)),
+                    None,
+                )
+            )
+            x = normalize(x, spec).to(dev).contiguous(memory_format=torch.channels_last)
+            y = y.to(dev)
             # This rank's mean, weighted by its share of the global batch (1.0 for equal shards and in one
             # process): DDP's average over ranks is then exactly the global batch's mean loss and gradient.
             share = len(idx) * world / len(batch)
-            loss = F.binary_cross_entropy_with_logits(ddp_model(x), y, pos_weight=pos_weight) * share
+            if use_boxes:
+                logits, cam = ddp_model(x, return_cam=True)
+                loc = localization_loss(cam, masks.to(dev))
+                loc_losses.append(loc.item())
+            else:
+                logits, loc = ddp_model(x), 0.0
+            loss = (F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight) + cfg.loc_weight * loc) * share
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -252,6 +290,7 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path:
             "train_loss": float(np.mean(losses)),
             "val_loss": val_loss,
             "val_auc": val_auc,
+            "loc_loss": float(np.mean(loc_losses)) if loc_losses else float("nan"),
             "lr": opt.param_groups[0]["lr"],
             "seconds": time.time() - t0,
             "train_images_per_s": min(steps_per_epoch * cfg.batch_size, len(train)) / train_time,

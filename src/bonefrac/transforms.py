@@ -63,6 +63,25 @@ def _resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
+def letterbox_geometry(height: int, width: int, size: int) -> Geometry:
+    """Where an (height x width) image lands in the (size x size) model input."""
+    nh, nw = _resized_shape(height, width, size)
+    return Geometry(height, width, size, nh / height, (size - nw) // 2, (size - nh) // 2)
+
+
+def box_mask(boxes: list[list[float]], geometry: Geometry) -> np.ndarray:
+    """(size, size) float32 mask, 1 inside any [x0, y0, x1, y1] box given in image pixels."""
+    g = geometry
+    nh, nw = _resized_shape(g.height, g.width, g.size)
+    sx, sy = nw / g.width, nh / g.height
+    mask = np.zeros((g.size, g.size), dtype=np.float32)
+    for x0, y0, x1, y1 in (b[:4] for b in boxes):
+        c0, c1 = int(np.floor(x0 * sx + g.pad_x)), int(np.ceil(x1 * sx + g.pad_x))
+        r0, r1 = int(np.floor(y0 * sy + g.pad_y)), int(np.ceil(y1 * sy + g.pad_y))
+        mask[max(r0, 0) : min(r1, g.size), max(c0, 0) : min(c1, g.size)] = 1.0
+    return mask
+
+
 def letterbox(pixels: np.ndarray, size: int) -> tuple[np.ndarray, Geometry]:
     """Stretch to the full [0, 1] range, resize the long side to `size` (antialiased), pad to a square.
 
@@ -72,12 +91,12 @@ def letterbox(pixels: np.ndarray, size: int) -> tuple[np.ndarray, Geometry]:
     h, w = pixels.shape
     lo, hi = float(pixels.min()), float(pixels.max())
     unit = (pixels - lo) / (hi - lo) if hi > lo else np.zeros_like(pixels)
+    g = letterbox_geometry(h, w, size)
     nh, nw = _resized_shape(h, w, size)
     resized = np.asarray(Image.fromarray(unit.astype(np.float32), mode="F").resize((nw, nh), Image.BILINEAR))
     out = np.zeros((size, size), dtype=np.float32)
-    pad_y, pad_x = (size - nh) // 2, (size - nw) // 2
-    out[pad_y : pad_y + nh, pad_x : pad_x + nw] = np.clip(resized, 0.0, 1.0)
-    return out, Geometry(h, w, size, nh / h, pad_x, pad_y)
+    out[g.pad_y : g.pad_y + nh, g.pad_x : g.pad_x + nw] = np.clip(resized, 0.0, 1.0)
+    return out, g
 
 
 def normalize(x: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
@@ -128,17 +147,22 @@ class Augment:
         contrast = uniform(1 - self.contrast, 1 + self.contrast)
         return torch.stack([angle, scale, flip, tx, ty, gamma, contrast], 1)
 
-    def apply(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        """Augment (N, 1, S, S) in [0, 1] with (N, 7) parameters from `sample`."""
+    def apply(
+        self, x: torch.Tensor, params: torch.Tensor, masks: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Augment (N, 1, S, S) in [0, 1] with (N, 7) parameters from `sample`. With `masks` (N, 1, S, S),
+        fracture-box masks get the same geometric warp (not the intensity changes) and are returned too."""
         n = x.shape[0]
         angle, scale, flip, tx, ty, gamma, contrast = params.unbind(1)
         cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
         theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1).to(
             x.dtype
         )
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        x = x.clamp(0, 1) ** gamma.view(n, 1, 1, 1)
+        both = x if masks is None else torch.cat([x, masks.to(x.dtype)], 1)
+        grid = F.affine_grid(theta, list(both.shape), align_corners=False)
+        both = F.grid_sample(both, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        x = both[:, :1].clamp(0, 1) ** gamma.view(n, 1, 1, 1)
         c = contrast.view(n, 1, 1, 1)
         mean = x.mean(dim=(2, 3), keepdim=True)
-        return ((x - mean) * c + mean).clamp(0, 1)
+        x = ((x - mean) * c + mean).clamp(0, 1)
+        return x if masks is None else (x, both[:, 1:])
