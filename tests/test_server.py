@@ -94,7 +94,11 @@ def test_page_is_self_contained(client: TestClient) -> None:
 
 
 def test_docs_and_openapi(client: TestClient) -> None:
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200
+    assert "http://" not in docs.text and "https://" not in docs.text  # no CDN: works offline
+    assert client.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
+    assert client.get("/docs-assets/swagger-ui.css").status_code == 200
     spec = client.get("/openapi.json").json()
     assert {"/api/predict", "/api/model", "/healthz"} <= set(spec["paths"])
 

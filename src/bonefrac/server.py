@@ -34,8 +34,8 @@ from pydantic import BaseModel
 from . import __version__
 from .detector import FractureDetector, Prediction
 from .errors import BonefracError, ImageReadError, ImageTooLargeError
-from .overlay import MAX_SIDE, _colormap, render_overlay
-from .server_edge import UploadLimit, add_error_handlers, json_error, sanitize_filename
+from .overlay import MAX_SIDE, PNG_COMPRESS_LEVEL, colormap, render_overlay
+from .server_edge import UploadLimit, add_error_handlers, add_offline_docs, json_error, sanitize_filename
 
 logger = logging.getLogger("bonefrac.server")
 
@@ -47,8 +47,6 @@ PAGE_CSP = (
 # The heatmap is smooth (upsampled from the model's feature grid): 256 px carries all of it, and the browser
 # scales it onto the radiograph. Colouring and encoding it at 3000 px would cost more than the model.
 HEATMAP_SIDE = 256
-# zlib level 1: about 5x faster than the default 6 for ~20% larger PNGs; on a LAN the encoding time dominates.
-PNG_COMPRESS_LEVEL = 1
 # Training-config keys that are paths on the training machine: not a fact about the model, not for the web.
 _PRIVATE_CONFIG_KEYS = {"out", "cache_dir"}
 _PATH_CONFIG_KEYS = {"dataset", "split_file"}
@@ -221,7 +219,7 @@ def pictures(pred: Prediction) -> dict[str, str]:
     grey = grey.resize(_fit(grey.size, MAX_SIDE), Image.BILINEAR) if max(grey.size) > MAX_SIDE else grey
     heat_im = heat_im.resize(_fit(heat_im.size, HEATMAP_SIDE), Image.BILINEAR)
     h = np.clip(np.asarray(heat_im), 0, 1)
-    rgba = np.dstack([_colormap(h), (h * 255).astype(np.uint8)])  # the overlay's colours
+    rgba = np.dstack([colormap(h), (h * 255).astype(np.uint8)])  # the overlay's colours
     return {
         "image_png": _b64(_png(grey)),
         "heatmap_png": _b64(_png(Image.fromarray(rgba))),
@@ -323,6 +321,8 @@ def create_app(detector: FractureDetector, settings: ServerSettings | None = Non
         title="bonefrac",
         version=__version__,
         description="Find bone fractures in X-ray images. Research software, not a medical device.",
+        docs_url=None,  # served by add_offline_docs, without a CDN
+        redoc_url=None,
     )
     app.state.detector = detector
     app.state.settings = settings
@@ -331,6 +331,7 @@ def create_app(detector: FractureDetector, settings: ServerSettings | None = Non
     app.include_router(router)
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
     add_error_handlers(app)
+    add_offline_docs(app)
     return app
 
 
