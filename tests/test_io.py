@@ -403,3 +403,19 @@ def test_full_size_samples_match_their_downscaled_copies(fracatlas_dir: Path) ->
         small = read_strict(fracatlas_dir / "images" / path.name)
         assert max(full.pixels.shape) > 2000 and max(small.pixels.shape) == 1024
         assert np.abs(boxed(full.pixels) - boxed(small.pixels)).mean() < 0.02
+
+
+def test_truncated_jpeg_reports_how_much_is_missing_and_refuses_a_stub(tmp_path: Path) -> None:
+    real = FIXTURES / "images" / "IMG0004228.jpg"  # a real FracAtlas file, cut short at the source
+    with pytest.warns(ImageReadWarning, match=r"\d+% of rows missing"):
+        image = read_image(real)
+    assert 0.2 < image.meta["truncated_missing_fraction"] < 0.6
+    base = FIXTURES / "images" / BASE_IMAGE
+    stub = mv.truncate(base, tmp_path / "stub.jpg", keep=len(base.read_bytes()) // 6)
+    with pytest.raises(ImageReadError, match="truncated; .*% of the image is missing"):
+        read_image(stub)
+
+
+def test_random_bytes_named_dcm_are_not_called_dicom(tmp_path: Path) -> None:
+    with pytest.raises(ImageReadError, match="not a recognised image"):
+        read_image(mv.random_bytes(tmp_path / "scan.dcm"))

@@ -43,6 +43,9 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError, AttributeError) as e:
         raise ImageReadError(f"{name}: not a readable DICOM file ({type(e).__name__})") from None
     if not any(t in ds for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        if not getattr(ds, "preamble", None) and not ds.get("SOPClassUID"):
+            # Reached only through a .dcm extension, and pydicom's forced parse found nothing DICOM-like.
+            raise ImageReadError(f"{name}: not a recognised image (JPEG, PNG or DICOM)")
         raise ImageReadError(f"{name}: DICOM file has no pixel data (not an image object)")
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)

@@ -23,6 +23,10 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import ImageReadError, ImageTooLargeError
 
+#: A truncated JPEG is read when at most this share of its rows is missing (FracAtlas has files missing up
+#: to 51%); beyond it there is too little radiograph left to judge, and the file is refused.
+MAX_TRUNCATED_FRACTION = 0.6
+
 #: Largest image accepted, in pixels (width x height of one frame). Checked from the header, before any
 #: decoding, so a decompression bomb costs nothing. 80 MP is well above any plain radiograph
 #: (a 43x43 cm detector at 100 um is 18 MP) and far below what would exhaust memory.
@@ -171,9 +175,24 @@ def _load(im: Image.Image, path: Path, meta: dict[str, Any]) -> Image.Image:
             raise ImageReadError(f"{name}: truncated image could not be recovered ({e})") from None
         finally:
             ImageFile.LOAD_TRUNCATED_IMAGES = False
+    missing = _missing_rows_fraction(retry)
+    if missing > MAX_TRUNCATED_FRACTION:
+        raise ImageReadError(f"{name}: JPEG file is truncated; {missing:.0%} of the image is missing")
     meta["truncated"] = True
-    warn(meta, f"{name}: JPEG file is truncated; read what is there", stacklevel=4)
+    meta["truncated_missing_fraction"] = round(missing, 3)
+    warn(meta, f"{name}: JPEG file is truncated; {missing:.0%} of rows missing (filled grey)", stacklevel=4)
     return retry
+
+
+def _missing_rows_fraction(im: Image.Image) -> float:
+    """Share of rows at the bottom that a truncated baseline JPEG never reached: Pillow leaves them one
+    flat grey, identical to the last row. (A progressive JPEG degrades everywhere instead: 0 here.)"""
+    arr = np.asarray(im.convert("L"))
+    flat = (arr == arr[-1:, :1]).all(axis=1)  # rows equal, everywhere, to the bottom-left pixel
+    if not flat[-1]:
+        return 0.0
+    decoded = np.nonzero(~flat)[0]
+    return 1.0 - (decoded[-1] + 1) / arr.shape[0] if len(decoded) else 1.0
 
 
 def _to_unit_grey(im: Image.Image, name: str) -> tuple[np.ndarray, int]:
