@@ -102,3 +102,13 @@ def test_truncated_jpeg_is_predicted_with_its_warning_in_the_stream(det: Fractur
     assert isinstance(results[0], Prediction)
     assert any("truncated" in w for w in results[0].warnings)
     assert "warnings" in results[0].to_dict() and not results[1].warnings
+
+
+def test_decided_at_is_the_detectors_rule(det: FractureDetector) -> None:
+    pred = det.predict(FIXTURE_IMAGES[3], heatmap=False)
+    assert pred.candidate_boxes  # the heatmap always has a hottest region
+    for name, t in det.operating_points.items():
+        direct = det.predict(FIXTURE_IMAGES[3], operating_point=name, heatmap=False)
+        redecided = pred.decided_at(name, t)
+        assert redecided.to_dict() == direct.to_dict()
+        assert redecided.boxes == (pred.candidate_boxes if redecided.fractured else [])

@@ -9,6 +9,7 @@ import io
 import logging
 import os
 import random
+import re
 import tempfile
 import threading
 import time
@@ -129,8 +130,9 @@ def test_operating_point_matches_detector(client: TestClient, det: FractureDetec
         assert status == 200 and "image_png" not in body
         expected = det.predict(path, operating_point=op).to_dict()
         assert {k: body[k] for k in expected if k != "path"} == {k: v for k, v in expected.items() if k != "path"}
-        # Boxes for re-deciding on the page: present whenever the most sensitive point says fracture.
-        assert bool(body["candidate_boxes"]) == (body["probability"] >= min(body["thresholds"].values()))
+        # Boxes for re-deciding on the page: the heatmap's boxes whatever the decision; the decided ones are them.
+        assert body["candidate_boxes"]
+        assert body["boxes"] == (body["candidate_boxes"] if body["fractured"] else [])
 
 
 def test_png_and_dicom_give_the_jpegs_answer(client: TestClient, fracture_jpeg: Path) -> None:
@@ -160,8 +162,12 @@ def test_upload_name_is_sanitised(client: TestClient, fracture_jpeg: Path) -> No
 def test_truncated_jpeg_is_read_with_a_warning(client: TestClient) -> None:
     data = (IMAGES / "IMG0004228.jpg").read_bytes()  # labelled jpeg_truncated in the fixtures
     with pytest.warns(ImageReadWarning):
-        status, body = post(client, "cut.jpg", data[: len(data) // 2], images="false")
-    assert status == 200 and body["warnings"] == ["cut.jpg: JPEG file is truncated; read what is there"]
+        status, body = post(client, "cut.jpg", data, images="false")
+    assert status == 200 and len(body["warnings"]) == 1
+    assert re.fullmatch(r"cut\.jpg: JPEG file is truncated; \d+% of rows missing \(filled grey\)", body["warnings"][0])
+    # A stub with most of the image gone is refused, not guessed at.
+    status, body = post(client, "stub.jpg", data[: len(data) // 3], images="false")
+    assert status == 415 and "missing" in body["error"]
 
 
 # ---------------------------------------------------------------- bad input: 4xx with {"error"}, never a 500

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -48,9 +48,22 @@ class Prediction:
     width: int
     height: int
     peak: list[float] = field(default_factory=list)
+    candidate_boxes: list[list[float]] = field(default_factory=list, repr=False)
     heatmap: np.ndarray | None = field(default=None, repr=False)
     image: XrayImage | None = field(default=None, repr=False)
     warnings: list[str] = field(default_factory=list)
+
+    def decided_at(self, operating_point: str, threshold: float) -> Prediction:
+        """The same prediction decided at another threshold: fractured when probability >= threshold, and
+        then the heatmap's candidate boxes are its boxes. The one decision rule of bonefrac."""
+        fractured = bool(self.probability >= threshold)
+        return replace(
+            self,
+            operating_point=operating_point,
+            threshold=float(threshold),
+            fractured=fractured,
+            boxes=list(self.candidate_boxes) if fractured else [],
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the keys of `bonefrac predict --json` (no heatmap array)."""
@@ -201,30 +214,26 @@ class FractureDetector:
         out = []
         for item, prob, cam in zip(items, probs, cams, strict=True):
             g = item.geometry
-            fractured = bool(prob >= threshold)
             # Boxes from the heatmap on the model grid (cheap), scaled back to image pixels.
             content = normalize_heatmap(g.model_to_content(cam))
-            boxes = [g.content_box_to_image(b) for b in boxes_from_heatmap(content, float(prob))] if fractured else []
             px, py = heatmap_peak(content)
-            peak = g.content_box_to_image([px + 0.5, py + 0.5, px + 0.5, py + 0.5])[:2]  # pixel centre
-            heat = normalize_heatmap(g.model_to_image(cam)) if full_heatmaps else None
-            out.append(
-                Prediction(
-                    path=item.path,
-                    probability=float(prob),
-                    fractured=fractured,
-                    threshold=float(threshold),
-                    operating_point=operating_point,
-                    operating_points={k: bool(prob >= t) for k, t in self.spec.operating_points.items()},
-                    boxes=boxes,
-                    model_version=self.version,
-                    width=g.width,
-                    height=g.height,
-                    peak=peak,
-                    heatmap=heat,
-                    image=item.image if full_heatmaps else None,
-                    warnings=item.warnings,
-                )
+            undecided = Prediction(
+                path=item.path,
+                probability=float(prob),
+                fractured=False,
+                threshold=float("nan"),
+                operating_point="",
+                operating_points={k: bool(prob >= t) for k, t in self.spec.operating_points.items()},
+                boxes=[],
+                model_version=self.version,
+                width=g.width,
+                height=g.height,
+                peak=g.content_box_to_image([px + 0.5, py + 0.5, px + 0.5, py + 0.5])[:2],  # pixel centre
+                candidate_boxes=[g.content_box_to_image(b) for b in boxes_from_heatmap(content, float(prob))],
+                heatmap=normalize_heatmap(g.model_to_image(cam)) if full_heatmaps else None,
+                image=item.image if full_heatmaps else None,
+                warnings=item.warnings,
             )
+            out.append(undecided.decided_at(operating_point, threshold))
             item.image = None  # release pixels early when streaming many files
         return out

@@ -177,35 +177,20 @@ def _predict_upload(
     detector: FractureDetector, upload: BinaryIO, name: str, operating_point: str, images: bool
 ) -> dict[str, Any]:
     thresholds = detector.operating_points
-    # Predict at the most sensitive operating point: boxes then exist whenever any operating point calls
-    # the image fractured, so the page can re-decide at another point without a re-upload.
-    sensitive = min(thresholds, key=thresholds.__getitem__)
     # read_image takes a path; the upload keeps its (sanitised) name so error messages name the user's file.
     with tempfile.TemporaryDirectory(prefix="bonefrac-upload-") as tmp:
         path = Path(tmp) / name
         with open(path, "wb") as f:
             shutil.copyfileobj(upload, f, 1 << 20)
-        everywhere = detector.predict(path, operating_point=sensitive, heatmap=True)
-    pred = at_operating_point(everywhere, operating_point, thresholds[operating_point])
+        pred = detector.predict(path, operating_point=operating_point, heatmap=True)
     pred.path = name
     body = pred.to_dict()
     body["thresholds"] = thresholds
-    body["candidate_boxes"] = replace(pred, boxes=everywhere.boxes).to_dict()["boxes"]
+    # The heatmap's boxes whatever the decision, so the page can re-decide at another point without a re-upload.
+    body["candidate_boxes"] = replace(pred, boxes=pred.candidate_boxes).to_dict()["boxes"]
     if images:
         body.update(pictures(pred))
     return _jsonable(body)
-
-
-def at_operating_point(pred: Prediction, name: str, threshold: float) -> Prediction:
-    """The same prediction decided at another threshold: what `detector.predict(..., name)` returns."""
-    fractured = bool(pred.probability >= threshold)  # the detector's rule
-    return replace(
-        pred,
-        operating_point=name,
-        threshold=float(threshold),
-        fractured=fractured,
-        boxes=pred.boxes if fractured else [],
-    )
 
 
 def pictures(pred: Prediction) -> dict[str, str]:
