@@ -11,7 +11,8 @@ computed over the whole global batch (`SyncBatchNorm2d`), so each image is treat
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -21,6 +22,7 @@ import torch.distributed as dist
 from torch import nn
 
 T = TypeVar("T")
+S = TypeVar("S", bound=Sequence[Any] | torch.Tensor)  # a list, or a tensor's rows
 
 #: How long a rank waits in a collective before the run fails: rank 0 may be decoding a large dataset
 #: into the cache while the others wait at a barrier, so this is far above torch's NCCL default.
@@ -68,6 +70,18 @@ def barrier() -> None:
         dist.barrier()
 
 
+@contextmanager
+def node_first() -> Iterator[None]:
+    """Run the block on each node's first process, then on the others: the first builds a cache (decoded
+    images, an ONNX export) and the others find it built. Exactly one barrier on every rank."""
+    first = local_rank() == 0
+    if not first:
+        barrier()
+    yield
+    if first:
+        barrier()
+
+
 def _comm_device() -> torch.device:
     # NCCL only moves CUDA tensors; gloo moves CPU tensors.
     return device() if is_dist() and dist.get_backend() == "nccl" else torch.device("cpu")
@@ -92,7 +106,7 @@ def gather_to_main(items: list[T]) -> list[T]:
     return [x for part in parts for x in part] if is_main() else []
 
 
-def shard(items: Sequence[T]) -> Sequence[T]:
+def shard(items: S) -> S:
     """This rank's share: every `world_size`-th item from `rank`, so shards differ by at most one.
     Works on lists and on tensors (rows)."""
     return items[rank() :: world_size()] if is_dist() else items
@@ -179,17 +193,34 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
 
 
 class GlobalBatchDropout(nn.Dropout):
-    """Dropout whose mask is drawn for the whole global batch, then cut to this rank's rows (the rows
+    """Dropout whose mask is drawn for the whole global batch, then cut to this rank's images (those
     `shard` gives it). Every rank has the same RNG state, so plain dropout would draw the same mask for
-    different images on each rank; this draws exactly the mask one process draws (same shape, same
-    RNG state, same ops as F.dropout on CPU)."""
+    different images on each rank; this draws exactly the mask one process draws (same shape, same RNG
+    state, same ops as F.dropout on CPU).
+
+    The input may hold several rows per image, image-major (the class-activation map runs the head on
+    every cell: N*h*w rows); `global_batch` (images, set by `set_global_batch`) tells how many.
+    """
+
+    global_batch: int = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and is_dist()) or self.p == 0:
             return super().forward(x)
-        n = sum_int(x.shape[0])
-        mask = torch.empty((n, *x.shape[1:]), dtype=x.dtype, device=x.device).bernoulli_(1 - self.p)
-        return x * shard(mask).div(1 - self.p)
+        mine = len(range(rank(), self.global_batch, world_size()))  # this rank's images
+        if not mine or x.shape[0] % mine:
+            raise RuntimeError(f"dropout input of {x.shape[0]} rows: call set_global_batch() before the step")
+        rows = x.shape[0] // mine
+        mask = torch.empty((self.global_batch * rows, *x.shape[1:]), dtype=x.dtype, device=x.device)
+        mask = shard(mask.bernoulli_(1 - self.p).unflatten(0, (self.global_batch, rows))).flatten(0, 1)
+        return x * mask.div(1 - self.p)
+
+
+def set_global_batch(model: nn.Module, n: int) -> None:
+    """Tell the global-batch dropout layers how many images this training step's global batch holds."""
+    for m in model.modules():
+        if isinstance(m, GlobalBatchDropout):
+            m.global_batch = n
 
 
 def _globalize(model: nn.Module) -> None:

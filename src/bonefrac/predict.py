@@ -1,7 +1,9 @@
 """`bonefrac predict`: many files in, a table / JSON lines / CSV / overlay PNGs out.
 
-Under torchrun the inputs are sharded across ranks (every input exactly once); each rank writes a CSV
-part and rank 0 merges them in input order.
+Under torchrun the inputs are sharded across ranks (every `world_size`-th file, so every input exactly
+once). Each rank writes its own overlay PNGs; the table, the JSON lines and the CSV rows are gathered on
+rank 0, which writes them in input order, exactly as one process would (but at the end instead of as
+they come). Only rank 0 shows progress and the summary; every rank returns the same exit code.
 """
 
 from __future__ import annotations
@@ -80,61 +82,59 @@ def run_predict(det: FractureDetector, inputs: list[str], opts: PredictOptions, 
     files = find_images(inputs)
     if not files:
         raise BonefracError(f"no images found in {', '.join(inputs)} (looked for .jpg .jpeg .png .dcm and DICOM)")
+    if opts.csv and distributed.is_main() and not Path(opts.csv).parent.is_dir():
+        raise BonefracError(f"{opts.csv}: the folder for the CSV does not exist")  # now, not after predicting
     if opts.overlay_dir:
         Path(opts.overlay_dir).mkdir(parents=True, exist_ok=True)
     mine = distributed.shard(list(enumerate(files)))
-    csv_path = Path(opts.csv) if opts.csv else None
-    # Every rank (one, without torchrun) writes an indexed part; the main rank merges them in input order.
-    part_path = csv_path.with_name(f"{csv_path.name}.part{distributed.rank()}") if csv_path else None
+    # One process streams its lines as they come; ranks hold theirs (no heatmaps, a few hundred bytes per
+    # file) for rank 0 to print in input order, so lines of different ranks never interleave.
+    stream_lines = not distributed.is_dist()
     n_failed = 0
     width = min(60, max(len(str(f)) for f in files))
-    if not opts.json and not distributed.is_dist():
-        print(f"{'file':<{width}}  probability  decision     boxes", file=out)
-    csv_file = open(part_path, "w", newline="") if part_path else None  # noqa: SIM115 - closed below
-    try:
-        writer = csv.DictWriter(csv_file, fieldnames=["index", *CSV_COLUMNS]) if csv_file else None
-        if writer:
-            writer.writeheader()
-        for (index, _), res in zip(mine, stream(det, [f for _, f in mine], opts), strict=True):
-            n_failed += isinstance(res, PredictionError)
-            if opts.json:
-                print(json.dumps(res.to_dict()), file=out, flush=False)
-            elif not distributed.is_dist():
-                print(_table_line(res, width), file=out)
-            if writer:
-                writer.writerow({"index": index, **csv_row(res)})
-            if opts.overlay_dir and isinstance(res, Prediction) and res.image is not None:
-                from .overlay import overlay_name, render_overlay
+    header = f"{'file':<{width}}  probability  decision     boxes"
+    if not opts.json and stream_lines:
+        print(header, file=out)
+    lines: list[tuple[int, str]] = []
+    rows: list[tuple[int, dict[str, str]]] = []
+    for (index, _), res in zip(mine, stream(det, [f for _, f in mine], opts), strict=True):
+        n_failed += isinstance(res, PredictionError)
+        line = json.dumps(res.to_dict()) if opts.json else _table_line(res, width)
+        if stream_lines:
+            print(line, file=out)
+        else:
+            lines.append((index, line))
+        if opts.csv:
+            rows.append((index, csv_row(res)))
+        if opts.overlay_dir and isinstance(res, Prediction) and res.image is not None:
+            from .overlay import PNG_COMPRESS_LEVEL, overlay_name, render_overlay
 
-                render_overlay(res.image, res).save(Path(opts.overlay_dir) / overlay_name(res.path, index))
-                res.image = res.heatmap = None
-    finally:
-        if csv_file:
-            csv_file.close()
+            render_overlay(res.image, res).save(
+                Path(opts.overlay_dir) / overlay_name(res.path, index), compress_level=PNG_COMPRESS_LEVEL
+            )
+            res.image = res.heatmap = None
+    lines = sorted(distributed.gather_to_main(lines))
+    rows = sorted(distributed.gather_to_main(rows), key=lambda r: r[0])
     n_failed = distributed.sum_int(n_failed)
-    if csv_path:
-        distributed.barrier()
-        if distributed.is_main():
-            merge_csv_parts(csv_path, distributed.world_size())
     if distributed.is_main():
+        if lines:
+            print("\n".join(([] if opts.json else [header]) + [line for _, line in lines]), file=out)
+        if opts.csv:
+            write_csv(Path(opts.csv), [row for _, row in rows])
         n = len(files)
         where = f"; overlays in {opts.overlay_dir}" if opts.overlay_dir else ""
-        where += f"; CSV in {csv_path}" if csv_path else ""
+        where += f"; CSV in {opts.csv}" if opts.csv else ""
         print(f"{n - n_failed} of {n} images predicted, {n_failed} failed{where}", file=sys.stderr)
+    # torchrun stops the other ranks as soon as one exits non-zero: nobody leaves before rank 0 has written.
+    distributed.barrier()
     return 1 if n_failed else 0
 
 
-def merge_csv_parts(csv_path: Path, world: int) -> None:
-    """Join per-rank parts into one CSV in input order, then remove the parts."""
-    rows = []
-    parts = [csv_path.with_name(f"{csv_path.name}.part{r}") for r in range(world)]
-    for part in parts:
-        with open(part, newline="") as f:
-            rows += list(csv.DictReader(f))
-    rows.sort(key=lambda r: int(r["index"]))
-    with open(csv_path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+def write_csv(csv_path: Path, rows: list[dict[str, str]]) -> None:
+    """Write the results CSV atomically: a killed run never leaves a truncated file that looks complete."""
+    tmp = csv_path.with_name(f".{csv_path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         w.writeheader()
         w.writerows(rows)
-    for part in parts:
-        part.unlink()
+    tmp.replace(csv_path)

@@ -103,18 +103,26 @@ def load_box_masks(cache: DecodeCache, records: list[Record], idx: list[int]) ->
     return torch.from_numpy(np.stack(masks))[:, None]
 
 
-def localization_loss(cam: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+def box_targets(cam: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The share of each heatmap cell covered by boxes (N, h*w), and which images have any box (N,)."""
+    target = F.adaptive_avg_pool2d(masks, cam.shape[-2:]).flatten(1)
+    return target, target.sum(1) > 1e-6
+
+
+def localization_loss(cam: torch.Tensor, masks: torch.Tensor, n_boxed: int | None = None) -> torch.Tensor:
     """Cross-entropy between the heatmap's spatial softmax and the share of each cell covered by boxes.
 
     It shapes only *where* the heatmap is high, relative to the rest of the image, so it does not fight
-    the image-level logit (the heatmap's mean). Images without boxes (negatives) contribute nothing.
+    the image-level logit (the heatmap's mean). Images without boxes (negatives) contribute nothing. The
+    mean is over the boxed images here, or over `n_boxed` images: under DDP the global batch's count, so
+    that the ranks' losses add up to the loss one process computes on the whole batch.
     """
-    target = F.adaptive_avg_pool2d(masks, cam.shape[-2:]).flatten(1)
-    keep = target.sum(1) > 1e-6
+    target, keep = box_targets(cam, masks)
     if not keep.any():
         return cam.sum() * 0.0  # keeps every parameter in the graph (DistributedDataParallel needs that)
     target = target[keep] / target[keep].sum(1, keepdim=True)
-    return -(target * F.log_softmax(cam[keep].flatten(1), dim=1)).sum(1).mean()
+    per_image = -(target * F.log_softmax(cam[keep].flatten(1), dim=1)).sum(1)
+    return per_image.mean() if n_boxed is None else per_image.sum() / n_boxed
 
 
 @torch.no_grad()
@@ -190,6 +198,8 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path:
         torch.set_num_threads(cfg.threads)
     dev = distributed.device()
     train, val, cache = prepare_data(cfg, out)
+    if len(train) < world:
+        raise DatasetError(f"{len(train)} training images cannot be shared by {world} processes")
     spec = ModelSpec(arch=cfg.arch, image_size=cfg.image_size)
     model = build_model(spec).to(dev, memory_format=torch.channels_last)
     ema = EMA(model, cfg.ema_decay)
@@ -266,13 +276,19 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path:
             # This rank's mean, weighted by its share of the global batch (1.0 for equal shards and in one
             # process): DDP's average over ranks is then exactly the global batch's mean loss and gradient.
             share = len(idx) * world / len(batch)
+            distributed.set_global_batch(model, len(batch))
             if use_boxes:
                 logits, cam = ddp_model(x, return_cam=True)
-                loc = localization_loss(cam, masks.to(dev))
+                masks = masks.to(dev)
+                # Ranks hold different numbers of boxed images: divide by the global batch's count, times
+                # world for DDP's average (in one process: the plain mean, times 1).
+                n_boxed = distributed.sum_int(int(box_targets(cam, masks)[1].sum())) if world > 1 else None
+                loc = localization_loss(cam, masks, n_boxed) * world
                 loc_losses.append(loc.item())
             else:
                 logits, loc = ddp_model(x), 0.0
-            loss = (F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight) + cfg.loc_weight * loc) * share
+            bce = F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight)
+            loss = bce * share + cfg.loc_weight * loc
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -280,7 +296,9 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path:
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")  # rank 0's share: a noisy estimate
         train_time = time.time() - t0
-        losses = distributed.mean_over_ranks(losses)  # the global batches' losses
+        # The global batches' losses (each rank's terms are scaled so that their mean is the global one).
+        losses = distributed.mean_over_ranks(losses)
+        loc_losses = distributed.mean_over_ranks(loc_losses) if loc_losses else []
         p = distributed.gather_predictions(lambda recs: predict_cached(ema.module, spec, cache, recs), val)
         y = np.array([r.label for r in val])
         val_auc = auc(y, p)
