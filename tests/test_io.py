@@ -419,3 +419,24 @@ def test_truncated_jpeg_reports_how_much_is_missing_and_refuses_a_stub(tmp_path:
 def test_random_bytes_named_dcm_are_not_called_dicom(tmp_path: Path) -> None:
     with pytest.raises(ImageReadError, match="not a recognised image"):
         read_image(mv.random_bytes(tmp_path / "scan.dcm"))
+
+
+def test_jpeg_compressed_dicom_decodes_through_pylibjpeg(tmp_path: Path) -> None:
+    """A DICOM holding a baseline JPEG (transfer syntax 1.2.840.10008.1.2.4.50), as many CR/DX archives send."""
+    import pydicom
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    jpeg = FIXTURES / "images" / BASE_IMAGE
+    grey = np.asarray(Image.open(jpeg).convert("L"))
+    Image.fromarray(grey).save(tmp_path / "grey.jpg", quality=95)
+    path = mv.dicom(tmp_path / "plain.dcm", grey, bits_stored=8)
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.PixelData = encapsulate([(tmp_path / "grey.jpg").read_bytes()])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(tmp_path / "jpeg.dcm", enforce_file_format=True)
+    from_dicom = read_image(tmp_path / "jpeg.dcm")
+    from_jpeg = read_image(tmp_path / "grey.jpg")
+    assert from_dicom.meta["format"] == "dicom" and from_dicom.pixels.shape == grey.shape
+    assert np.abs(from_dicom.pixels - from_jpeg.pixels).mean() < 2 / 255  # two JPEG decoders, one image
