@@ -107,3 +107,20 @@ def test_kill_mid_run_then_resume_matches_uninterrupted(tmp_path: Path) -> None:
     a, b = _state(straight), _state(killed)
     for k in a:
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5), k
+
+
+@pytest.mark.slow
+def test_init_from_starts_at_the_given_weights(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    first = tmp_path / "first"
+    train(first, cache, "--epochs", "1")
+    tuned = tmp_path / "tuned"
+    train(tuned, cache, "--epochs", "1", "--init-from", str(first / "model.pt"), "--lr", "0")
+    start = torch.load(first / "model.pt", weights_only=True)["state_dict"]
+    after = _state(tuned)
+    # lr 0: the weights are exactly the checkpoint's (BatchNorm running statistics still move)
+    weights = [k for k in start if k.endswith("weight")]
+    assert weights and all(torch.equal(start[k], after[k]) for k in weights)
+    proc = train(tmp_path / "bad", cache, "--epochs", "1", "--init-from", str(first), "--image-size", "96", wait=False)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "seed_cnn at 64px" in output and "Traceback" not in output

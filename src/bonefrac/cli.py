@@ -35,6 +35,8 @@ def _train(args: argparse.Namespace) -> int:
         threads=args.threads,
         max_train_images=args.max_train_images,
         loc_weight=args.loc_weight,
+        init_from=args.init_from,
+        warmup_epochs=args.warmup_epochs,
         progress=not args.no_progress,
     )
     try:
@@ -164,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="weight of the heatmap box-supervision loss when the dataset has fracture boxes (0 = off)",
     )
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--init-from", help="fine-tune this checkpoint or run folder instead of starting from ImageNet")
+    t.add_argument("--warmup-epochs", type=float, default=1.0)
     t.add_argument("--split", help="reuse this split.json instead of making one")
     t.add_argument("--cache-dir", help="decode cache folder (default ~/.cache/bonefrac or $BONEFRAC_CACHE)")
     t.add_argument("--threads", type=int, help="torch CPU threads")

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import __version__, distributed
-from .checkpoint import atomic_save, save_model
+from .checkpoint import atomic_save, load_model, save_model
 from .data import DecodeCache, Record, load_dataset, load_split, save_split, split_dataset
 from .errors import BonefracError, DatasetError
 from .metrics import auc, auc_ci, choose_operating_points, operating_point_stats
@@ -54,6 +54,7 @@ class TrainConfig:
     cache_dir: str | None = None
     threads: int | None = None
     loc_weight: float = 0.5  # box supervision of the heatmap, where the dataset has fracture boxes
+    init_from: str | None = None  # start from this checkpoint's weights instead of ImageNet
     max_train_images: int | None = None  # for smoke tests only
     progress: bool = True
 
@@ -201,7 +202,17 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path:
     if len(train) < world:
         raise DatasetError(f"{len(train)} training images cannot be shared by {world} processes")
     spec = ModelSpec(arch=cfg.arch, image_size=cfg.image_size)
-    model = build_model(spec).to(dev, memory_format=torch.channels_last)
+    if cfg.init_from:
+        # Fine-tune a trained model (e.g. add box supervision to a classifier): its weights, this run's recipe.
+        model, init_spec, _ = load_model(cfg.init_from)
+        if (init_spec.arch, init_spec.image_size) != (spec.arch, spec.image_size):
+            raise BonefracError(
+                f"--init-from {cfg.init_from} is {init_spec.arch} at {init_spec.image_size}px; "
+                f"this run is {spec.arch} at {spec.image_size}px"
+            )
+    else:
+        model = build_model(spec)
+    model = model.to(dev, memory_format=torch.channels_last)
     ema = EMA(model, cfg.ema_decay)
     ddp_model = distributed.wrap(model)  # `model` stays the plain module: its state_dict is what we save
     decay, no_decay = [], []
