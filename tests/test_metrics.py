@@ -66,3 +66,14 @@ def test_localization_scores() -> None:
     s = localization_scores(peaks, preds, truth)
     assert s["pointing_game"] == 0.5
     assert s["box_precision"] == 1.0 and s["box_recall"] == 0.5
+
+
+def test_named_points_never_cross_the_default() -> None:
+    """Where Youden's point is already more specific than 90%, high_specificity is not made less specific."""
+    y = np.array([0] * 50 + [1] * 10)
+    p = np.concatenate([np.linspace(0, 0.5, 50), np.linspace(0.55, 1.0, 10)])  # perfectly separable
+    points = choose_operating_points(y, p)
+    assert points["high_sensitivity"] <= points["default"] <= points["high_specificity"]
+    for name in ("high_sensitivity", "high_specificity"):
+        s = operating_point_stats(y, p, points[name])
+        assert s["sensitivity"] >= 0.9 and s["specificity"] >= 0.9
