@@ -179,7 +179,10 @@ def split_dataset(records: list[Record], val_fraction: float = 0.2, seed: int = 
 
 
 def save_split(split: dict[str, str], path: Path) -> None:
-    path.write_text(json.dumps(dict(sorted(split.items())), indent=0))
+    """Written atomically: `--resume` reads it back, and a kill mid-write must not leave half a split."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(dict(sorted(split.items())), indent=0))
+    os.replace(tmp, path)
 
 
 def load_split(path: Path) -> dict[str, str]:
