@@ -6,7 +6,10 @@ al. 2016). No hooks, no gradients: the same computation runs in torch and inside
 
 Boxes (documented method): the heatmap, mapped back onto the image, is thresholded at
 `BOX_THRESHOLD` of its own maximum; each connected region becomes one box [x0, y0, x1, y1, score], with
-score = fracture probability x the region's peak heat. At most `MAX_BOXES`, best first.
+score = fracture probability x the region's peak heat. At most `MAX_BOXES`, best first. The threshold was
+chosen on the bundled model's validation split: FracAtlas fracture boxes are small (median 29 px wide in
+373x454 images) and the heatmap comes from an 8 x 8 grid, so only its very top marks a fracture-sized
+region (top-box precision at IoU 0.3: 0.01 at 50% of the peak, 0.22 at 90%, 0.31 at 95%, 0.29 at 97%).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-BOX_THRESHOLD = 0.5
+BOX_THRESHOLD = 0.95
 MAX_BOXES = 3
 
 

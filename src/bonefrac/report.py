@@ -126,5 +126,10 @@ def write_results_txt(m: dict[str, Any], path: Path) -> None:
             f"  boxes at IoU>={loc['iou_threshold']}: precision {_fmt(loc['box_precision'])}, "
             f"recall {_fmt(loc['box_recall'])}",
         ]
-    lines += ["", "Operating points were chosen on the training run's validation split, not on this data."]
+    if m["dataset"].get("subset") == "val":
+        note = "These are validation images: the operating points were chosen on them, so sensitivity and "
+        note += "specificity are optimistic. An independent test set gives the unbiased figures."
+    else:
+        note = "Operating points were chosen on the training run's validation split, not on this data."
+    lines += ["", note]
     path.write_text("\n".join(lines) + "\n")

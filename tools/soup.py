@@ -1,0 +1,86 @@
+"""Average the weights of two fine-tuned models of one architecture ("model soup", Wortsman et al. 2022),
+then choose the soup's operating points on the validation split, as training does for a single run.
+
+    python tools/soup.py runs/A runs/B --weight 0.3 --dataset ../shared/data/fracatlas \
+        --split runs/A/split.json --out src/bonefrac/weights/model.pt
+
+`--weight` is A's share. Both models must share arch and input size (and should share the pretrained start).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bonefrac import __version__
+from bonefrac.checkpoint import load_checkpoint, save_model, sha256_file
+from bonefrac.data import DecodeCache, load_dataset, load_split
+from bonefrac.metrics import choose_operating_points
+from bonefrac.models import ModelSpec, build_model
+from bonefrac.train import predict_cached, validation_report
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("a")
+    ap.add_argument("b")
+    ap.add_argument("--weight", type=float, required=True, help="share of model A (0..1)")
+    ap.add_argument("--dataset", required=True)
+    ap.add_argument("--split", required=True)
+    ap.add_argument("--cache-dir")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+
+    a, b = load_checkpoint(args.a), load_checkpoint(args.b)
+    spec = ModelSpec.from_dict(a["spec"])
+    spec_b = ModelSpec.from_dict(b["spec"])
+    if (spec.arch, spec.image_size) != (spec_b.arch, spec_b.image_size):
+        sys.exit(f"cannot average {spec.arch}@{spec.image_size} with {spec_b.arch}@{spec_b.image_size}")
+    w = args.weight
+    state = {
+        k: (w * v.double() + (1 - w) * b["state_dict"][k].double()).to(v.dtype) if v.is_floating_point() else v
+        for k, v in a["state_dict"].items()
+    }  # BatchNorm running statistics are averaged too; num_batches_tracked is A's (unused in eval)
+    model = build_model(spec, pretrained=False)
+    model.load_state_dict(state)
+    model.eval()
+
+    split = load_split(Path(args.split))
+    val = [r for r in load_dataset(args.dataset) if split.get(r.key) == "val"]
+    cache = DecodeCache(args.cache_dir, spec.image_size)
+    cache.build([r.path for r in val], progress=False)
+    torch.set_num_threads(2)
+    p = predict_cached(model, spec, cache, val)
+    y = np.array([r.label for r in val])
+    spec.operating_points = choose_operating_points(y, p)
+    info = {
+        "bonefrac_version": __version__,
+        "soup": {
+            "a": a["path"],
+            "b": b["path"],
+            "weight_a": w,
+            "a_sha256": sha256_file(a["path"]),
+            "b_sha256": sha256_file(b["path"]),
+        },
+        "config": {"a": a["info"].get("config"), "b": b["info"].get("config")},
+        "dataset": str(args.dataset),
+        "n_train": a["info"].get("n_train"),
+        "n_val": len(val),
+        "validation": validation_report(y, p, spec.operating_points),
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    digest = save_model(model, spec, args.out, info)
+    v = info["validation"]
+    lo, hi = v["auc_ci95"]
+    print(f"soup {w:.2f} x {args.a} + {1 - w:.2f} x {args.b}: validation AUC {v['auc']:.4f} (95% CI {lo:.3f}-{hi:.3f})")
+    print(f"written to {args.out} (sha256 {digest[:12]})")
+    for name, st in v["operating_points"].items():
+        print(f"  {name}: threshold {st['threshold']:.3f}  sens {st['sensitivity']:.3f}  spec {st['specificity']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
