@@ -124,6 +124,7 @@ def run_predict(det: FractureDetector, inputs: list[str], opts: PredictOptions, 
         n = len(files)
         where = f"; overlays in {opts.overlay_dir}" if opts.overlay_dir else ""
         where += f"; CSV in {opts.csv}" if opts.csv else ""
+        out.flush()  # the table first, then the summary, also when both go to one terminal
         print(f"{n - n_failed} of {n} images predicted, {n_failed} failed{where}", file=sys.stderr)
     # torchrun stops the other ranks as soon as one exits non-zero: nobody leaves before rank 0 has written.
     distributed.barrier()
