@@ -24,7 +24,7 @@ from .explain import boxes_from_heatmap, heatmap_peak, normalize_heatmap
 from .export import Backend, make_backend
 from .io import XrayImage, read_image
 from .models import FractureNet, ModelSpec
-from .transforms import Geometry, preprocess
+from .transforms import Geometry, preprocess, upsample_maps
 
 
 def bundled_model_path() -> Path:
@@ -212,10 +212,11 @@ class FractureDetector:
         probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
         threshold = self.spec.operating_points[operating_point]
         out = []
-        for item, prob, cam in zip(items, probs, cams, strict=True):
+        upsampled = upsample_maps(cams, self.spec.image_size)
+        for item, prob, up in zip(items, probs, upsampled, strict=True):
             g = item.geometry
-            # Boxes from the heatmap on the model grid (cheap), scaled back to image pixels.
-            content = normalize_heatmap(g.model_to_content(cam))
+            # Boxes from the heatmap at model resolution (cheap), scaled back to image pixels.
+            content = normalize_heatmap(g.crop_content(up))
             px, py = heatmap_peak(content)
             undecided = Prediction(
                 path=item.path,
@@ -230,7 +231,7 @@ class FractureDetector:
                 height=g.height,
                 peak=g.content_box_to_image([px + 0.5, py + 0.5, px + 0.5, py + 0.5])[:2],  # pixel centre
                 candidate_boxes=[g.content_box_to_image(b) for b in boxes_from_heatmap(content, float(prob))],
-                heatmap=normalize_heatmap(g.model_to_image(cam)) if full_heatmaps else None,
+                heatmap=normalize_heatmap(g.content_to_image(content)) if full_heatmaps else None,
                 image=item.image if full_heatmaps else None,
                 warnings=item.warnings,
             )
