@@ -108,12 +108,15 @@ def letterbox(pixels: np.ndarray, size: int) -> tuple[np.ndarray, Geometry]:
     """
     h, w = pixels.shape
     lo, hi = float(pixels.min()), float(pixels.max())
-    unit = (pixels - lo) / (hi - lo) if hi > lo else np.zeros_like(pixels)
     g = letterbox_geometry(h, w, size)
     nh, nw = _resized_shape(h, w, size)
-    resized = np.asarray(Image.fromarray(unit.astype(np.float32), mode="F").resize((nw, nh), Image.BILINEAR))
     out = np.zeros((size, size), dtype=np.float32)
-    out[g.pad_y : g.pad_y + nh, g.pad_x : g.pad_x + nw] = np.clip(resized, 0.0, 1.0)
+    if hi > lo:
+        # Resizing is linear (its weights sum to 1), so the min-max scaling is applied after it, to the
+        # small image: the same values up to float rounding, without full-resolution temporaries.
+        raw = np.ascontiguousarray(pixels, dtype=np.float32)
+        resized = np.asarray(Image.fromarray(raw, mode="F").resize((nw, nh), Image.BILINEAR))
+        out[g.pad_y : g.pad_y + nh, g.pad_x : g.pad_x + nw] = np.clip((resized - lo) / (hi - lo), 0.0, 1.0)
     return out, g
 
 
