@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,54 +102,43 @@ def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 
 def _from_fracatlas(root: Path) -> list[Record]:
-    columns, rows = _read_csv(root / "labels.csv")
-    if not {"filename", "fractured"} <= set(columns):
-        raise DatasetError(f"{root / 'labels.csv'}: needs 'filename' and 'fractured' columns")
+    labels = root / "labels.csv"
+    return _records_from_csv(labels, root, "filename", "fractured", "dup_group", lambda name: root / "images" / name)
+
+
+def _from_csv(path: Path) -> list[Record]:
+    return _records_from_csv(path, path, "path", "label", "group", lambda name: path.parent / name)
+
+
+def _records_from_csv(
+    csv_path: Path, where: Path, path_col: str, label_col: str, group_col: str, locate: Callable[[str], Path]
+) -> list[Record]:
+    """Rows of a labels CSV -> records. `path_col` names the image (located by `locate` unless absolute)."""
+    columns, rows = _read_csv(csv_path)
+    if not {path_col, label_col} <= set(columns):
+        raise DatasetError(f"{csv_path}: needs '{path_col}' and '{label_col}' columns")
     records = []
     for i, row in enumerate(rows):
-        where = f"labels.csv row {i + 2}"
-        if not (row.get("filename") or "").strip():
-            raise DatasetError(f"{where}: empty filename")
+        at = f"{csv_path.name} row {i + 2}"
+        name = (row.get(path_col) or "").strip()
+        if not name:
+            raise DatasetError(f"{at}: empty {path_col}")
         hw = row.get("hardware")
         try:
             records.append(
                 Record(
-                    path=str(root / "images" / row["filename"]),
-                    label=_label(row["fractured"], where),
+                    path=str(Path(name) if os.path.isabs(name) else locate(name)),
+                    label=_label(row[label_col], at),
                     region=(row.get("body_region") or "unknown").strip() or "unknown",
-                    group=(row.get("dup_group") or "").strip(),
+                    group=(row.get(group_col) or "").strip(),
                     boxes=_parse_boxes(row.get("boxes", "")),
                     hardware=int(hw) if hw not in (None, "") else None,
+                    name=name,
                 )
             )
         except ValueError as e:  # a malformed box or hardware value
-            raise DatasetError(f"{where}: {e}") from None
-    return _checked(records, root)
-
-
-def _from_csv(path: Path) -> list[Record]:
-    columns, rows = _read_csv(path)
-    if not {"path", "label"} <= set(columns):
-        raise DatasetError(f"{path}: a dataset CSV needs 'path' and 'label' columns")
-    records = []
-    for i, row in enumerate(rows):
-        where = f"{path.name} row {i + 2}"
-        if not (row.get("path") or "").strip():
-            raise DatasetError(f"{where}: empty path")
-        try:
-            records.append(
-                Record(
-                    path=str((path.parent / row["path"]) if not os.path.isabs(row["path"]) else Path(row["path"])),
-                    label=_label(row["label"], where),
-                    region=(row.get("body_region") or "unknown").strip() or "unknown",
-                    group=(row.get("group") or "").strip(),
-                    boxes=_parse_boxes(row.get("boxes", "")),
-                    name=row["path"].strip(),
-                )
-            )
-        except ValueError as e:  # a malformed box
-            raise DatasetError(f"{where}: {e}") from None
-    return _checked(records, path)
+            raise DatasetError(f"{at}: {e}") from None
+    return _checked(records, where)
 
 
 def _checked(records: list[Record], where: Path) -> list[Record]:
