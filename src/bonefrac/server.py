@@ -369,9 +369,11 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m bonefrac.server [options]`: the same as `bonefrac serve [options]`."""
-    parser = argparse.ArgumentParser(prog="python -m bonefrac.server", description="bonefrac web server")
+def main(argv: list[str] | None = None, prog: str = "python -m bonefrac.server") -> int:
+    """`bonefrac serve [options]`, also runnable as `python -m bonefrac.server [options]`."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Serve the fracture finder page and its REST API (OpenAPI docs at /docs)."
+    )
     _add_serve_arguments(parser)
     try:
         return serve(parser.parse_args(argv))
