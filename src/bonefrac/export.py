@@ -16,7 +16,6 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from .explain import class_activation_map
 from .models import FractureNet, ModelSpec
 
 ONNX_OPSET = 17
@@ -36,8 +35,7 @@ class _LogitAndCam(torch.nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.model.forward_features(x)
-        return self.model.forward_head(features), class_activation_map(self.model, features)
+        return self.model(x, return_cam=True)
 
 
 class TorchBackend:
