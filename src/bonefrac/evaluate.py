@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from . import __version__
 from .data import Record, load_dataset, load_split
 from .detector import FractureDetector, Prediction
 from .errors import DatasetError
+from .jsonable import jsonable
 from .metrics import auc, auc_ci, localization_scores, operating_point_stats
 from .report import write_plots, write_results_txt
 
@@ -31,16 +31,6 @@ def select_records(dataset: str | Path, split_file: str | Path | None, subset: s
         if not records:
             raise DatasetError(f"{split_file}: no images of subset {want!r} in {dataset}")
     return records
-
-
-def _json_safe(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_json_safe(v) for v in x]
-    return x
 
 
 def compute_metrics(
@@ -128,7 +118,7 @@ def evaluate(
     }
     metrics["unreadable"] = errors
     metrics["bonefrac_version"] = __version__
-    metrics = _json_safe(metrics)
+    metrics = jsonable(metrics)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     with open(out / "predictions.csv", "w", newline="") as f:
         w = csv.writer(f)

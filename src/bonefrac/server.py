@@ -15,7 +15,6 @@ import argparse
 import base64
 import io
 import logging
-import math
 import shutil
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from pydantic import BaseModel
 from . import __version__
 from .detector import FractureDetector, Prediction
 from .errors import BonefracError, ImageReadError, ImageTooLargeError
+from .jsonable import jsonable
 from .overlay import MAX_SIDE, PNG_COMPRESS_LEVEL, colormap, render_overlay
 from .server_edge import UploadLimit, add_error_handlers, add_offline_docs, json_error, sanitize_filename
 
@@ -190,7 +190,7 @@ def _predict_upload(
     body["candidate_boxes"] = replace(pred, boxes=pred.candidate_boxes).to_dict()["boxes"]
     if images:
         body.update(pictures(pred))
-    return _jsonable(body)
+    return jsonable(body)
 
 
 def pictures(pred: Prediction) -> dict[str, str]:
@@ -229,7 +229,7 @@ def model_facts(detector: FractureDetector) -> dict[str, Any]:
             for k, v in config.items()
             if k not in _PRIVATE_CONFIG_KEYS
         }
-    return _jsonable(
+    return jsonable(
         {
             "version": detector.version,
             "arch": detector.spec.arch,
@@ -279,21 +279,6 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _jsonable(obj: Any) -> Any:
-    """Plain JSON types only; NaN/inf become null (Starlette refuses them, which would be a 500)."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if obj is None or isinstance(obj, str | int | bool):
-        return obj
-    return str(obj)
-
-
 def _refused(status: int, name: str, e: BonefracError) -> JSONResponse:
     logger.info("refused %r (%d): %s", name, status, e)
     return json_error(status, str(e))
@@ -321,17 +306,6 @@ def create_app(detector: FractureDetector, settings: ServerSettings | None = Non
 
 
 # ---------------------------------------------------------------- command line
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Register `bonefrac serve` on the CLI's subparsers."""
-    p = sub.add_parser(
-        "serve",
-        help="web page + REST API (FastAPI) for fracture predictions",
-        description="Serve the fracture finder page and its REST API (OpenAPI docs at /docs).",
-    )
-    _add_serve_arguments(p)
-    p.set_defaults(func=serve)
-
-
 def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="interface (default loopback only; 0.0.0.0 = all)")
     p.add_argument("--port", type=int, default=8000)
