@@ -33,7 +33,7 @@ from server_helpers import (
 from bonefrac import FractureDetector, read_image
 from bonefrac.io import ImageReadWarning
 from bonefrac.overlay import overlay_png_bytes
-from bonefrac.server import ServerSettings, add_parser, bundled_model_card, create_app, serve
+from bonefrac.server import ServerSettings, _add_serve_arguments, bundled_model_card, create_app
 from bonefrac.server_edge import UploadLimit, sanitize_filename
 
 PREDICTION_KEYS = {
@@ -357,11 +357,11 @@ def test_inference_is_bounded_and_off_the_event_loop(
 
 
 def test_serve_parser() -> None:
-    parser = argparse.ArgumentParser(prog="bonefrac")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["serve"])
+    parser = argparse.ArgumentParser(prog="bonefrac serve")
+    _add_serve_arguments(parser)
+    args = parser.parse_args([])
     assert (args.host, args.port, args.model, args.backend) == ("127.0.0.1", 8000, None, "auto")
-    assert (args.max_upload_mb, args.concurrency, args.func) == (50.0, 2, serve)
+    assert (args.max_upload_mb, args.concurrency) == (50.0, 2)
     assert ServerSettings(args.max_upload_mb, args.concurrency).max_upload_bytes == 50 * 2**20
     with pytest.raises(ValueError):
         ServerSettings(concurrency=0)

@@ -6,7 +6,7 @@ import torch
 
 from bonefrac.io import XrayImage
 from bonefrac.models import ModelSpec
-from bonefrac.transforms import Augment, letterbox, preprocess
+from bonefrac.transforms import Augment, letterbox, preprocess, upsample_maps
 
 
 @pytest.mark.parametrize("shape", [(373, 454), (454, 373), (1024, 1024), (50, 300)])
@@ -41,7 +41,7 @@ def test_heatmap_maps_back_onto_the_original_geometry() -> None:
     heat = np.zeros((256, 256), dtype=np.float32)
     # content spans rows pad_y .. pad_y+128; mark the model-grid point for image pixel (x=450, y=75)
     heat[g.pad_y + round(75 * g.scale), g.pad_x + round(450 * g.scale)] = 1.0
-    full = g.model_to_image(heat)
+    full = g.content_to_image(g.crop_content(upsample_maps(heat[None], 256)[0]))  # the detector's path
     assert full.shape == (300, 600)
     y, x_ = np.unravel_index(np.argmax(full), full.shape)
     assert abs(x_ - 450) <= 3 and abs(y - 75) <= 3

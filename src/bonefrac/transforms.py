@@ -30,11 +30,6 @@ class Geometry:
     pad_x: int
     pad_y: int
 
-    def model_to_content(self, heat: np.ndarray) -> np.ndarray:
-        """Upsample an (h, w) map on the model grid to (size, size) and crop the padding: the image's own
-        content at model resolution (cheap; used for boxes)."""
-        return self.crop_content(upsample_maps(heat[None], self.size)[0])
-
     def crop_content(self, upsampled: np.ndarray) -> np.ndarray:
         """The image's part of a (size, size) map (see `upsample_maps`), without the letterbox padding."""
         nh, nw = _resized_shape(self.height, self.width, self.size)
@@ -45,10 +40,6 @@ class Geometry:
         t = torch.from_numpy(np.ascontiguousarray(content, dtype=np.float32))[None, None]
         t = F.interpolate(t, size=(self.height, self.width), mode="bilinear", align_corners=False)
         return t[0, 0].numpy()
-
-    def model_to_image(self, heat: np.ndarray) -> np.ndarray:
-        """Map an (h, w) map on the model grid back onto the original (height, width) image."""
-        return self.content_to_image(self.model_to_content(heat))
 
     def content_box_to_image(self, box: list[float]) -> list[float]:
         """[x0, y0, x1, y1, ...] in model-content pixels -> the same box in original image pixels."""
