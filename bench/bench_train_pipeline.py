@@ -17,10 +17,11 @@ import torch
 import torch.nn.functional as F
 from _common import real_images
 
+from bonefrac.augment import Augment
 from bonefrac.data import DecodeCache, Record
 from bonefrac.models import ModelSpec, build_model
 from bonefrac.train import load_batch
-from bonefrac.transforms import Augment, normalize
+from bonefrac.transforms import normalize
 
 
 def main() -> None:

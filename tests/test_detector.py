@@ -112,3 +112,56 @@ def test_decided_at_is_the_detectors_rule(det: FractureDetector) -> None:
         redecided = pred.decided_at(name, t)
         assert redecided.to_dict() == direct.to_dict()
         assert redecided.boxes == (pred.candidate_boxes if redecided.fractured else [])
+
+
+_LOAD_AND_PREDICT = """
+import json, sys
+from bonefrac import FractureDetector
+det = FractureDetector.load(sys.argv[1], backend="auto")
+p = det.predict(sys.argv[2])
+print(json.dumps({"torch": "torch" in sys.modules, "backend": det.backend.name, "p": p.probability,
+                  "heatmap": list(p.heatmap.shape), "boxes": p.boxes, "version": det.version}))
+"""
+
+
+def test_cached_export_predicts_without_importing_torch(tmp_path: Path) -> None:
+    """The first load exports with torch; later loads of the same checkpoint find the export and the spec
+    in the cache and never import torch (the start-up cost of `bonefrac predict`), with the same results."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    path = make_checkpoint(tmp_path / "model.pt", arch="efficientnet_lite0", image_size=96)
+    env = {**os.environ, "BONEFRAC_CACHE": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-c", _LOAD_AND_PREDICT, str(path), str(FIXTURE_IMAGES[0])]
+    first, second = (json.loads(subprocess.run(cmd, env=env, capture_output=True, check=True).stdout) for _ in "12")
+    assert first.pop("torch") is True and second.pop("torch") is False
+    assert first == second and second["backend"] == "onnx" and second["version"] == "test-efficientnet_lite0-96"
+
+
+def test_cached_export_keeps_the_torch_model_at_hand_and_the_digest_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bonefrac.errors import ModelLoadError
+    from bonefrac.export import TorchBackend
+    from bonefrac.runtime import onnx_cache_path
+
+    monkeypatch.setenv("BONEFRAC_CACHE", str(tmp_path / "cache"))
+    path = make_checkpoint(tmp_path / "model.pt", arch="efficientnet_lite0", image_size=96)
+    FractureDetector.load(path)  # exports
+    det = FractureDetector.load(path)
+    assert det._model is None  # not loaded: the cached export was enough
+    x = det.preprocess(read_image(FIXTURE_IMAGES[1]))[None].numpy()
+    assert abs(TorchBackend(det.model).run(x)[0][0] - det.backend.run(x)[0][0]) < 1e-4  # .model loads it now
+    # A stale or foreign cache entry is ignored and rewritten, never trusted.
+    meta = onnx_cache_path(det.sha256).with_suffix(".json")
+    meta.write_text(meta.read_text().replace(det.sha256, "0" * 64))
+    assert FractureDetector.load(path)._model is not None
+    assert FractureDetector.load(path)._model is None
+    # A checkpoint changed after its export no longer matches its .sha256 sidecar: refused, cache or not.
+    with open(path, "r+b") as f:
+        f.seek(-100, 2)
+        f.write(b"\x00" * 8)
+    with pytest.raises(ModelLoadError, match="SHA-256"):
+        FractureDetector.load(path)

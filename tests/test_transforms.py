@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from bonefrac.augment import Augment
 from bonefrac.io import XrayImage
 from bonefrac.models import ModelSpec
-from bonefrac.transforms import Augment, letterbox, preprocess, upsample_maps
+from bonefrac.transforms import letterbox, preprocess, upsample_maps
 
 
 @pytest.mark.parametrize("shape", [(373, 454), (454, 373), (1024, 1024), (50, 300)])
@@ -91,3 +92,26 @@ def test_augment_moves_masks_with_the_image_but_not_their_values() -> None:
     identity = torch.tensor([[0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0]] * 2)
     _, m0 = aug.apply(x, identity, masks)
     assert torch.allclose(m0, masks, atol=1e-5)
+
+
+@pytest.mark.parametrize(("grid", "size"), [((8, 8), 256), ((7, 9), 100), ((1, 1), 16), ((12, 12), 96)])
+def test_upsample_maps_is_torch_bicubic(grid: tuple[int, int], size: int) -> None:
+    """The numpy resampler (two small matrix products) computes exactly what torch's bicubic does."""
+    maps = np.random.default_rng(5).normal(size=(3, *grid)).astype(np.float32)
+    expected = torch.nn.functional.interpolate(
+        torch.from_numpy(maps)[:, None], size=(size, size), mode="bicubic", align_corners=False
+    )[:, 0].numpy()
+    ours = upsample_maps(maps, size)
+    assert ours.shape == (3, size, size) and ours.dtype == np.float32
+    assert np.abs(ours - expected).max() < 1e-5
+
+
+def test_content_to_image_is_bilinear_upsampling() -> None:
+    from bonefrac.transforms import letterbox_geometry
+
+    g = letterbox_geometry(900, 700, 64)
+    content = np.random.default_rng(6).random((64, 50), dtype=np.float32)
+    expected = torch.nn.functional.interpolate(
+        torch.from_numpy(content)[None, None], size=(900, 700), mode="bilinear", align_corners=False
+    )[0, 0].numpy()
+    assert np.abs(g.content_to_image(content) - expected).max() < 1e-4

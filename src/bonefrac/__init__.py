@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 from .detector import FractureDetector, Prediction, PredictionError  # noqa: E402
 from .errors import BonefracError, DatasetError, ImageReadError, ImageTooLargeError, ModelLoadError  # noqa: E402
 from .io import XrayImage, read_image  # noqa: E402
-from .models import ModelSpec  # noqa: E402
+from .spec import ModelSpec  # noqa: E402
 
 __all__ = [
     "BonefracError",

@@ -10,12 +10,15 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .errors import ModelLoadError
-from .models import FractureNet, ModelSpec, build_model
+from .spec import ModelSpec
+
+if TYPE_CHECKING:  # torch is imported when a checkpoint is read or written, not to check its digest
+    import torch
+
+    from .models import FractureNet
 
 FORMAT = "bonefrac-checkpoint-v1"
 
@@ -30,6 +33,8 @@ def sha256_file(path: str | Path) -> str:
 
 def atomic_save(obj: Any, path: str | Path) -> None:
     """torch.save to a temporary file, fsync, then rename: a kill never leaves a half-written checkpoint."""
+    import torch
+
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
@@ -58,27 +63,38 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load and validate a checkpoint dict (weights_only: no code from the file is ever run)."""
+def verified_digest(path: str | Path) -> str:
+    """The checkpoint's SHA-256, checked against its `.sha256` sidecar when there is one."""
     path = resolve_checkpoint(path)
+    actual = sha256_file(path)
     sidecar = Path(f"{path}.sha256")
     if sidecar.is_file():
         expected = sidecar.read_text().split()[0]
-        actual = sha256_file(path)
         if actual != expected:
             raise ModelLoadError(f"{path.name}: SHA-256 mismatch (expected {expected[:12]}..., got {actual[:12]}...)")
+    return actual
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load and validate a checkpoint dict (weights_only: no code from the file is ever run)."""
+    import torch
+
+    path = resolve_checkpoint(path)
+    digest = verified_digest(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise ModelLoadError(f"{path.name}: not a loadable checkpoint ({type(e).__name__})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ModelLoadError(f"{path.name}: not a bonefrac checkpoint")
-    ckpt["path"] = str(path)
+    ckpt["path"], ckpt["sha256"] = str(path), digest
     return ckpt
 
 
 def load_model(path: str | Path) -> tuple[FractureNet, ModelSpec, dict[str, Any]]:
     """Rebuild the model from the spec inside the checkpoint, in eval mode."""
+    from .models import build_model
+
     ckpt = load_checkpoint(path)
     spec = ModelSpec.from_dict(ckpt["spec"])
     model = build_model(spec, pretrained=False)
@@ -88,5 +104,5 @@ def load_model(path: str | Path) -> tuple[FractureNet, ModelSpec, dict[str, Any]
         raise ModelLoadError(f"{Path(ckpt['path']).name}: weights do not fit arch {spec.arch}: {e}") from None
     model.eval()
     info = dict(ckpt.get("info") or {})
-    info.setdefault("sha256", sha256_file(ckpt["path"]))
+    info.setdefault("sha256", ckpt["sha256"])
     return model, spec, info

@@ -101,7 +101,7 @@ def _export(args: argparse.Namespace) -> int:
     path = export_onnx(model, spec, args.out)
     examples = sorted(Path(str(resources.files("bonefrac") / "examples")).glob("*.jpg"))
     if examples:
-        x = np.stack([preprocess(read_image(p), spec)[0].numpy() for p in examples])
+        x = np.stack([preprocess(read_image(p), spec)[0] for p in examples])
         print(f"torch/onnxruntime parity on {len(examples)} example images: max |dp| = {parity(model, path, x):.2e}")
     print(f"exported {spec.arch} ({spec.image_size}px, dynamic batch, outputs: logit, cam) to {path}")
     return 0

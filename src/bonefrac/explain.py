@@ -14,8 +14,12 @@ region (top-box precision at IoU 0.3: 0.01 at 50% of the peak, 0.22 at 90%, 0.31
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch stays unimported when predicting through onnxruntime
+    import torch
 
 BOX_THRESHOLD = 0.95
 MAX_BOXES = 3

@@ -1,9 +1,9 @@
-"""ONNX export and the two inference backends (torch and onnxruntime) behind one `run(x)` call.
+"""ONNX export, and the torch backend beside `runtime.OnnxBackend` behind one `run(x)` call.
 
 The exported graph takes a float32 batch (N, 1, S, S), already preprocessed by `transforms.preprocess`,
 and returns `logit` (N,) and `cam` (N, h, w): the heatmap features travel as a second output so the
 ONNX backend gives heatmaps too. onnxruntime runs these CNNs several times faster than eager torch on
-CPU, so it is the default backend; the export is cached per checkpoint digest.
+CPU, so it is the default backend; the export is cached per checkpoint digest (`runtime`).
 """
 
 from __future__ import annotations
@@ -11,22 +11,15 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Protocol
+from typing import Any
 
 import numpy as np
 import torch
 
 from .models import FractureNet, ModelSpec
+from .runtime import Backend, OnnxBackend, onnx_cache_path, onnxruntime_available, write_cache_meta
 
 ONNX_OPSET = 17
-
-
-class Backend(Protocol):
-    name: str
-
-    def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(N, 1, S, S) float32 -> (logits (N,), class-activation maps (N, h, w))."""
-        ...
 
 
 class _LogitAndCam(torch.nn.Module):
@@ -48,24 +41,6 @@ class TorchBackend:
     def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         logits, cam = self.module(torch.from_numpy(x))
         return logits.numpy(), cam.numpy()
-
-
-class OnnxBackend:
-    name = "onnx"
-
-    def __init__(self, onnx_path: str | Path, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-        self.path = str(onnx_path)
-
-    def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logits, cam = self.session.run(["logit", "cam"], {"image": np.ascontiguousarray(x, dtype=np.float32)})
-        return logits, cam
 
 
 def export_onnx(model: FractureNet, spec: ModelSpec, path: str | Path) -> Path:
@@ -90,28 +65,25 @@ def export_onnx(model: FractureNet, spec: ModelSpec, path: str | Path) -> Path:
     return path
 
 
-def onnx_cache_path(sha256: str) -> Path:
-    from .data import default_cache_dir
-
-    return default_cache_dir() / "onnx" / f"{sha256[:16]}.onnx"
-
-
-def make_backend(model: FractureNet, spec: ModelSpec, sha256: str, name: str = "auto") -> Backend:
-    """`torch`, `onnx`, or `auto` (onnx when onnxruntime imports: measured 3-6x faster on CPU)."""
-    if name not in ("auto", "torch", "onnx"):
-        raise ValueError(f"unknown backend {name!r}: choose onnx, torch or auto")
-    if name == "torch":
-        return TorchBackend(model)
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        if name == "onnx":
-            raise
-        return TorchBackend(model)
+def cached_onnx(model: FractureNet, spec: ModelSpec, sha256: str, info: dict[str, Any]) -> Path:
+    """The export of this checkpoint in the cache, made now if missing, with the spec and facts beside it
+    (so later runs load it without torch)."""
     path = onnx_cache_path(sha256)
     if not path.is_file():
         export_onnx(model, spec, path)
-    return OnnxBackend(path)
+    write_cache_meta(sha256, spec, {**info, "sha256": sha256})
+    return path
+
+
+def make_backend(
+    model: FractureNet, spec: ModelSpec, sha256: str, name: str = "auto", info: dict[str, Any] | None = None
+) -> Backend:
+    """`torch`, `onnx`, or `auto` (onnx when onnxruntime imports: measured 3-6x faster on CPU)."""
+    if name not in ("auto", "torch", "onnx"):
+        raise ValueError(f"unknown backend {name!r}: choose onnx, torch or auto")
+    if name == "torch" or (name == "auto" and not onnxruntime_available()):
+        return TorchBackend(model)
+    return OnnxBackend(cached_onnx(model, spec, sha256, info or {}))
 
 
 def parity(model: FractureNet, onnx_path: str | Path, x: np.ndarray) -> float:

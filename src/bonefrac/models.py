@@ -9,45 +9,12 @@ hyper-parameter that changes what the model computes; it is saved inside each ch
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: Default decision thresholds before a model has been calibrated on a validation split.
-DEFAULT_OPERATING_POINTS = {"default": 0.5, "high_sensitivity": 0.3, "high_specificity": 0.7}
-
-
-@dataclass
-class ModelSpec:
-    """What a checkpoint needs to rebuild the model and prepare its input (nanoGPT-style config).
-
-    Attributes:
-        arch: a key of `MODELS`.
-        image_size: side of the square, letterboxed model input, in pixels.
-        mean, std: intensity normalisation applied after per-image min-max scaling to [0, 1].
-        operating_points: name -> probability threshold, chosen on the validation split.
-        drop_rate: dropout before the classifier (training only).
-        drop_path_rate: stochastic depth in MBConv blocks (training only).
-    """
-
-    arch: str = "efficientnet_lite0"
-    image_size: int = 256
-    mean: float = 0.5
-    std: float = 0.5
-    operating_points: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_OPERATING_POINTS))
-    drop_rate: float = 0.2
-    drop_path_rate: float = 0.1
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+from .spec import ModelSpec
 
 
 class ClassifierHead(nn.Module):

@@ -1,4 +1,4 @@
-"""The one preprocessing path (train, evaluate, predict, serve, export) and train-time augmentation.
+"""The one preprocessing path (train, evaluate, predict, serve, export), torch-free.
 
 file -> read_image -> `letterbox` (per-image min-max, aspect-preserving resize, zero padding to a square)
 -> `normalize` (mean/std from the ModelSpec) -> model. `Geometry` records the resize and padding so a
@@ -7,16 +7,17 @@ heatmap on the model grid maps back onto the image as read.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import TypeVar
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from .io import XrayImage
-from .models import ModelSpec
+from .spec import ModelSpec
+
+T = TypeVar("T")  # an np.ndarray or a torch.Tensor: `normalize` is plain arithmetic on either
 
 
 @dataclass(frozen=True)
@@ -36,10 +37,10 @@ class Geometry:
         return upsampled[self.pad_y : self.pad_y + nh, self.pad_x : self.pad_x + nw]
 
     def content_to_image(self, content: np.ndarray) -> np.ndarray:
-        """A content map (from `crop_content`) resized onto the original (height, width) image."""
-        t = torch.from_numpy(np.ascontiguousarray(content, dtype=np.float32))[None, None]
-        t = F.interpolate(t, size=(self.height, self.width), mode="bilinear", align_corners=False)
-        return t[0, 0].numpy()
+        """A content map (from `crop_content`) resized onto the original (height, width) image, bilinear
+        (antialiased when the image is smaller than the model input)."""
+        im = Image.fromarray(np.ascontiguousarray(content, dtype=np.float32), mode="F")
+        return np.asarray(im.resize((self.width, self.height), Image.BILINEAR))
 
     def content_box_to_image(self, box: list[float]) -> list[float]:
         """[x0, y0, x1, y1, ...] in model-content pixels -> the same box in original image pixels."""
@@ -63,8 +64,30 @@ def upsample_maps(maps: np.ndarray, size: int) -> np.ndarray:
     one between points, towards the warmer neighbours. On validation fractures this moved the peak into the
     ground-truth box a quarter more often (pointing game 0.25 -> 0.33).
     """
-    t = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[:, None]
-    return F.interpolate(t, size=(size, size), mode="bicubic", align_corners=False)[:, 0].numpy()
+    w = _bicubic_matrix(maps.shape[-1], size)
+    h = w if maps.shape[-2] == maps.shape[-1] else _bicubic_matrix(maps.shape[-2], size)
+    return h @ np.asarray(maps, dtype=np.float32) @ w.T
+
+
+@lru_cache(maxsize=8)
+def _bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) weights of 1-D bicubic resampling, exactly as torch's `interpolate(mode="bicubic",
+    align_corners=False)` (Keys kernel, a = -0.75, edge pixels repeated). Upsampling is separable, so a
+    batch of maps is two small matrix products: far cheaper than a general resampler, and torch-free."""
+    a = -0.75
+    x = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+    x0 = np.floor(x)
+    t = x - x0
+    weights = [
+        ((a * (t + 1) - 5 * a) * (t + 1) + 8 * a) * (t + 1) - 4 * a,
+        ((a + 2) * t - (a + 3)) * t * t + 1,
+        ((a + 2) * (1 - t) - (a + 3)) * (1 - t) * (1 - t) + 1,
+        ((a * (2 - t) - 5 * a) * (2 - t) + 8 * a) * (2 - t) - 4 * a,
+    ]
+    m = np.zeros((n_out, n_in))
+    for k, wk in enumerate(weights):
+        np.add.at(m, (np.arange(n_out), np.clip(x0.astype(int) + k - 1, 0, n_in - 1)), wk)
+    return m.astype(np.float32)
 
 
 def _resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
@@ -111,70 +134,12 @@ def letterbox(pixels: np.ndarray, size: int) -> tuple[np.ndarray, Geometry]:
     return out, g
 
 
-def normalize(x: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
-    """[0, 1] intensities -> model input. Works on (1, H, W) and (N, 1, H, W)."""
+def normalize(x: T, spec: ModelSpec) -> T:
+    """[0, 1] intensities -> model input. Works on (1, H, W) and (N, 1, H, W), numpy or torch."""
     return (x - spec.mean) / spec.std
 
 
-def preprocess(image: XrayImage, spec: ModelSpec) -> tuple[torch.Tensor, Geometry]:
-    """An `XrayImage` -> normalised float32 tensor (1, size, size) plus the geometry to undo."""
+def preprocess(image: XrayImage, spec: ModelSpec) -> tuple[np.ndarray, Geometry]:
+    """An `XrayImage` -> normalised float32 array (1, size, size) plus the geometry to undo."""
     boxed, geometry = letterbox(image.pixels, spec.image_size)
-    return normalize(torch.from_numpy(boxed)[None], spec), geometry
-
-
-@dataclass
-class Augment:
-    """Batched train-time augmentation on [0, 1] tensors (N, 1, S, S), on the CPU.
-
-    Radiograph-appropriate: small rotations and zoom (patients are not positioned identically),
-    horizontal flips (left and right limbs), gamma and contrast changes (exposure and processing differ
-    between sites). No vertical flips, no colour.
-    """
-
-    rotate_deg: float = 12.0
-    scale: tuple[float, float] = (0.85, 1.15)
-    translate: float = 0.06
-    flip_p: float = 0.5
-    gamma: tuple[float, float] = (0.7, 1.4)
-    contrast: float = 0.15
-
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.apply(x, self.sample(x.shape[0], generator))
-
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Random parameters for `n` images, (n, 7): angle (rad), scale, flip, tx, ty, gamma, contrast.
-
-        Drawn apart from `apply` so that distributed training can draw them for the whole global batch
-        on every rank and keep its own rows: each image gets the same augmentation as in one process.
-        """
-
-        def uniform(lo: float, hi: float) -> torch.Tensor:
-            return lo + (hi - lo) * torch.rand(n, generator=generator)
-
-        angle = uniform(-self.rotate_deg, self.rotate_deg) * math.pi / 180
-        scale = uniform(*self.scale)
-        flip = torch.where(torch.rand(n, generator=generator) < self.flip_p, -1.0, 1.0)
-        tx, ty = uniform(-self.translate, self.translate) * 2, uniform(-self.translate, self.translate) * 2
-        gamma = uniform(*self.gamma)
-        contrast = uniform(1 - self.contrast, 1 + self.contrast)
-        return torch.stack([angle, scale, flip, tx, ty, gamma, contrast], 1)
-
-    def apply(
-        self, x: torch.Tensor, params: torch.Tensor, masks: torch.Tensor | None = None
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Augment (N, 1, S, S) in [0, 1] with (N, 7) parameters from `sample`. With `masks` (N, 1, S, S),
-        fracture-box masks get the same geometric warp (not the intensity changes) and are returned too."""
-        n = x.shape[0]
-        angle, scale, flip, tx, ty, gamma, contrast = params.unbind(1)
-        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-        theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1).to(
-            x.dtype
-        )
-        both = x if masks is None else torch.cat([x, masks.to(x.dtype)], 1)
-        grid = F.affine_grid(theta, list(both.shape), align_corners=False)
-        both = F.grid_sample(both, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        x = both[:, :1].clamp(0, 1) ** gamma.view(n, 1, 1, 1)
-        c = contrast.view(n, 1, 1, 1)
-        mean = x.mean(dim=(2, 3), keepdim=True)
-        x = ((x - mean) * c + mean).clamp(0, 1)
-        return x if masks is None else (x, both[:, 1:])
+    return normalize(boxed[None], spec), geometry
