@@ -197,7 +197,11 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="checkpoint file or training run folder (default: the bundled model)")
     p.add_argument("--backend", default="auto", choices=["auto", "onnx", "torch"], help="auto = onnx when available")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--workers", type=int, default=2, help="threads reading and preprocessing files")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="threads, each taking batches through read, model and heatmap (default: one per CPU core)",
+    )
     p.add_argument("--no-progress", action="store_true")
 
 

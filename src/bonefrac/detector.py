@@ -7,11 +7,13 @@ for p in det.predict_many(paths): ...      # batched, decoding in parallel, bad 
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from importlib import resources
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -182,51 +184,47 @@ class FractureDetector:
         self,
         paths: Iterable[str | Path],
         batch_size: int = 16,
-        workers: int = 2,
+        workers: int | None = None,
         operating_point: str = "default",
         heatmaps: bool = False,
     ) -> Iterator[Prediction | PredictionError]:
-        """Stream results in input order. Files are read and preprocessed by `workers` threads while the
-        model runs on the previous batch; unreadable files come out as `PredictionError`."""
+        """Stream results in input order; unreadable files come out as `PredictionError`.
+
+        Each of `workers` threads (default: one per CPU core) takes a whole batch through read ->
+        preprocess -> model -> heatmap and boxes, so one worker decodes while another runs the model.
+        The model runs single-threaded per batch: a multi-threaded run stalls at every layer whenever
+        a decoding thread holds one of its cores (measured on 2 cores: 97 -> 112 images/s).
+        """
         self._check_operating_point(operating_point)
-        pending: list[_Prepared | PredictionError] = []
-        n_ready = 0
-        with ThreadPoolExecutor(max(1, workers)) as pool:
-            queue: deque[tuple[str, Future[_Prepared]]] = deque()
-            it = iter(paths)
-            prefetch = batch_size * 2 + workers
+        workers = max(1, workers or os.cpu_count() or 1)
+        backend = self.backend.single_threaded() if workers > 1 else self.backend
+        pool = ThreadPoolExecutor(workers)
+        inflight: deque[Future[list[Prediction | PredictionError]]] = deque()
+        try:
+            for batch in _chunks(paths, batch_size):
+                inflight.append(pool.submit(self._predict_batch, batch, backend, operating_point, heatmaps))
+                if len(inflight) > workers:  # every worker busy and one batch ready to go: memory stays bounded
+                    yield from inflight.popleft().result()
+            while inflight:
+                yield from inflight.popleft().result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
-            def fill() -> None:
-                while len(queue) < prefetch:
-                    p = next(it, None)
-                    if p is None:
-                        return
-                    queue.append((str(p), pool.submit(self._prepare, p)))
-
-            fill()
-            while queue:
-                path, fut = queue.popleft()
-                fill()
-                try:
-                    pending.append(fut.result())
-                    n_ready += 1
-                except BonefracError as e:
-                    pending.append(PredictionError(path, str(e)))
-                except Exception as e:  # never let one hostile file take the batch down
-                    pending.append(
-                        PredictionError(path, f"{Path(path).name}: unexpected error: {type(e).__name__}: {e}")
-                    )
-                if n_ready >= batch_size or not queue:
-                    yield from self._flush(pending, operating_point, heatmaps)
-                    pending, n_ready = [], 0
-
-    def _flush(
-        self, pending: list[_Prepared | PredictionError], operating_point: str, heatmaps: bool
-    ) -> Iterator[Prediction | PredictionError]:
+    def _predict_batch(
+        self, paths: list[str | Path], backend: Backend, operating_point: str, heatmaps: bool
+    ) -> list[Prediction | PredictionError]:
+        pending = [self._try_prepare(p) for p in paths]
         ready = [p for p in pending if isinstance(p, _Prepared)]
-        results = iter(self._run(ready, operating_point, full_heatmaps=heatmaps) if ready else [])
-        for p in pending:
-            yield next(results) if isinstance(p, _Prepared) else p
+        results = iter(self._run(ready, operating_point, heatmaps, backend) if ready else [])
+        return [next(results) if isinstance(p, _Prepared) else p for p in pending]
+
+    def _try_prepare(self, path: str | Path) -> _Prepared | PredictionError:
+        try:
+            return self._prepare(path)
+        except BonefracError as e:
+            return PredictionError(str(path), str(e))
+        except Exception as e:  # never let one hostile file take the batch down
+            return PredictionError(str(path), f"{Path(path).name}: unexpected error: {type(e).__name__}: {e}")
 
     # ------------------------------------------------------------------ internals
     def _prepare(self, source: str | Path | XrayImage) -> _Prepared:
@@ -241,10 +239,12 @@ class FractureDetector:
                 f"unknown operating point {name!r}; choose one of {', '.join(self.spec.operating_points)}"
             )
 
-    def _run(self, items: list[_Prepared], operating_point: str, full_heatmaps: bool) -> list[Prediction]:
+    def _run(
+        self, items: list[_Prepared], operating_point: str, full_heatmaps: bool, backend: Backend | None = None
+    ) -> list[Prediction]:
         self._check_operating_point(operating_point)
         x = np.stack([i.tensor for i in items])
-        logits, cams = self.backend.run(x)
+        logits, cams = (backend or self.backend).run(x)
         probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
         threshold = self.spec.operating_points[operating_point]
         out = []
@@ -274,3 +274,9 @@ class FractureDetector:
             out.append(undecided.decided_at(operating_point, threshold))
             item.image = None  # release pixels early when streaming many files
         return out
+
+
+def _chunks(items: Iterable[str | Path], n: int) -> Iterator[list[str | Path]]:
+    it = iter(items)
+    while chunk := list(islice(it, max(1, n))):
+        yield chunk

@@ -81,7 +81,7 @@ def evaluate(
     subset: str | None = None,
     backend: str = "auto",
     batch_size: int = 16,
-    workers: int = 2,
+    workers: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate `model` (default: the bundled one) on `dataset`; write the report into `out`."""

@@ -9,6 +9,7 @@ CPU, so it is the default backend; the export is cached per checkpoint digest (`
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -36,11 +37,17 @@ class TorchBackend:
 
     def __init__(self, model: FractureNet) -> None:
         self.module = _LogitAndCam(model.eval()).eval()
+        # torch already spreads one call over every core; concurrent calls would only oversubscribe them.
+        self._lock = threading.Lock()
 
     @torch.inference_mode()
     def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logits, cam = self.module(torch.from_numpy(x))
+        with self._lock:
+            logits, cam = self.module(torch.from_numpy(x))
         return logits.numpy(), cam.numpy()
+
+    def single_threaded(self) -> TorchBackend:
+        return self  # calls are serialised instead (see __init__)
 
 
 def export_onnx(model: FractureNet, spec: ModelSpec, path: str | Path) -> Path:

@@ -31,7 +31,7 @@ class PredictOptions:
     overlay_dir: str | None = None
     operating_point: str = "default"
     batch_size: int = 16
-    workers: int = 2
+    workers: int | None = None
     progress: bool = True
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,6 +30,10 @@ class Backend(Protocol):
         """(N, 1, S, S) float32 -> (logits (N,), class-activation maps (N, h, w))."""
         ...
 
+    def single_threaded(self) -> Backend:
+        """A backend for running several batches at once from worker threads, one core each."""
+        ...
+
 
 class OnnxBackend:
     name = "onnx"
@@ -42,6 +47,18 @@ class OnnxBackend:
             opts.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
         self.path = str(onnx_path)
+        self.threads = threads
+        self._single: OnnxBackend | None = None
+        self._lock = threading.Lock()
+
+    def single_threaded(self) -> OnnxBackend:
+        """A one-thread session on the same export (onnxruntime runs are thread-safe), made once."""
+        if self.threads == 1:
+            return self
+        with self._lock:
+            if self._single is None:
+                self._single = OnnxBackend(self.path, threads=1)
+        return self._single
 
     def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         logits, cam = self.session.run(["logit", "cam"], {"image": np.ascontiguousarray(x, dtype=np.float32)})
