@@ -201,7 +201,7 @@ class FractureDetector:
         pool = ThreadPoolExecutor(workers)
         inflight: deque[Future[list[Prediction | PredictionError]]] = deque()
         try:
-            for batch in _chunks(paths, batch_size):
+            for batch in _chunks(paths, batch_size, workers):
                 inflight.append(pool.submit(self._predict_batch, batch, backend, operating_point, heatmaps))
                 if len(inflight) > workers:  # every worker busy and one batch ready to go: memory stays bounded
                     yield from inflight.popleft().result()
@@ -276,7 +276,14 @@ class FractureDetector:
         return out
 
 
-def _chunks(items: Iterable[str | Path], n: int) -> Iterator[list[str | Path]]:
-    it = iter(items)
-    while chunk := list(islice(it, max(1, n))):
-        yield chunk
+def _chunks(items: Iterable[str | Path], n: int, parts: int = 1) -> Iterator[list[str | Path]]:
+    """Batches of `n`; the last `parts` batches' worth is split evenly, so that the run does not end on
+    one worker finishing a whole batch while the others wait."""
+    it, n = iter(items), max(1, n)
+    ahead = list(islice(it, n * parts))
+    while len(ahead) == n * parts:
+        yield ahead[:n]
+        ahead = ahead[n:] + list(islice(it, n))
+    k = min(parts, len(ahead))
+    for i in range(k):
+        yield ahead[i * len(ahead) // k : (i + 1) * len(ahead) // k]

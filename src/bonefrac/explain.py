@@ -35,7 +35,9 @@ def class_activation_map(model: torch.nn.Module, features: torch.Tensor) -> torc
 def normalize_heatmap(cam: np.ndarray) -> np.ndarray:
     """Per-image min-max to [0, 1]: where the model looks, relative to the rest of this image."""
     lo, hi = float(cam.min()), float(cam.max())
-    return ((cam - lo) / (hi - lo)).astype(np.float32) if hi > lo else np.zeros_like(cam, dtype=np.float32)
+    if hi <= lo:
+        return np.zeros_like(cam, dtype=np.float32)
+    return ((cam - lo) / (hi - lo)).astype(np.float32, copy=False)
 
 
 def heatmap_peak(heat: np.ndarray) -> tuple[float, float]:

@@ -64,8 +64,6 @@ def _table_line(res: Prediction | PredictionError, width: int) -> str:
 
 
 def stream(det: FractureDetector, files: list[Path], opts: PredictOptions) -> Iterator[Prediction | PredictionError]:
-    from tqdm import tqdm
-
     results = det.predict_many(
         files,
         batch_size=opts.batch_size,
@@ -73,8 +71,12 @@ def stream(det: FractureDetector, files: list[Path], opts: PredictOptions) -> It
         operating_point=opts.operating_point,
         heatmaps=bool(opts.overlay_dir),
     )
-    show = opts.progress and distributed.is_main() and len(files) > 1
-    yield from tqdm(results, total=len(files), desc="predict", unit="img", disable=not show, file=sys.stderr)
+    if not (opts.progress and distributed.is_main() and len(files) > 1):
+        yield from results
+        return
+    from tqdm import tqdm
+
+    yield from tqdm(results, total=len(files), desc="predict", unit="img", file=sys.stderr)
 
 
 def run_predict(det: FractureDetector, inputs: list[str], opts: PredictOptions, out: IO[str] = sys.stdout) -> int:

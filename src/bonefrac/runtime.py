@@ -39,17 +39,28 @@ class OnnxBackend:
     name = "onnx"
 
     def __init__(self, onnx_path: str | Path, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        """`threads`: onnxruntime's intra-op threads (None: all cores). The session is made on first use:
+        `bonefrac predict` only ever runs the single-threaded sibling, and each session costs ~45 ms."""
         self.path = str(onnx_path)
+        if not Path(self.path).is_file():
+            raise FileNotFoundError(self.path)
         self.threads = threads
+        self._session: Any = None
         self._single: OnnxBackend | None = None
         self._lock = threading.Lock()
+
+    @property
+    def session(self) -> Any:
+        with self._lock:
+            if self._session is None:
+                import onnxruntime as ort
+
+                opts = ort.SessionOptions()
+                opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+                if self.threads:
+                    opts.intra_op_num_threads = self.threads
+                self._session = ort.InferenceSession(self.path, opts, providers=["CPUExecutionProvider"])
+        return self._session
 
     def single_threaded(self) -> OnnxBackend:
         """A one-thread session on the same export (onnxruntime runs are thread-safe), made once."""
