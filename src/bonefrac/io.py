@@ -146,6 +146,7 @@ def _read_raster(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
         meta: dict[str, Any] = {"format": fmt, "mode": im.mode}
         if getattr(im, "n_frames", 1) > 1:
             warn(meta, f"{name}: has {im.n_frames} frames; reading the first", stacklevel=3)
+        _luma_only(im)
         im = _load(im, path, meta)
         try:
             ImageOps.exif_transpose(im, in_place=True)  # (not in place, it copies even when there is nothing to do)
@@ -171,6 +172,7 @@ def _load(im: Image.Image, path: Path, meta: dict[str, Any]) -> Image.Image:
         ImageFile.LOAD_TRUNCATED_IMAGES = True
         try:
             retry = Image.open(path)
+            _luma_only(retry)
             retry.load()
         except Exception as e:
             raise ImageReadError(f"{name}: truncated image could not be recovered ({e})") from None
@@ -183,6 +185,17 @@ def _load(im: Image.Image, path: Path, meta: dict[str, Any]) -> Image.Image:
     meta["truncated_missing_fraction"] = round(missing, 3)
     warn(meta, f"{name}: JPEG file is truncated; {missing:.0%} of rows missing (filled grey)", stacklevel=4)
     return retry
+
+
+def _luma_only(im: Image.Image) -> None:
+    """Have libjpeg decode a colour (YCbCr) JPEG straight to its luma channel, before loading.
+
+    Luma is the ITU-R 601 grey that converting RGB to L computes, so radiographs stored as RGB give the
+    same pixels (bit-identical on all 2,707 RGB FracAtlas files) without the chroma upsampling and
+    colour conversion: 0.85 -> 0.39 ms per 373 x 454 file. In a truly coloured JPEG, saturated colour
+    (an annotation) can differ, since the RGB route clips it: measured up to 28 levels on 1% of pixels."""
+    if im.format == "JPEG" and im.mode == "RGB":
+        im.draft("L", im.size)  # the full size: only the colour space changes, never the scale
 
 
 def _missing_rows_fraction(im: Image.Image) -> float:
