@@ -41,7 +41,7 @@ class Geometry:
     def content_to_image(self, content: np.ndarray) -> np.ndarray:
         """A content map (from `crop_content`) resized onto the original (height, width) image, bilinear
         (antialiased when the image is smaller than the model input)."""
-        im = Image.fromarray(np.ascontiguousarray(content, dtype=np.float32), mode="F")
+        im = float_image(content)
         return np.asarray(im.resize((self.width, self.height), Image.BILINEAR))
 
     def content_box_to_image(self, box: list[float]) -> list[float]:
@@ -143,9 +143,16 @@ def letterbox(pixels: np.ndarray, size: int) -> tuple[np.ndarray, Geometry]:
         # Resizing is linear (its weights sum to 1), so the min-max scaling is applied after it, to the
         # small image: the same values up to float rounding, without full-resolution temporaries.
         raw = np.ascontiguousarray(pixels, dtype=np.float32)
-        resized = np.asarray(Image.fromarray(raw, mode="F").resize((nw, nh), Image.BILINEAR))
+        resized = np.asarray(float_image(raw).resize((nw, nh), Image.BILINEAR))
         out[g.pad_y : g.pad_y + nh, g.pad_x : g.pad_x + nw] = np.clip((resized - lo) / (hi - lo), 0.0, 1.0)
     return out, g
+
+
+def float_image(a: np.ndarray) -> Image.Image:
+    """A float32 array as a Pillow "F" image without copying it. (`Image.fromarray` allocates a zeroed
+    image and copies into it: two passes over the pixels, ~0.3 ms per 1024 x 819 radiograph.)"""
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    return Image.frombuffer("F", (a.shape[1], a.shape[0]), a, "raw", "F", 0, 1)
 
 
 def normalize(x: T, spec: ModelSpec) -> T:
