@@ -112,7 +112,8 @@ def model_alone(det: FractureDetector, ready: np.ndarray, batch: int, n: int) ->
     single-threaded session per core run side by side; best of three."""
     batches = [ready[i % len(ready) : i % len(ready) + batch] for i in range(0, n, batch)]
     batches = [b for b in batches if len(b) == batch]
-    single, cores = det.backend.single_threaded(), os.cpu_count() or 1
+    cores = os.cpu_count() or 1
+    single = det.backend.for_workers(cores)
     best = 0.0
     for _ in range(3):
         det.backend.run(batches[0])  # warm-up

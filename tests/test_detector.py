@@ -165,3 +165,19 @@ def test_cached_export_keeps_the_torch_model_at_hand_and_the_digest_checked(
         f.write(b"\x00" * 8)
     with pytest.raises(ModelLoadError, match="SHA-256"):
         FractureDetector.load(path)
+
+
+def test_workers_share_the_cores_and_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    monkeypatch.setenv("BONEFRAC_CACHE", str(tmp_path / "cache"))
+    det = FractureDetector.load(make_checkpoint(tmp_path / "model.pt", arch="efficientnet_lite0", image_size=96))
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    eight, sixteen = det.backend.for_workers(8), det.backend.for_workers(16)
+    assert (eight.threads, sixteen.threads) == (2, 1) and det.backend.for_workers(8) is eight
+    x = np.stack([det.preprocess(read_image(p)).numpy() for p in FIXTURE_IMAGES[:3]])
+    for other in (eight, sixteen):
+        assert np.allclose(other.run(x)[0], det.backend.run(x)[0], atol=1e-5)
+    serial = [r.probability for r in det.predict_many(FIXTURE_IMAGES, workers=1)]
+    parallel = [r.probability for r in det.predict_many(FIXTURE_IMAGES, batch_size=3, workers=4)]
+    assert np.allclose(serial, parallel, atol=1e-5)

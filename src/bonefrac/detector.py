@@ -33,6 +33,11 @@ if TYPE_CHECKING:  # torch is imported only when the torch model is used: ONNX i
     from .models import FractureNet
 
 
+#: Default cap on `predict_many` workers: each holds a batch in flight (decoded images and the model's
+#: activations), so memory grows with them; beyond it, the workers' model runs get several threads each.
+MAX_WORKERS = 8
+
+
 def bundled_model_path() -> Path:
     return Path(str(resources.files("bonefrac") / "weights" / "model.pt"))
 
@@ -190,14 +195,15 @@ class FractureDetector:
     ) -> Iterator[Prediction | PredictionError]:
         """Stream results in input order; unreadable files come out as `PredictionError`.
 
-        Each of `workers` threads (default: one per CPU core) takes a whole batch through read ->
-        preprocess -> model -> heatmap and boxes, so one worker decodes while another runs the model.
-        The model runs single-threaded per batch: a multi-threaded run stalls at every layer whenever
-        a decoding thread holds one of its cores (measured on 2 cores: 97 -> 112 images/s).
+        Each of `workers` threads (default: one per CPU core, at most `MAX_WORKERS`) takes a whole batch
+        through read -> preprocess -> model -> heatmap and boxes, so one worker decodes while another runs
+        the model. Each model run gets cores // workers threads (one on a small machine): a run on several
+        threads stalls at every layer whenever a decoding thread holds one of its cores (measured on 2
+        cores: 97 -> 112 images/s).
         """
         self._check_operating_point(operating_point)
-        workers = max(1, workers or os.cpu_count() or 1)
-        backend = self.backend.single_threaded() if workers > 1 else self.backend
+        workers = max(1, workers or min(os.cpu_count() or 1, MAX_WORKERS))
+        backend = self.backend.for_workers(workers) if workers > 1 else self.backend
         pool = ThreadPoolExecutor(workers)
         inflight: deque[Future[list[Prediction | PredictionError]]] = deque()
         try:

@@ -46,7 +46,7 @@ class TorchBackend:
             logits, cam = self.module(torch.from_numpy(x))
         return logits.numpy(), cam.numpy()
 
-    def single_threaded(self) -> TorchBackend:
+    def for_workers(self, workers: int) -> TorchBackend:
         return self  # calls are serialised instead (see __init__)
 
 

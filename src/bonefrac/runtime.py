@@ -30,8 +30,8 @@ class Backend(Protocol):
         """(N, 1, S, S) float32 -> (logits (N,), class-activation maps (N, h, w))."""
         ...
 
-    def single_threaded(self) -> Backend:
-        """A backend for running several batches at once from worker threads, one core each."""
+    def for_workers(self, workers: int) -> Backend:
+        """A backend for `workers` threads running batches at once, sharing the cores between them."""
         ...
 
 
@@ -46,7 +46,7 @@ class OnnxBackend:
             raise FileNotFoundError(self.path)
         self.threads = threads
         self._session: Any = None
-        self._single: OnnxBackend | None = None
+        self._siblings: dict[int, OnnxBackend] = {}
         self._lock = threading.Lock()
 
     @property
@@ -62,14 +62,16 @@ class OnnxBackend:
                 self._session = ort.InferenceSession(self.path, opts, providers=["CPUExecutionProvider"])
         return self._session
 
-    def single_threaded(self) -> OnnxBackend:
-        """A one-thread session on the same export (onnxruntime runs are thread-safe), made once."""
-        if self.threads == 1:
+    def for_workers(self, workers: int) -> OnnxBackend:
+        """A session on the same export with cores // workers intra-op threads (one per core on a small
+        machine), made once per thread count; onnxruntime runs are thread-safe."""
+        threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+        if self.threads == threads:
             return self
         with self._lock:
-            if self._single is None:
-                self._single = OnnxBackend(self.path, threads=1)
-        return self._single
+            if threads not in self._siblings:
+                self._siblings[threads] = OnnxBackend(self.path, threads=threads)
+        return self._siblings[threads]
 
     def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         logits, cam = self.session.run(["logit", "cam"], {"image": np.ascontiguousarray(x, dtype=np.float32)})
