@@ -134,3 +134,20 @@ def test_serve_is_parsed_by_the_server_and_predict_does_not_import_it() -> None:
     probe = "import sys, bonefrac.cli as c; c.build_parser(); print('fastapi' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120).stdout
     assert out.strip() == "False"  # ~0.4 s of start-up saved on every predict
+
+
+def test_predict_with_an_unwritable_cache_still_uses_onnx_and_says_so_in_one_line(model: Path, tmp_path: Path) -> None:
+    import os
+
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the cache folder would go")
+    env = {**os.environ, "BONEFRAC_CACHE": str(blocked)}
+    r = subprocess.run(
+        [sys.executable, "-m", "bonefrac", "predict", str(FIXTURE_IMAGES[0]), "--model", str(model), "--json"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    warning = [line for line in r.stderr.splitlines() if "warning" in line]
+    assert len(warning) == 1 and "ONNX cache" in warning[0] and "BONEFRAC_CACHE" in warning[0]
+    assert 0.0 <= json.loads(r.stdout)["probability"] <= 1.0

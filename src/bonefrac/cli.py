@@ -213,8 +213,11 @@ def main(argv: list[str] | None = None) -> int:
         return serve_main(argv[1:], prog="bonefrac serve")
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .io import ImageReadWarning
+
     # Reader warnings (truncated JPEGs, extra frames) are reported per file in the output instead.
-    warnings.filterwarnings("ignore", category=UserWarning, module="bonefrac")
+    warnings.filterwarnings("ignore", category=ImageReadWarning)
+    warnings.formatwarning = lambda message, *_args, **_kw: f"bonefrac: warning: {message}\n"  # one line
     try:
         return args.func(args)
     except BonefracError as e:

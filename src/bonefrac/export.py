@@ -9,6 +9,7 @@ CPU, so it is the default backend; the export is cached per checkpoint digest (`
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 import warnings
 from pathlib import Path
@@ -76,9 +77,18 @@ def cached_onnx(model: FractureNet, spec: ModelSpec, sha256: str, info: dict[str
     """The export of this checkpoint in the cache, made now if missing, with the spec and facts beside it
     (so later runs load it without torch)."""
     path = onnx_cache_path(sha256)
-    if not path.is_file():
-        export_onnx(model, spec, path)
-    write_cache_meta(sha256, spec, {**info, "sha256": sha256})
+    try:
+        if not path.is_file():
+            export_onnx(model, spec, path)
+        write_cache_meta(sha256, spec, {**info, "sha256": sha256})
+    except OSError as e:  # a read-only home must not stop predictions: export for this run only
+        tmp = Path(tempfile.mkdtemp(prefix="bonefrac-onnx-")) / path.name
+        warnings.warn(
+            f"cannot write the ONNX cache in {path.parent} ({e.strerror or e}); exported to {tmp.parent} for this "
+            "run only (set BONEFRAC_CACHE to a writable folder)",
+            stacklevel=2,
+        )
+        return export_onnx(model, spec, tmp)
     return path
 
 
