@@ -5,6 +5,8 @@
 - read_image:    every image in FOLDER (default ../shared/data/fracatlas/images), one after another.
 - decode cache:  `DecodeCache.build` at --size px into a fresh temporary folder, with 1 and with 2 worker
                  processes (decode + letterbox + uint8 .npy per image).
+- full-size:     the six ~2300 x 2900 FracAtlas originals, file -> model input, read whole (then box-reduced
+                 in memory) vs read at reduced scale by libjpeg, as bonefrac does.
 Prints images/s for each, then the ratio of the two cache builds (2.0 would be perfect scaling on two idle
 cores). Numbers are wall clock: anything else running on the machine slows them down, so the load
 average at the start is printed too.
@@ -72,6 +74,28 @@ def main() -> None:
             f"  ({seconds:.1f} s, {errors} unreadable)"
         )
     print(f"ratio decode cache workers=2 / workers=1: {rates[2] / rates[1]:.2f}  (2.00 = perfect scaling)")
+    full_size = sorted((DATASET / "fullsize_samples").glob("*.jpg"))
+    if full_size:
+        whole, reduced = time_model_reads(full_size, args.size)
+        print(
+            f"full-size radiographs ({len(full_size)}, ~2300 x 2900) read + letterboxed for the model: whole image "
+            f"{whole:.1f} ms, reduced read {reduced:.1f} ms per image (ratio {whole / reduced:.1f}x)"
+        )
+
+
+def time_model_reads(paths: list[Path], size: int, repeats: int = 5) -> tuple[float, float]:
+    """Milliseconds per image to go from file to model input: full decode + box reduction in memory,
+    against the reduced read (libjpeg DCT scaling) that bonefrac uses."""
+    from bonefrac.transforms import letterbox_image
+
+    def per_image(reduce_for: int | None) -> float:
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            for p in paths:
+                letterbox_image(read_image(p, reduce_for=reduce_for), size)
+        return 1000 * (time.perf_counter() - t0) / (repeats * len(paths))
+
+    return per_image(None), per_image(size)
 
 
 if __name__ == "__main__":

@@ -22,9 +22,9 @@ import numpy as np
 
 from .errors import BonefracError, DatasetError
 from .io import find_images, read_image
-from .transforms import Geometry, letterbox, letterbox_geometry
+from .transforms import Geometry, letterbox_geometry, letterbox_image
 
-CACHE_VERSION = 2  # bump when letterbox() or the entry format changes
+CACHE_VERSION = 3  # bump when letterbox() or the entry format changes (3: large images reduced first)
 
 
 @dataclass
@@ -196,7 +196,7 @@ def _decode_one(args: tuple[str, int, str]) -> str | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # truncated JPEGs: the reader already handles them
-            boxed, geometry = letterbox(read_image(path).pixels, size)
+            boxed, geometry = letterbox_image(read_image(path, reduce_for=size), size)
     except BonefracError as e:
         return str(e)
     # The size as read (EXIF applied) places fracture boxes on the cached grid; written before the

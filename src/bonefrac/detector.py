@@ -181,7 +181,7 @@ class FractureDetector:
         self, source: str | Path | XrayImage, operating_point: str = "default", heatmap: bool = True
     ) -> Prediction:
         """Predict one file or `XrayImage`. Raises `BonefracError` for unreadable files."""
-        item = self._prepare(source)
+        item = self._prepare(source, full_image=heatmap)
         return self._run([item], operating_point, full_heatmaps=heatmap)[0]
 
     # ------------------------------------------------------------------ many files
@@ -219,24 +219,30 @@ class FractureDetector:
     def _predict_batch(
         self, paths: list[str | Path], backend: Backend, operating_point: str, heatmaps: bool
     ) -> list[Prediction | PredictionError]:
-        pending = [self._try_prepare(p) for p in paths]
+        pending = [self._try_prepare(p, heatmaps) for p in paths]
         ready = [p for p in pending if isinstance(p, _Prepared)]
         results = iter(self._run(ready, operating_point, heatmaps, backend) if ready else [])
         return [next(results) if isinstance(p, _Prepared) else p for p in pending]
 
-    def _try_prepare(self, path: str | Path) -> _Prepared | PredictionError:
+    def _try_prepare(self, path: str | Path, full_image: bool) -> _Prepared | PredictionError:
         try:
-            return self._prepare(path)
+            return self._prepare(path, full_image)
         except BonefracError as e:
             return PredictionError(str(path), str(e))
         except Exception as e:  # never let one hostile file take the batch down
             return PredictionError(str(path), f"{Path(path).name}: unexpected error: {type(e).__name__}: {e}")
 
     # ------------------------------------------------------------------ internals
-    def _prepare(self, source: str | Path | XrayImage) -> _Prepared:
-        image = source if isinstance(source, XrayImage) else read_image(source)
+    def _prepare(self, source: str | Path | XrayImage, full_image: bool = False) -> _Prepared:
+        """Read (a very large JPEG at reduced scale) and preprocess; with `full_image`, keep the whole
+        image too, for overlays (a reduced read is then followed by a full one)."""
+        if isinstance(source, XrayImage):
+            image, path = source, source.path
+        else:
+            image, path = read_image(source, reduce_for=self.spec.image_size), str(source)
         tensor, geometry = preprocess(image, self.spec)
-        path = str(source) if not isinstance(source, XrayImage) else image.path
+        if full_image and image.meta.get("reduced_by", 1) > 1:
+            image = read_image(source)
         return _Prepared(path, tensor, geometry, image, list(image.meta.get("warnings", [])))
 
     def _check_operating_point(self, name: str) -> None:

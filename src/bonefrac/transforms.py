@@ -1,6 +1,7 @@
 """The one preprocessing path (train, evaluate, predict, serve, export), torch-free.
 
-file -> read_image -> `letterbox` (per-image min-max, aspect-preserving resize, zero padding to a square)
+file -> read_image(reduce_for=size) -> `letterbox` (per-image min-max, aspect-preserving resize, zero padding
+to a square; very large images box-reduced first, JPEGs already while decoding)
 -> `normalize` (mean/std from the ModelSpec) -> model. `Geometry` records the resize and padding so a
 heatmap on the model grid maps back onto the image as read.
 """
@@ -16,7 +17,7 @@ import numpy as np
 from PIL import Image
 from threadpoolctl import ThreadpoolController
 
-from .io import XrayImage
+from .io import XrayImage, reduction_factor
 from .spec import ModelSpec
 
 T = TypeVar("T")  # an np.ndarray or a torch.Tensor: `normalize` is plain arithmetic on either
@@ -128,13 +129,21 @@ def box_mask(boxes: list[list[float]], geometry: Geometry) -> np.ndarray:
     return mask
 
 
-def letterbox(pixels: np.ndarray, size: int) -> tuple[np.ndarray, Geometry]:
+def letterbox(
+    pixels: np.ndarray, size: int, full_shape: tuple[int, int] | None = None, reduced_by: int = 1
+) -> tuple[np.ndarray, Geometry]:
     """Stretch to the full [0, 1] range, resize the long side to `size` (antialiased), pad to a square.
 
     Per-image min-max makes the model input the same for any re-encoding of one radiograph (8/16-bit,
-    DICOM windows) and for any linear intensity scaling.
+    DICOM windows) and for any linear intensity scaling. A very large image is first box-reduced by
+    `io.reduction_factor` (cheap, and the resize after it then costs little); `pixels` decoded already
+    reduced (by `reduced_by`, from an image of `full_shape`) skip that step. The geometry always refers
+    to the full image.
     """
-    h, w = pixels.shape
+    h, w = full_shape or pixels.shape
+    extra = max(1, reduction_factor(h, w, size) // max(1, reduced_by))
+    if extra > 1:
+        pixels = np.asarray(float_image(pixels).reduce(extra))
     lo, hi = float(pixels.min()), float(pixels.max())
     g = letterbox_geometry(h, w, size)
     nh, nw = _resized_shape(h, w, size)
@@ -142,10 +151,17 @@ def letterbox(pixels: np.ndarray, size: int) -> tuple[np.ndarray, Geometry]:
     if hi > lo:
         # Resizing is linear (its weights sum to 1), so the min-max scaling is applied after it, to the
         # small image: the same values up to float rounding, without full-resolution temporaries.
-        raw = np.ascontiguousarray(pixels, dtype=np.float32)
-        resized = np.asarray(float_image(raw).resize((nw, nh), Image.BILINEAR))
+        resized = np.asarray(float_image(pixels).resize((nw, nh), Image.BILINEAR))
         out[g.pad_y : g.pad_y + nh, g.pad_x : g.pad_x + nw] = np.clip((resized - lo) / (hi - lo), 0.0, 1.0)
     return out, g
+
+
+def letterbox_image(image: XrayImage, size: int) -> tuple[np.ndarray, Geometry]:
+    """`letterbox` for an `XrayImage`, whether read whole or reduced (`read_image(reduce_for=size)`)."""
+    reduced_by = int(image.meta.get("reduced_by", 1))
+    if reduced_by == 1:
+        return letterbox(image.pixels, size)
+    return letterbox(image.pixels, size, (int(image.meta["height"]), int(image.meta["width"])), reduced_by)
 
 
 def float_image(a: np.ndarray) -> Image.Image:
@@ -162,5 +178,5 @@ def normalize(x: T, spec: ModelSpec) -> T:
 
 def preprocess(image: XrayImage, spec: ModelSpec) -> tuple[np.ndarray, Geometry]:
     """An `XrayImage` -> normalised float32 array (1, size, size) plus the geometry to undo."""
-    boxed, geometry = letterbox(image.pixels, spec.image_size)
+    boxed, geometry = letterbox_image(image, spec.image_size)
     return normalize(boxed[None], spec), geometry
