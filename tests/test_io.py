@@ -465,3 +465,23 @@ def test_colour_jpegs_decode_to_the_luma_pillow_would_compute(tmp_path: Path) ->
     expected = np.asarray(Image.open(tmp_path / "annotated.jpg").convert("L"), dtype=np.float32)
     diff = np.abs(read_image(tmp_path / "annotated.jpg").pixels * 255 - expected)
     assert (diff > 0).mean() < 0.02 and diff.mean() < 0.5
+
+
+def test_eight_bit_images_stay_8_bit_until_pixels_are_used(tmp_path: Path) -> None:
+    """The model's preprocessing reads an 8-bit file's Pillow image directly; once `pixels` is handed out,
+    the array is the image, so changes to it are what the model sees."""
+    from bonefrac.transforms import letterbox_image
+
+    image = read_image(IMAGES / BASE_IMAGE)
+    assert image.grey8 is not None and image.grey8.mode == "L"
+    assert (image.height, image.width) == (image.grey8.height, image.grey8.width)
+    before = letterbox_image(image, 64)[0]
+    pixels = image.pixels
+    assert image.grey8 is None and pixels.dtype == np.float32 and image.pixels is pixels
+    assert np.abs(letterbox_image(image, 64)[0] - before).max() < 1e-6
+    pixels[:, : pixels.shape[1] // 2] = 0.0  # edit in place: the next preprocessing sees it
+    assert np.abs(letterbox_image(image, 64)[0] - before).max() > 0.1
+    sixteen = read_strict(mv.png16(np.asarray(Image.open(IMAGES / BASE_IMAGE).convert("L")), tmp_path / "x.png"))
+    assert sixteen.grey8 is None
+    with pytest.raises(ValueError):
+        XrayImage()

@@ -76,7 +76,10 @@ def _regions(mask: np.ndarray, heat: np.ndarray) -> list[tuple[int, int, int, in
     bounds = np.stack([run_row * width + c0, run_row * width + c1], 1).ravel()
     flat = np.append(heat.ravel(), 0)  # reduceat needs each segment end to be a valid index
     run_peak = np.maximum.reduceat(flat, bounds)[::2]
-    # Union-find over runs: a run joins every run on the row above that shares a column.
+    # The usual heatmap top is one blob: one run per row, each overlapping the one above.
+    if (np.diff(run_row) == 1).all() and ((c0[1:] < c1[:-1]) & (c0[:-1] < c1[1:])).all():
+        return [(int(run_row[0]), int(c0.min()), int(run_row[-1]) + 1, int(c1.max()), float(run_peak.max()))]
+    # Otherwise union-find over runs: a run joins every run on the row above that shares a column.
     parent = list(range(len(run_row)))
 
     def root(i: int) -> int:

@@ -140,28 +140,36 @@ def letterbox(
     reduced (by `reduced_by`, from an image of `full_shape`) skip that step. The geometry always refers
     to the full image.
     """
-    h, w = full_shape or pixels.shape
+    return _letterbox(float_image(pixels), size, full_shape, reduced_by)
+
+
+def letterbox_image(image: XrayImage, size: int) -> tuple[np.ndarray, Geometry]:
+    """`letterbox` for an `XrayImage`, whether read whole or reduced (`read_image(reduce_for=size)`), from
+    its 8-bit Pillow image when it still has one (the same result, without a full-size float array)."""
+    reduced_by = int(image.meta.get("reduced_by", 1))
+    full_shape = (int(image.meta["height"]), int(image.meta["width"])) if reduced_by > 1 else None
+    grey8 = image.grey8
+    source = grey8.convert("F") if grey8 is not None else float_image(image.pixels)  # 0-255 or 0-1: min-max
+    return _letterbox(source, size, full_shape, reduced_by)
+
+
+def _letterbox(
+    im: Image.Image, size: int, full_shape: tuple[int, int] | None, reduced_by: int
+) -> tuple[np.ndarray, Geometry]:
+    h, w = full_shape or (im.height, im.width)
     extra = max(1, reduction_factor(h, w, size) // max(1, reduced_by))
     if extra > 1:
-        pixels = np.asarray(float_image(pixels).reduce(extra))
-    lo, hi = float(pixels.min()), float(pixels.max())
+        im = im.reduce(extra)
+    lo, hi = im.getextrema()
     g = letterbox_geometry(h, w, size)
     nh, nw = _resized_shape(h, w, size)
     out = np.zeros((size, size), dtype=np.float32)
     if hi > lo:
         # Resizing is linear (its weights sum to 1), so the min-max scaling is applied after it, to the
         # small image: the same values up to float rounding, without full-resolution temporaries.
-        resized = np.asarray(float_image(pixels).resize((nw, nh), Image.BILINEAR))
+        resized = np.asarray(im.resize((nw, nh), Image.BILINEAR))
         out[g.pad_y : g.pad_y + nh, g.pad_x : g.pad_x + nw] = np.clip((resized - lo) / (hi - lo), 0.0, 1.0)
     return out, g
-
-
-def letterbox_image(image: XrayImage, size: int) -> tuple[np.ndarray, Geometry]:
-    """`letterbox` for an `XrayImage`, whether read whole or reduced (`read_image(reduce_for=size)`)."""
-    reduced_by = int(image.meta.get("reduced_by", 1))
-    if reduced_by == 1:
-        return letterbox(image.pixels, size)
-    return letterbox(image.pixels, size, (int(image.meta["height"]), int(image.meta["width"])), reduced_by)
 
 
 def float_image(a: np.ndarray) -> Image.Image:
