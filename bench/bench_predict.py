@@ -36,7 +36,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--n", type=int, default=800)
     ap.add_argument("--naive-n", type=int, default=200)
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=8, help="predict's default")
     args = ap.parse_args()
     files = real_images(args.n)
     with tempfile.TemporaryDirectory() as tmp:

@@ -14,7 +14,6 @@ import json
 import os
 import warnings
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -241,6 +240,8 @@ class DecodeCache:
         if workers <= 1:
             results = map(_decode_one, todo)
         else:
+            from concurrent.futures import ProcessPoolExecutor
+
             pool = ProcessPoolExecutor(workers)
             results = pool.map(_decode_one, todo, chunksize=16)
         for (p, _, _), err in zip(todo, results, strict=True):

@@ -80,7 +80,7 @@ def evaluate(
     split_file: str | Path | None = None,
     subset: str | None = None,
     backend: str = "auto",
-    batch_size: int = 16,
+    batch_size: int = 8,
     workers: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:

@@ -30,7 +30,7 @@ class PredictOptions:
     csv: str | None = None
     overlay_dir: str | None = None
     operating_point: str = "default"
-    batch_size: int = 16
+    batch_size: int = 8
     workers: int | None = None
     progress: bool = True
 
