@@ -175,6 +175,9 @@ def test_workers_share_the_cores_and_agree(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     eight, sixteen = det.backend.for_workers(8), det.backend.for_workers(16)
     assert (eight.threads, sixteen.threads) == (2, 1) and det.backend.for_workers(8) is eight
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun with 4 ranks on this node: 4 cores each
+    assert det.backend.for_workers(2).threads == 2 and det.backend.for_workers(4).threads == 1
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
     x = np.stack([det.preprocess(read_image(p)).numpy() for p in FIXTURE_IMAGES[:3]])
     for other in (eight, sixteen):
         assert np.allclose(other.run(x)[0], det.backend.run(x)[0], atol=1e-5)

@@ -7,7 +7,6 @@ for p in det.predict_many(paths): ...      # batched, decoding in parallel, bad 
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,7 +21,7 @@ from .checkpoint import load_model, resolve_checkpoint, verified_digest
 from .errors import BonefracError
 from .explain import boxes_from_heatmap, heatmap_peak, normalize_heatmap
 from .io import XrayImage, read_image
-from .runtime import Backend, OnnxBackend, onnxruntime_available, read_cached_export
+from .runtime import Backend, OnnxBackend, onnxruntime_available, process_cores, read_cached_export
 from .spec import ModelSpec
 from .transforms import Geometry, preprocess, upsample_maps
 
@@ -194,14 +193,14 @@ class FractureDetector:
     ) -> Iterator[Prediction | PredictionError]:
         """Stream results in input order; unreadable files come out as `PredictionError`.
 
-        Each of `workers` threads (default: one per CPU core, at most `MAX_WORKERS`) takes a whole batch
+        Each of `workers` threads (default: one per core of this process, at most `MAX_WORKERS`) takes a batch
         through read -> preprocess -> model -> heatmap and boxes, so one worker decodes while another runs
         the model. Each model run gets cores // workers threads (one on a small machine): a run on several
         threads stalls at every layer whenever a decoding thread holds one of its cores (measured on 2
         cores: 97 -> 112 images/s).
         """
         self._check_operating_point(operating_point)
-        workers = max(1, workers or min(os.cpu_count() or 1, MAX_WORKERS))
+        workers = max(1, workers or min(process_cores(), MAX_WORKERS))
         backend = self.backend.for_workers(workers) if workers > 1 else self.backend
         pool = ThreadPoolExecutor(workers)
         inflight: deque[Future[list[Prediction | PredictionError]]] = deque()

@@ -65,7 +65,7 @@ class OnnxBackend:
     def for_workers(self, workers: int) -> OnnxBackend:
         """A session on the same export with cores // workers intra-op threads (one per core on a small
         machine), made once per thread count; onnxruntime runs are thread-safe."""
-        threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+        threads = max(1, process_cores() // max(1, workers))
         if self.threads == threads:
             return self
         with self._lock:
@@ -76,6 +76,11 @@ class OnnxBackend:
     def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         logits, cam = self.session.run(["logit", "cam"], {"image": np.ascontiguousarray(x, dtype=np.float32)})
         return logits, cam
+
+
+def process_cores() -> int:
+    """This process's share of the machine's cores: under torchrun, the node's ranks split them."""
+    return max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
 def onnxruntime_available() -> bool:
