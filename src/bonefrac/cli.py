@@ -199,7 +199,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--workers",
         type=int,
-        help="threads, each taking batches through read, model and heatmap (default: one per CPU core)",
+        help="threads, each taking batches through read, model and heatmap (default: one per core, at most 8)",
     )
     p.add_argument("--no-progress", action="store_true")
 

@@ -212,16 +212,15 @@ def _read_raster(path: Path, reduce_for: int | None = None) -> tuple[np.ndarray 
         k = reduction_factor(full_h, full_w, reduce_for) if reduce_for and fmt == "jpeg" else 1
         _configure_decoder(im, k)
         im = _load(im, path, meta, k)
-        if im.size != (full_w, full_h):  # decoded at a reduced scale
-            meta["reduced_by"] = round(full_w / im.width)
-            meta.update(height=full_h, width=full_w)
+        reduced_by = round(full_w / im.width)  # 1 unless decoded at a reduced scale
+        swap = False
         try:
             swap = im.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # these orientations turn the image by 90 degrees
             ImageOps.exif_transpose(im, in_place=True)  # (not in place, it copies even when there is nothing to do)
-            if swap and "reduced_by" in meta:
-                meta.update(height=full_w, width=full_h)
         except Exception:  # a broken EXIF block must not cost the image; orientation stays as stored
             meta["exif_orientation_error"] = True
+        if reduced_by > 1:  # the full size, as displayed: what heatmaps and boxes refer to
+            meta.update(reduced_by=reduced_by, height=full_w if swap else full_h, width=full_h if swap else full_w)
         pixels, bit_depth = _to_unit_grey(im, name)
     meta["bit_depth"] = bit_depth
     return pixels, meta

@@ -129,18 +129,14 @@ def box_mask(boxes: list[list[float]], geometry: Geometry) -> np.ndarray:
     return mask
 
 
-def letterbox(
-    pixels: np.ndarray, size: int, full_shape: tuple[int, int] | None = None, reduced_by: int = 1
-) -> tuple[np.ndarray, Geometry]:
+def letterbox(pixels: np.ndarray, size: int) -> tuple[np.ndarray, Geometry]:
     """Stretch to the full [0, 1] range, resize the long side to `size` (antialiased), pad to a square.
 
     Per-image min-max makes the model input the same for any re-encoding of one radiograph (8/16-bit,
     DICOM windows) and for any linear intensity scaling. A very large image is first box-reduced by
-    `io.reduction_factor` (cheap, and the resize after it then costs little); `pixels` decoded already
-    reduced (by `reduced_by`, from an image of `full_shape`) skip that step. The geometry always refers
-    to the full image.
+    `io.reduction_factor` (cheap, and the resize after it then costs little).
     """
-    return _letterbox(float_image(pixels), size, full_shape, reduced_by)
+    return _letterbox(float_image(pixels), size, None, 1)
 
 
 def letterbox_image(image: XrayImage, size: int) -> tuple[np.ndarray, Geometry]:
@@ -156,6 +152,8 @@ def letterbox_image(image: XrayImage, size: int) -> tuple[np.ndarray, Geometry]:
 def _letterbox(
     im: Image.Image, size: int, full_shape: tuple[int, int] | None, reduced_by: int
 ) -> tuple[np.ndarray, Geometry]:
+    """The core of `letterbox` on a Pillow "F" image. An image decoded already reduced (by `reduced_by`,
+    from one of `full_shape`) skips the box reduction; the geometry always refers to the full image."""
     h, w = full_shape or (im.height, im.width)
     extra = max(1, reduction_factor(h, w, size) // max(1, reduced_by))
     if extra > 1:
