@@ -16,7 +16,7 @@ import bonefrac.data as data
 from bonefrac.data import DecodeCache, Record, load_dataset, load_split, save_split, split_dataset
 from bonefrac.errors import DatasetError
 from bonefrac.io import read_image
-from bonefrac.transforms import letterbox
+from bonefrac.transforms import letterbox_image
 
 
 def write_csv(path: Path, header: list[str], rows: list[list[str]], bom: bool = False) -> Path:
@@ -247,7 +247,7 @@ def test_cache_builds_letterboxed_uint8(fixtures_dir: Path, tmp_path: Path) -> N
     for p in paths:
         arr = cache.load(p)
         assert arr.dtype == np.uint8 and arr.shape == (64, 64)
-        expected = np.round(letterbox(read_image(p).pixels, 64)[0] * 255)
+        expected = np.round(letterbox_image(read_image(p, reduce_for=64), 64)[0] * 255)  # what predict feeds
         assert np.array_equal(arr, expected.astype(np.uint8))
     assert len(list((tmp_path / "cache" / "s64").glob("*.npy"))) == 4
     assert not list((tmp_path / "cache" / "s64").glob("*.tmp*"))
@@ -279,7 +279,7 @@ def test_cache_redecodes_a_changed_file(fixtures_dir: Path, tmp_path: Path, coun
     assert cache.build(paths, workers=1, progress=False) == {}
     assert sorted(counted_decodes) == sorted(paths[:2])
     after = cache.load(paths[0])
-    expected = np.round(letterbox(read_image(paths[0]).pixels, 64)[0] * 255).astype(np.uint8)
+    expected = np.round(letterbox_image(read_image(paths[0], reduce_for=64), 64)[0] * 255).astype(np.uint8)
     assert np.array_equal(after, expected) and not np.array_equal(after, before)
 
 

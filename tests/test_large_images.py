@@ -1,4 +1,4 @@
-"""Very large radiographs are read for the model at reduced scale (libjpeg DCT scaling for JPEGs, a box
+"""Large radiographs are read for the model at reduced scale (libjpeg DCT scaling for JPEGs, a box
 average for pixels already in memory): the same model input either way, full-size heatmaps and boxes."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from PIL import Image
 from bonefrac import FractureDetector, read_image
 from bonefrac.data import DecodeCache
 from bonefrac.io import reduction_factor
-from bonefrac.transforms import letterbox, letterbox_image
+from bonefrac.spec import ModelSpec
+from bonefrac.transforms import letterbox, letterbox_image, normalize, preprocess
 
 
 def big_jpeg(path: Path, scale: int = 4, orientation: int = 1) -> Path:
@@ -32,10 +33,25 @@ def det(tmp_path_factory: pytest.TempPathFactory) -> FractureDetector:
     return FractureDetector.load(make_checkpoint(tmp_path_factory.mktemp("m") / "model.pt"), backend="torch")
 
 
-def test_reduction_factor_only_touches_very_large_images() -> None:
-    assert reduction_factor(454, 373, 256) == 1 and reduction_factor(2047, 1600, 256) == 1  # all of FracAtlas
+def test_reduction_factor_keeps_at_least_twice_the_input_size() -> None:
+    assert reduction_factor(454, 373, 256) == 1 and reduction_factor(1000, 800, 256) == 1
+    assert reduction_factor(1024, 830, 256) == 2 and reduction_factor(2047, 1600, 256) == 2  # FracAtlas' largest
     assert reduction_factor(2880, 2304, 256) == 4 and reduction_factor(4096, 3000, 256) == 8
     assert reduction_factor(1816, 1492, 64) == 8 and reduction_factor(600, 400, 64) == 4
+    # models from before ModelSpec.reduce_from: only images of 8x the input or more
+    assert reduction_factor(1024, 830, 256, 8) == 1 and reduction_factor(2047, 1600, 256, 8) == 1
+    assert reduction_factor(2880, 2304, 256, 8) == 4 and reduction_factor(4096, 3000, 256, 8) == 8
+
+
+def test_the_reduction_rule_travels_with_the_model() -> None:
+    legacy = ModelSpec.from_dict({"arch": "efficientnet_lite0", "image_size": 64})  # a checkpoint without it
+    assert legacy.reduce_from == 8 and ModelSpec().reduce_from == 4
+    assert ModelSpec.from_dict(ModelSpec(image_size=64).to_dict()).reduce_from == 4
+    path = FIXTURE_IMAGES[0]  # 454 px: 7x a 64 px input
+    assert read_image(path, 64, legacy.reduce_from).meta.get("reduced_by", 1) == 1
+    assert read_image(path, 64, 4).meta["reduced_by"] == 2
+    whole = normalize(letterbox(read_image(path).pixels, 64, reduce_from=8)[0][None], legacy)
+    assert np.abs(preprocess(read_image(path, 64, legacy.reduce_from), legacy)[0] - whole).max() < 1e-6
 
 
 def test_reduced_read_keeps_the_full_size_in_meta(tmp_path: Path) -> None:
@@ -65,10 +81,10 @@ def test_path_and_image_give_the_same_prediction_on_the_full_image(det: Fracture
 
 
 def test_small_images_are_untouched_and_the_cache_uses_the_same_reduced_read(tmp_path: Path) -> None:
-    small = read_image(FIXTURE_IMAGES[0], reduce_for=64)
+    small = read_image(FIXTURE_IMAGES[0], reduce_for=256)
     assert "reduced_by" not in small.meta
     assert small.grey8 is not None  # 8-bit: prepared from the Pillow image, the same input as from the array
-    assert np.abs(letterbox_image(small, 64)[0] - letterbox(read_image(FIXTURE_IMAGES[0]).pixels, 64)[0]).max() < 1e-6
+    assert np.abs(letterbox_image(small, 256)[0] - letterbox(read_image(FIXTURE_IMAGES[0]).pixels, 256)[0]).max() < 1e-6
     path = str(big_jpeg(tmp_path / "big.jpg"))
     cache = DecodeCache(tmp_path / "cache", size=64)
     assert cache.build([path], workers=1, progress=False) == {}

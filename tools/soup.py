@@ -38,8 +38,8 @@ def main() -> None:
     a, b = load_checkpoint(args.a), load_checkpoint(args.b)
     spec = ModelSpec.from_dict(a["spec"])
     spec_b = ModelSpec.from_dict(b["spec"])
-    if (spec.arch, spec.image_size) != (spec_b.arch, spec_b.image_size):
-        sys.exit(f"cannot average {spec.arch}@{spec.image_size} with {spec_b.arch}@{spec_b.image_size}")
+    if (spec.arch, spec.image_size, spec.reduce_from) != (spec_b.arch, spec_b.image_size, spec_b.reduce_from):
+        sys.exit(f"cannot average {spec} with {spec_b}: different models or preprocessing")
     w = args.weight
     state = {
         k: (w * v.double() + (1 - w) * b["state_dict"][k].double()).to(v.dtype) if v.is_floating_point() else v
@@ -51,7 +51,7 @@ def main() -> None:
 
     split = load_split(Path(args.split))
     val = [r for r in load_dataset(args.dataset) if split.get(r.key) == "val"]
-    cache = DecodeCache(args.cache_dir, spec.image_size)
+    cache = DecodeCache(args.cache_dir, spec.image_size, spec.reduce_from)
     cache.build([r.path for r in val], progress=False)
     torch.set_num_threads(2)
     p = predict_cached(model, spec, cache, val)

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BonefracError, DatasetError
-from .io import find_images, read_image
+from .io import REDUCE_FROM, find_images, read_image
 from .transforms import Geometry, letterbox_geometry, letterbox_image
 
-CACHE_VERSION = 3  # bump when letterbox() or the entry format changes (3: large images reduced first)
+CACHE_VERSION = 4  # bump when letterbox() or the entry format changes (4: reduce_from in the key)
 
 
 @dataclass
@@ -183,19 +183,19 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("BONEFRAC_CACHE", Path.home() / ".cache" / "bonefrac"))
 
 
-def cache_key(path: str, size: int) -> str:
+def cache_key(path: str, size: int, reduce_from: int = REDUCE_FROM) -> str:
     """Changes when the file (path, size in bytes, mtime) or the input size or the preprocessing changes."""
     st = os.stat(path)
-    ident = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{size}|v{CACHE_VERSION}"
+    ident = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{size}|r{reduce_from}|v{CACHE_VERSION}"
     return hashlib.sha1(ident.encode()).hexdigest()
 
 
-def _decode_one(args: tuple[str, int, str]) -> str | None:
-    path, size, target = args
+def _decode_one(args: tuple[str, int, int, str]) -> str | None:
+    path, size, reduce_from, target = args
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # truncated JPEGs: the reader already handles them
-            boxed, geometry = letterbox_image(read_image(path, reduce_for=size), size)
+            boxed, geometry = letterbox_image(read_image(path, size, reduce_from), size, reduce_from)
     except BonefracError as e:
         return str(e)
     # The size as read (EXIF applied) places fracture boxes on the cached grid; written before the
@@ -210,13 +210,15 @@ def _decode_one(args: tuple[str, int, str]) -> str | None:
 class DecodeCache:
     """Each image decoded and letterboxed once to the training size, stored as uint8 .npy on disk."""
 
-    def __init__(self, root: str | Path | None = None, size: int = 256) -> None:
+    def __init__(self, root: str | Path | None = None, size: int = 256, reduce_from: int = REDUCE_FROM) -> None:
+        """`size` and `reduce_from`: the preprocessing of the model being trained (its `ModelSpec`)."""
         self.root = Path(root) if root else default_cache_dir()
         self.size = size
+        self.reduce_from = reduce_from
         self.dir = self.root / f"s{size}"
 
     def path_for(self, image_path: str) -> Path:
-        return self.dir / f"{cache_key(image_path, self.size)}.npy"
+        return self.dir / f"{cache_key(image_path, self.size, self.reduce_from)}.npy"
 
     def build(self, paths: list[str], workers: int | None = None, progress: bool = True) -> dict[str, str]:
         """Decode what is missing; returns {path: error} for files that could not be read."""
@@ -232,7 +234,7 @@ class DecodeCache:
                 errors[p] = f"{Path(p).name}: {reason}"
                 continue
             if not target.exists():
-                todo.append((p, self.size, str(target)))
+                todo.append((p, self.size, self.reduce_from, str(target)))
         if not todo:
             return errors
         workers = workers or min(os.cpu_count() or 1, 8)
@@ -244,7 +246,7 @@ class DecodeCache:
 
             pool = ProcessPoolExecutor(workers)
             results = pool.map(_decode_one, todo, chunksize=16)
-        for (p, _, _), err in zip(todo, results, strict=True):
+        for (p, *_), err in zip(todo, results, strict=True):
             if err:
                 errors[p] = err
             bar.update()

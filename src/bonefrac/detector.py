@@ -237,7 +237,7 @@ class FractureDetector:
         if isinstance(source, XrayImage):
             image, path = source, source.path
         else:
-            image, path = read_image(source, reduce_for=self.spec.image_size), str(source)
+            image, path = read_image(source, self.spec.image_size, self.spec.reduce_from), str(source)
         tensor, geometry = preprocess(image, self.spec)
         if full_image and image.meta.get("reduced_by", 1) > 1:
             image = read_image(source)

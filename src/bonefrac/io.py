@@ -114,29 +114,39 @@ def is_dicom(head: bytes) -> bool:
     return len(head) >= 132 and head[128:132] == b"DICM"
 
 
-def reduction_factor(height: int, width: int, size: int) -> int:
-    """1, 4 or 8: the integer factor by which an image is box-reduced before it is resized to a `size`
-    model input. Only very large images are reduced (long side at least 8x `size`), and never below
+#: Images whose long side is at least this many times the model input are box-reduced before the resize
+#: (see `reduction_factor`); models record the value they were trained with (`ModelSpec.reduce_from`).
+REDUCE_FROM = 4
+#: The value for checkpoints from before `ModelSpec.reduce_from` existed: only very large images reduced.
+LEGACY_REDUCE_FROM = 8
+
+
+def reduction_factor(height: int, width: int, size: int, reduce_from: int = REDUCE_FROM) -> int:
+    """1, 2, 4 or 8: the integer factor by which an image is box-reduced before it is resized to a `size`
+    model input. Images whose long side is at least `reduce_from` x `size` are reduced, never below
     2x `size`, so the final antialiased resize still sees every detail it keeps.
 
-    The point is speed on full-size radiographs: a JPEG is then decoded by libjpeg at 1/4 or 1/8 scale
-    (`read_image(reduce_for=...)`; 2304 x 2880: ~50 -> ~10 ms), other images are reduced in memory. Images
-    up to 2047 px (all of FracAtlas, which the bundled model was trained on) are never reduced at 256 px.
+    The point is speed: a JPEG is then decoded by libjpeg at 1/2, 1/4 or 1/8 scale
+    (`read_image(reduce_for=...)`; 2304 x 2880: ~50 -> ~10 ms; a 1024 px FracAtlas file, read and
+    preprocessed: 4.4 -> 2.1 ms), other images are reduced in memory.
     """
     long_side = max(height, width)
-    for k in (8, 4):
+    if long_side < reduce_from * size:
+        return 1
+    for k in (8, 4, 2):
         if long_side >= 2 * size * k:
             return k
     return 1
 
 
-def read_image(path: str | Path, reduce_for: int | None = None) -> XrayImage:
+def read_image(path: str | Path, reduce_for: int | None = None, reduce_from: int = REDUCE_FROM) -> XrayImage:
     """Read a JPEG, PNG (8/16-bit) or DICOM file as an `XrayImage`.
 
-    With `reduce_for` (a model input size), a JPEG large enough for `reduction_factor` is decoded at
-    that reduced scale, in the DCT domain: `pixels` are then smaller than the file, `meta["reduced_by"]`
-    says by how much, and `meta["height"]`/`["width"]` keep the full size (what heatmaps and boxes refer
-    to). This is how bonefrac reads files for the model; without it, the full image is read.
+    With `reduce_for` (a model input size), a JPEG large enough for `reduction_factor` (with `reduce_from`,
+    the model's `ModelSpec.reduce_from`) is decoded at that reduced scale, in the DCT domain: `pixels`
+    are then smaller than the file, `meta["reduced_by"]` says by how much, and `meta["height"]`/`["width"]`
+    keep the full size (what heatmaps and boxes refer to). This is how bonefrac reads files for the model;
+    without it, the full image is read.
 
     Raises:
         ImageReadError: empty, unreadable, not an image, unsupported, or corrupt beyond recovery.
@@ -160,7 +170,7 @@ def read_image(path: str | Path, reduce_for: int | None = None) -> XrayImage:
 
         pixels, meta = read_dicom(path)
     else:
-        pixels, meta = _read_raster(path, reduce_for)
+        pixels, meta = _read_raster(path, reduce_for, reduce_from)
     if isinstance(pixels, Image.Image):
         image = XrayImage(meta=meta, path=str(path), grey8=pixels)
     else:
@@ -192,7 +202,9 @@ def _looks_like_raster(head: bytes) -> bool:
     return head.startswith((b"\xff\xd8\xff", b"\x89PNG"))
 
 
-def _read_raster(path: Path, reduce_for: int | None = None) -> tuple[np.ndarray | Image.Image, dict[str, Any]]:
+def _read_raster(
+    path: Path, reduce_for: int | None = None, reduce_from: int = REDUCE_FROM
+) -> tuple[np.ndarray | Image.Image, dict[str, Any]]:
     name = path.name
     try:
         im = Image.open(path)  # reads the header only
@@ -209,7 +221,7 @@ def _read_raster(path: Path, reduce_for: int | None = None) -> tuple[np.ndarray 
         if getattr(im, "n_frames", 1) > 1:
             warn(meta, f"{name}: has {im.n_frames} frames; reading the first", stacklevel=3)
         full_w, full_h = im.size
-        k = reduction_factor(full_h, full_w, reduce_for) if reduce_for and fmt == "jpeg" else 1
+        k = reduction_factor(full_h, full_w, reduce_for, reduce_from) if reduce_for and fmt == "jpeg" else 1
         _configure_decoder(im, k)
         im = _load(im, path, meta, k)
         reduced_by = round(full_w / im.width)  # 1 unless decoded at a reduced scale

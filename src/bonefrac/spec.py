@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .io import LEGACY_REDUCE_FROM, REDUCE_FROM
+
 #: Default decision thresholds before a model has been calibrated on a validation split.
 DEFAULT_OPERATING_POINTS = {"default": 0.5, "high_sensitivity": 0.3, "high_specificity": 0.7}
 
@@ -23,6 +25,9 @@ class ModelSpec:
         operating_points: name -> probability threshold, chosen on the validation split.
         drop_rate: dropout before the classifier (training only).
         drop_path_rate: stochastic depth in MBConv blocks (training only).
+        reduce_from: images with a long side of at least reduce_from x image_size are box-reduced by 2, 4
+            or 8 before the resize (`io.reduction_factor`); part of the preprocessing the model was trained
+            with, so it travels with it (checkpoints without it: 8).
     """
 
     arch: str = "efficientnet_lite0"
@@ -32,6 +37,7 @@ class ModelSpec:
     operating_points: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_OPERATING_POINTS))
     drop_rate: float = 0.2
     drop_path_rate: float = 0.1
+    reduce_from: int = REDUCE_FROM
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -39,4 +45,5 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        known.setdefault("reduce_from", LEGACY_REDUCE_FROM)  # trained before the field: only >= 8x reduced
         return cls(**known)

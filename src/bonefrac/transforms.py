@@ -1,7 +1,7 @@
 """The one preprocessing path (train, evaluate, predict, serve, export), torch-free.
 
 file -> read_image(reduce_for=size) -> `letterbox` (per-image min-max, aspect-preserving resize, zero padding
-to a square; very large images box-reduced first, JPEGs already while decoding)
+to a square; large images box-reduced first, JPEGs already while decoding)
 -> `normalize` (mean/std from the ModelSpec) -> model. `Geometry` records the resize and padding so a
 heatmap on the model grid maps back onto the image as read.
 """
@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 from threadpoolctl import ThreadpoolController
 
-from .io import XrayImage, reduction_factor
+from .io import REDUCE_FROM, XrayImage, reduction_factor
 from .spec import ModelSpec
 
 T = TypeVar("T")  # an np.ndarray or a torch.Tensor: `normalize` is plain arithmetic on either
@@ -129,33 +129,33 @@ def box_mask(boxes: list[list[float]], geometry: Geometry) -> np.ndarray:
     return mask
 
 
-def letterbox(pixels: np.ndarray, size: int) -> tuple[np.ndarray, Geometry]:
+def letterbox(pixels: np.ndarray, size: int, reduce_from: int = REDUCE_FROM) -> tuple[np.ndarray, Geometry]:
     """Stretch to the full [0, 1] range, resize the long side to `size` (antialiased), pad to a square.
 
     Per-image min-max makes the model input the same for any re-encoding of one radiograph (8/16-bit,
-    DICOM windows) and for any linear intensity scaling. A very large image is first box-reduced by
-    `io.reduction_factor` (cheap, and the resize after it then costs little).
+    DICOM windows) and for any linear intensity scaling. A large image (`reduce_from` x `size` or more) is
+    first box-reduced by `io.reduction_factor` (cheap, and the resize after it then costs little).
     """
-    return _letterbox(float_image(pixels), size, None, 1)
+    return _letterbox(float_image(pixels), size, None, 1, reduce_from)
 
 
-def letterbox_image(image: XrayImage, size: int) -> tuple[np.ndarray, Geometry]:
+def letterbox_image(image: XrayImage, size: int, reduce_from: int = REDUCE_FROM) -> tuple[np.ndarray, Geometry]:
     """`letterbox` for an `XrayImage`, whether read whole or reduced (`read_image(reduce_for=size)`), from
     its 8-bit Pillow image when it still has one (the same result, without a full-size float array)."""
     reduced_by = int(image.meta.get("reduced_by", 1))
     full_shape = (int(image.meta["height"]), int(image.meta["width"])) if reduced_by > 1 else None
     grey8 = image.grey8
     source = grey8.convert("F") if grey8 is not None else float_image(image.pixels)  # 0-255 or 0-1: min-max
-    return _letterbox(source, size, full_shape, reduced_by)
+    return _letterbox(source, size, full_shape, reduced_by, reduce_from)
 
 
 def _letterbox(
-    im: Image.Image, size: int, full_shape: tuple[int, int] | None, reduced_by: int
+    im: Image.Image, size: int, full_shape: tuple[int, int] | None, reduced_by: int, reduce_from: int
 ) -> tuple[np.ndarray, Geometry]:
     """The core of `letterbox` on a Pillow "F" image. An image decoded already reduced (by `reduced_by`,
     from one of `full_shape`) skips the box reduction; the geometry always refers to the full image."""
     h, w = full_shape or (im.height, im.width)
-    extra = max(1, reduction_factor(h, w, size) // max(1, reduced_by))
+    extra = max(1, reduction_factor(h, w, size, reduce_from) // max(1, reduced_by))
     if extra > 1:
         im = im.reduce(extra)
     lo, hi = im.getextrema()
@@ -183,5 +183,5 @@ def normalize(x: T, spec: ModelSpec) -> T:
 
 def preprocess(image: XrayImage, spec: ModelSpec) -> tuple[np.ndarray, Geometry]:
     """An `XrayImage` -> normalised float32 array (1, size, size) plus the geometry to undo."""
-    boxed, geometry = letterbox_image(image, spec.image_size)
+    boxed, geometry = letterbox_image(image, spec.image_size, spec.reduce_from)
     return normalize(boxed[None], spec), geometry
