@@ -30,3 +30,11 @@ def bundled_or_fresh(tmp: Path, image_size: int = 256) -> Path:
     path = tmp / "model.pt"
     save_model(build_model(spec, pretrained=False), spec, path)
     return path
+
+
+def stored_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image file, from its header."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.size

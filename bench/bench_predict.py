@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import bundled_or_fresh, real_images
+from _common import bundled_or_fresh, real_images, stored_size
 
 from bonefrac import FractureDetector, read_image
 
@@ -89,7 +89,11 @@ def main() -> None:
             det.predict(f, heatmap=True)
             lat.append(1000 * (time.perf_counter() - t0))
 
-    print(f"{len(files)} real files, model {det.version} ({det.spec.image_size}px), {os.cpu_count()} CPUs")
+    n_large = sum(max(stored_size(f)) >= det.spec.reduce_from * det.spec.image_size for f in files)
+    print(
+        f"{len(files)} real files ({n_large} of them read reduced: long side >= {det.spec.reduce_from}x the input), "
+        f"model {det.version} ({det.spec.image_size}px), {os.cpu_count()} CPUs"
+    )
     print(f"bonefrac predict (whole process): {predict_ips:7.1f} images/s  ({t_predict:.1f} s)")
     print(f"  of which start-up (python, imports, model load, 1 image): {t_startup:.1f} s")
     print(f"naive loop (eager torch, batch 1): {naive_ips:7.1f} images/s  (on {len(naive)} files)")

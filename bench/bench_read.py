@@ -7,6 +7,9 @@
                  processes (decode + letterbox + uint8 .npy per image).
 - full-size:     the six ~2300 x 2900 FracAtlas originals, file -> model input, read whole (then box-reduced
                  in memory) vs read at reduced scale by libjpeg, as bonefrac does.
+- 1024 px:       the largest FracAtlas files (long side 4x the input or more), file -> model input, as
+                 models from before `ModelSpec.reduce_from` read them (whole, not reduced) vs decoded at 1/2
+                 by libjpeg (the 4x rule).
 Prints images/s for each, then the ratio of the two cache builds (2.0 would be perfect scaling on two idle
 cores). Numbers are wall clock: anything else running on the machine slows them down, so the load
 average at the start is printed too.
@@ -21,11 +24,11 @@ import time
 import warnings
 from pathlib import Path
 
-from _common import DATASET
+from _common import DATASET, stored_size
 
 from bonefrac.data import DecodeCache
 from bonefrac.errors import ImageReadError
-from bonefrac.io import ImageReadWarning, find_images, read_image
+from bonefrac.io import LEGACY_REDUCE_FROM, REDUCE_FROM, ImageReadWarning, find_images, read_image
 
 
 def time_reads(paths: list[Path]) -> tuple[float, int]:
@@ -81,21 +84,30 @@ def main() -> None:
             f"full-size radiographs ({len(full_size)}, ~2300 x 2900) read + letterboxed for the model: whole image "
             f"{whole:.1f} ms, reduced read {reduced:.1f} ms per image (ratio {whole / reduced:.1f}x)"
         )
+    large = [p for p in paths[:1500] if max(stored_size(p)) >= 4 * args.size][:100]
+    if large:
+        whole, reduced = time_model_reads(large, args.size, legacy_whole=True)
+        print(
+            f"files of {4 * args.size}+ px ({len(large)}) read + letterboxed: whole (reduce_from={LEGACY_REDUCE_FROM}) "
+            f"{whole:.2f} ms, at 1/2 (reduce_from={REDUCE_FROM}) {reduced:.2f} ms per image "
+            f"(ratio {whole / reduced:.1f}x)"
+        )
 
 
-def time_model_reads(paths: list[Path], size: int, repeats: int = 5) -> tuple[float, float]:
-    """Milliseconds per image to go from file to model input: full decode + box reduction in memory,
-    against the reduced read (libjpeg DCT scaling) that bonefrac uses."""
+def time_model_reads(paths: list[Path], size: int, repeats: int = 5, legacy_whole: bool = False) -> tuple[float, float]:
+    """Milliseconds per image to go from file to model input: full decode (+ box reduction in memory, or
+    with `legacy_whole` none, as older models' 8x rule leaves these files), against the reduced read
+    (libjpeg DCT scaling) that bonefrac uses."""
     from bonefrac.transforms import letterbox_image
 
-    def per_image(reduce_for: int | None) -> float:
+    def per_image(reduce_for: int | None, reduce_from: int) -> float:
         t0 = time.perf_counter()
         for _ in range(repeats):
             for p in paths:
-                letterbox_image(read_image(p, reduce_for=reduce_for), size)
+                letterbox_image(read_image(p, reduce_for, reduce_from), size, reduce_from)
         return 1000 * (time.perf_counter() - t0) / (repeats * len(paths))
 
-    return per_image(None), per_image(size)
+    return per_image(None, LEGACY_REDUCE_FROM if legacy_whole else REDUCE_FROM), per_image(size, REDUCE_FROM)
 
 
 if __name__ == "__main__":
