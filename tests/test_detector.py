@@ -184,3 +184,27 @@ def test_workers_share_the_cores_and_agree(tmp_path: Path, monkeypatch: pytest.M
     serial = [r.probability for r in det.predict_many(FIXTURE_IMAGES, workers=1)]
     parallel = [r.probability for r in det.predict_many(FIXTURE_IMAGES, batch_size=3, workers=4)]
     assert np.allclose(serial, parallel, atol=1e-5)
+
+
+def test_the_onnx_session_is_made_ahead_and_a_broken_one_reported_by_the_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bonefrac.detector import _warm_quietly
+    from bonefrac.runtime import OnnxBackend
+
+    monkeypatch.setenv("BONEFRAC_CACHE", str(tmp_path / "cache"))
+    det = FractureDetector.load(make_checkpoint(tmp_path / "model.pt", arch="efficientnet_lite0", image_size=96))
+    backend = det.backend
+    assert isinstance(backend, OnnxBackend) and backend._session is None  # made on first use only
+    backend.warm()
+    session = backend._session
+    assert session is not None
+    backend.warm()
+    assert backend._session is session  # once
+    # An export that cannot be loaded: the background warm-up stays silent, the batch raises the error.
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    _warm_quietly(OnnxBackend(broken))
+    bad = FractureDetector(None, det.spec, det.info, OnnxBackend(broken), checkpoint=tmp_path / "model.pt")
+    with pytest.raises(Exception, match="(?i)protobuf|invalid|load"):
+        list(bad.predict_many(FIXTURE_IMAGES[:2], workers=1))

@@ -50,6 +50,9 @@ class TorchBackend:
     def for_workers(self, workers: int) -> TorchBackend:
         return self  # calls are serialised instead (see __init__)
 
+    def warm(self) -> None:
+        pass  # the module is ready once built
+
 
 def export_onnx(model: FractureNet, spec: ModelSpec, path: str | Path) -> Path:
     """Write the model as ONNX with a dynamic batch axis and the CAM as a second output (atomically)."""

@@ -34,6 +34,10 @@ class Backend(Protocol):
         """A backend for `workers` threads running batches at once, sharing the cores between them."""
         ...
 
+    def warm(self) -> None:
+        """Get ready to run now (e.g. from a background thread while the first files are read)."""
+        ...
+
 
 class OnnxBackend:
     name = "onnx"
@@ -72,6 +76,9 @@ class OnnxBackend:
             if threads not in self._siblings:
                 self._siblings[threads] = OnnxBackend(self.path, threads=threads)
         return self._siblings[threads]
+
+    def warm(self) -> None:
+        self.session  # noqa: B018 (made on first access)
 
     def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         logits, cam = self.session.run(["logit", "cam"], {"image": np.ascontiguousarray(x, dtype=np.float32)})
