@@ -76,6 +76,9 @@ def test_path_and_image_give_the_same_prediction_on_the_full_image(det: Fracture
     assert (by_path.width, by_path.height) == (1492, 1816)
     for x0, y0, x1, y1, _ in by_path.candidate_boxes:
         assert 0 <= x0 < x1 <= 1492 and 0 <= y0 < y1 <= 1816
+    reduced = det.predict(read_image(path, reduce_for=64))  # a reduced read handed in: overlays re-read its file
+    assert reduced.probability == pytest.approx(by_path.probability, abs=1e-6)
+    assert reduced.heatmap.shape == (1816, 1492) and reduced.image.pixels.shape == (1816, 1492)
     streamed = next(iter(det.predict_many([path])))
     assert streamed.probability == pytest.approx(by_path.probability, abs=1e-6) and streamed.image is None
 

@@ -242,8 +242,8 @@ class FractureDetector:
         else:
             image, path = read_image(source, self.spec.image_size, self.spec.reduce_from), str(source)
         tensor, geometry = preprocess(image, self.spec)
-        if full_image and image.meta.get("reduced_by", 1) > 1:
-            image = read_image(source)
+        if full_image and image.meta.get("reduced_by", 1) > 1:  # a reduced read always comes from a file
+            image = read_image(path)
         return _Prepared(path, tensor, geometry, image, list(image.meta.get("warnings", [])))
 
     def _check_operating_point(self, name: str) -> None:
