@@ -141,7 +141,7 @@ def predict_cached(
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def prepare_data(cfg: TrainConfig, out: Path) -> tuple[list[Record], list[Record], DecodeCache]:
+def prepare_data(cfg: TrainConfig, spec: ModelSpec, out: Path) -> tuple[list[Record], list[Record], DecodeCache]:
     records = load_dataset(cfg.dataset)
     split: dict[str, str] | None = None
     if distributed.is_main():
@@ -154,7 +154,7 @@ def prepare_data(cfg: TrainConfig, out: Path) -> tuple[list[Record], list[Record
     # Rank 0 decides and the others receive it: nobody reads a split.json while it is being written.
     split = distributed.broadcast_object(split)
     assert split is not None
-    cache = DecodeCache(cfg.cache_dir, cfg.image_size)
+    cache = DecodeCache(cfg.cache_dir, spec.image_size, spec.reduce_from)  # the preprocessing the model records
     paths = [r.path for r in records]
     # One process per node decodes first (the cache may be node-local); the others then find it built and
     # only re-try the unreadable files, so every rank drops the same records.
@@ -199,10 +199,10 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     dev = distributed.device()
-    train, val, cache = prepare_data(cfg, out)
+    spec = ModelSpec(arch=cfg.arch, image_size=cfg.image_size)
+    train, val, cache = prepare_data(cfg, spec, out)
     if len(train) < world:
         raise DatasetError(f"{len(train)} training images cannot be shared by {world} processes")
-    spec = ModelSpec(arch=cfg.arch, image_size=cfg.image_size)
     if cfg.init_from:
         # Fine-tune a trained model (e.g. add box supervision to a classifier): its weights, this run's recipe.
         model, init_spec, _ = load_model(cfg.init_from)
