@@ -30,6 +30,7 @@ import torch
 from _common import bundled_or_fresh, real_images, stored_size
 
 from bonefrac import FractureDetector, read_image
+from bonefrac.io import reduction_factor
 
 
 def main() -> None:
@@ -89,9 +90,10 @@ def main() -> None:
             det.predict(f, heatmap=True)
             lat.append(1000 * (time.perf_counter() - t0))
 
-    n_large = sum(max(stored_size(f)) >= det.spec.reduce_from * det.spec.image_size for f in files)
+    spec = det.spec
+    n_large = sum(reduction_factor(*stored_size(f)[::-1], spec.image_size, spec.reduce_from) > 1 for f in files)
     print(
-        f"{len(files)} real files ({n_large} of them read reduced: long side >= {det.spec.reduce_from}x the input), "
+        f"{len(files)} real files ({n_large} of them read reduced: long side >= {spec.reduce_from}x the input), "
         f"model {det.version} ({det.spec.image_size}px), {os.cpu_count()} CPUs"
     )
     print(f"bonefrac predict (whole process): {predict_ips:7.1f} images/s  ({t_predict:.1f} s)")

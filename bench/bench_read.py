@@ -28,7 +28,7 @@ from _common import DATASET, stored_size
 
 from bonefrac.data import DecodeCache
 from bonefrac.errors import ImageReadError
-from bonefrac.io import LEGACY_REDUCE_FROM, REDUCE_FROM, ImageReadWarning, find_images, read_image
+from bonefrac.io import LEGACY_REDUCE_FROM, REDUCE_FROM, ImageReadWarning, find_images, read_image, reduction_factor
 
 
 def time_reads(paths: list[Path]) -> tuple[float, int]:
@@ -84,14 +84,21 @@ def main() -> None:
             f"full-size radiographs ({len(full_size)}, ~2300 x 2900) read + letterboxed for the model: whole image "
             f"{whole:.1f} ms, reduced read {reduced:.1f} ms per image (ratio {whole / reduced:.1f}x)"
         )
-    large = [p for p in paths[:1500] if max(stored_size(p)) >= 4 * args.size][:100]
+    # the files the two rules treat differently: reduced now, read whole by models from before the field
+    large = [p for p in paths[:1500] if _rules_differ(stored_size(p), args.size)][:100]
     if large:
         whole, reduced = time_model_reads(large, args.size, legacy_whole=True)
         print(
-            f"files of {4 * args.size}+ px ({len(large)}) read + letterboxed: whole (reduce_from={LEGACY_REDUCE_FROM}) "
+            f"files of {REDUCE_FROM * args.size}+ px ({len(large)}) read + letterboxed: "
+            f"whole (reduce_from={LEGACY_REDUCE_FROM}) "
             f"{whole:.2f} ms, at 1/2 (reduce_from={REDUCE_FROM}) {reduced:.2f} ms per image "
             f"(ratio {whole / reduced:.1f}x)"
         )
+
+
+def _rules_differ(width_height: tuple[int, int], size: int) -> bool:
+    w, h = width_height
+    return reduction_factor(h, w, size, REDUCE_FROM) > 1 and reduction_factor(h, w, size, LEGACY_REDUCE_FROM) == 1
 
 
 def time_model_reads(paths: list[Path], size: int, repeats: int = 5, legacy_whole: bool = False) -> tuple[float, float]:
