@@ -14,7 +14,7 @@ region (top-box precision at IoU 0.3: 0.01 at 50% of the peak, 0.22 at 90%, 0.31
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -60,59 +60,115 @@ def boxes_from_heatmap(heat: np.ndarray, probability: float, threshold: float = 
 
 
 def _regions(mask: np.ndarray, heat: np.ndarray) -> list[tuple[int, int, int, int, float]]:
-    """4-connected regions of `mask` (as scipy.ndimage.label's default) as (y0, x0, y1, x1, max heat)."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if not len(rows):
+    """4-connected regions of `mask` (as scipy.ndimage.label's default, in its order: by first pixel in
+    raster order) as (y0, x0, y1, x1, max heat).
+
+    A heatmap's top is a few smooth blobs, so the mask is first cut along empty rows and columns (XY-cut)
+    into blocks that are nearly always one blob each; a block is one region when each of its rows is a single
+    run overlapping the run above. Only a block that fails that test (a U shape, two blobs that only touch
+    the cut lines diagonally) is labelled run by run. On real heatmaps: ~0.3 -> ~0.05 ms per image."""
+    found: list[tuple[int, int, int, int, int, float]] = []  # (y0, first x, x0, y1, x1, peak)
+    blocks = [(0, mask.shape[0], 0, mask.shape[1])]
+    while blocks:
+        r0, r1, c0, c1 = blocks.pop()
+        row_bands = _bands(mask[r0:r1, c0:c1].any(axis=1))
+        if len(row_bands) != 1:
+            blocks += [(r0 + a, r0 + b, c0, c1) for a, b in row_bands]
+            continue
+        r0, r1 = r0 + row_bands[0][0], r0 + row_bands[0][1]
+        col_bands = _bands(mask[r0:r1, c0:c1].any(axis=0))
+        if len(col_bands) != 1:
+            blocks += [(r0, r1, c0 + a, c0 + b) for a, b in col_bands]
+            continue
+        c0, c1 = c0 + col_bands[0][0], c0 + col_bands[0][1]
+        block, block_heat = mask[r0:r1, c0:c1], heat[r0:r1, c0:c1]
+        first = block.argmax(axis=1)
+        stop = block.shape[1] - block[:, ::-1].argmax(axis=1)
+        one_run = bool((block.sum(axis=1) == stop - first).all())
+        if one_run and bool(((first[1:] < stop[:-1]) & (first[:-1] < stop[1:])).all()):
+            peak = float(np.max(block_heat, where=block, initial=-np.inf))
+            found.append((r0, c0 + int(first[0]), c0, r1, c1, peak))
+        else:
+            for y0, fx, x0, y1, x1, pk in _run_regions(block, np.ascontiguousarray(block_heat)):
+                found.append((y0 + r0, fx + c0, x0 + c0, y1 + r0, x1 + c0, pk))
+    found.sort(key=lambda r: (r[0], r[1]))
+    return [(y0, x0, y1, x1, peak) for y0, _, x0, y1, x1, peak in found]
+
+
+def _bands(nonempty: np.ndarray) -> list[tuple[int, int]]:
+    """[start, stop) of each stretch of True in a 1-D boolean array."""
+    idx = np.flatnonzero(nonempty)
+    if not len(idx):
         return []
-    # The mask is the top few percent of a smooth map: a small block of the image holds all of it.
-    r0, r1 = int(rows[0]), int(rows[-1]) + 1
-    cols = np.flatnonzero(mask[r0:r1].any(axis=0))
-    c0, c1 = int(cols[0]), int(cols[-1]) + 1
-    found = _block_regions(mask[r0:r1, c0:c1], np.ascontiguousarray(heat[r0:r1, c0:c1]))
-    return [(y0 + r0, x0 + c0, y1 + r0, x1 + c0, peak) for y0, x0, y1, x1, peak in found]
+    if idx[-1] - idx[0] + 1 == len(idx):  # the usual case: one stretch
+        return [(int(idx[0]), int(idx[-1]) + 1)]
+    cuts = np.flatnonzero(np.diff(idx) > 1)
+    starts = [int(idx[0]), *(int(i) for i in idx[cuts + 1])]
+    stops = [*(int(i) + 1 for i in idx[cuts]), int(idx[-1]) + 1]
+    return list(zip(starts, stops, strict=True))
 
 
-def _block_regions(mask: np.ndarray, heat: np.ndarray) -> list[tuple[int, int, int, int, float]]:
-    """`_regions` on the mask's bounding block (`heat` contiguous): row runs joined by union-find. The mask
-    holds a handful of blobs, tens of runs, so this costs microseconds, where scipy's import alone costs
-    0.17 s of start-up."""
+def _run_regions(mask: np.ndarray, heat: np.ndarray) -> list[tuple[int, int, int, int, int, float]]:
+    """Regions of a block as (y0, first x, x0, y1, x1, peak), from its row runs: a run belongs with each run
+    on the row above that shares a column (found for all runs at once by binary search), and each region's
+    extent is reduced per label. Vectorised but for the union-find over the rare joining links: ~0.1 ms for
+    a block of a few hundred runs, where scipy's import alone would cost 0.17 s of start-up."""
     height, width = mask.shape
     padded = np.zeros((height, width + 2), np.int8)  # (np.pad: ~10x slower for these small blocks)
     padded[:, 1:-1] = mask
     edges = padded[:, 1:] - padded[:, :-1]
-    run_row, c0 = np.nonzero(edges == 1)
-    c1 = np.nonzero(edges == -1)[1]  # same row-major order: the k-th end closes the k-th start
-    bounds = np.empty(2 * len(c0), np.intp)
-    bounds[0::2], bounds[1::2] = run_row * width + c0, run_row * width + c1
-    flat = np.append(heat.ravel(), 0)  # reduceat needs each segment end to be a valid index
-    run_peak = np.maximum.reduceat(flat, bounds)[::2]
-    # The usual heatmap top is one blob: one run per row, each overlapping the one above.
-    if (np.diff(run_row) == 1).all() and ((c0[1:] < c1[:-1]) & (c0[:-1] < c1[1:])).all():
-        return [(int(run_row[0]), int(c0.min()), int(run_row[-1]) + 1, int(c1.max()), float(run_peak.max()))]
-    # Otherwise union-find over runs: a run joins every run on the row above that shares a column.
-    parent = list(range(len(run_row)))
+    row, a = np.nonzero(edges == 1)
+    b = np.nonzero(edges == -1)[1]  # same row-major order: the k-th end closes the k-th start
+    bounds = np.empty(2 * len(a), np.intp)
+    bounds[0::2], bounds[1::2] = row * width + a, row * width + b
+    peak = np.maximum.reduceat(np.append(heat.ravel(), 0), bounds)[::2]  # (each segment end a valid index)
+    # Runs j on row r - 1 overlapping run k ([a, b) intersect) are the index range [lo_k, hi_k) of the runs
+    # in raster order: keys row * (width + 1) + column never collide across rows.
+    stride = width + 1
+    above = (row - 1) * stride
+    lo = np.searchsorted(row * stride + b, above + a, side="right")
+    hi = np.searchsorted(row * stride + a, above + b, side="left")
+    count = np.maximum(hi - lo, 0)
+    # Each run hangs from the first run it touches above: a forest whose roots are resolved by pointer
+    # jumping. The few remaining links (a run touching several runs above: blobs joining) are merged by a
+    # small union-find over those roots. A label is the region's first run in raster order.
+    parent = np.arange(len(row))
+    parent[count > 0] = lo[count > 0]
+    while True:
+        grand = parent[parent]
+        if np.array_equal(grand, parent):
+            break
+        parent = grand
+    more = np.maximum(count - 1, 0)  # links beyond the first, per run
+    k = np.repeat(np.arange(len(row)), more)
+    j = lo[k] + 1 + np.arange(len(k)) - np.repeat(np.cumsum(more) - more, more)  # its 2nd, 3rd... run above
+    joined: dict[int, int] = {}
 
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
+    def find(x: int) -> int:
+        while joined.get(x, x) != x:
+            x = joined[x]
+        return x
 
-    r_list, a_list, b_list = run_row.tolist(), c0.tolist(), c1.tolist()
-    first_of_row: dict[int, int] = {}
-    for k, r in enumerate(r_list):
-        first_of_row.setdefault(r, k)
-        j = first_of_row.get(r - 1)
-        while j is not None and j < len(r_list) and r_list[j] == r - 1:
-            if a_list[j] < b_list[k] and a_list[k] < b_list[j]:
-                parent[root(k)] = root(j)
-            j += 1
-    # Tens of runs: plain Python beats numpy's per-call overhead here (np.unique and ufunc.at: ~0.1 ms).
-    regions: dict[int, list[Any]] = {}
-    for k, (r, a, b, peak) in enumerate(zip(r_list, a_list, b_list, run_peak.tolist(), strict=True)):
-        box = regions.get(root(k))
-        if box is None:
-            regions[root(k)] = [r, a, r + 1, b, peak]
-        else:
-            box[:] = [min(box[0], r), min(box[1], a), max(box[2], r + 1), max(box[3], b), max(box[4], peak)]
-    return [(int(y0), int(x0), int(y1), int(x1), float(pk)) for y0, x0, y1, x1, pk in regions.values()]
+    for rj, rk in zip(parent[j].tolist(), parent[k].tolist(), strict=True):
+        rj, rk = find(rj), find(rk)
+        if rj != rk:
+            joined[max(rj, rk)] = min(rj, rk)
+    if joined:
+        final = np.arange(len(row))
+        final[list(joined)] = [find(r) for r in joined]
+        parent = final[parent]
+    label = parent
+    order = np.argsort(label, kind="stable")
+    first = np.flatnonzero(np.r_[True, label[order][1:] != label[order][:-1]])
+    row, a, b, peak = row[order], a[order], b[order], peak[order]
+    return list(
+        zip(
+            row[first].tolist(),
+            a[first].tolist(),  # stable sort: each label's first run is its first in raster order
+            np.minimum.reduceat(a, first).tolist(),
+            (np.maximum.reduceat(row, first) + 1).tolist(),
+            np.maximum.reduceat(b, first).tolist(),
+            np.maximum.reduceat(peak, first).astype(float).tolist(),
+            strict=True,
+        )
+    )
