@@ -1,15 +1,16 @@
 """Throughput of `bonefrac predict` on real files, side by side with a naive loop and the model ceiling.
 
-    python bench/bench_predict.py [--n 800] [--naive-n 200]
+    python bench/bench_predict.py [--n 800] [--naive-n 200] [--rounds 3]
 
 - predict:  the whole `bonefrac predict FOLDER --csv ...` process (start-up, model load, decoding in
-            worker threads, batched onnxruntime, CSV), wall clock, best of two runs, after one warm-up
-            call that caches the ONNX export (done once per model).
-- naive:    read_image -> preprocess -> eager torch, batch 1, one file after another.
+            worker threads, batched onnxruntime, CSV), wall clock, after one warm-up call that caches the
+            ONNX export (done once per model) with bonefrac's bytecode compiled (as pip install does).
 - ceiling:  the model alone (onnxruntime) on tensors that are already preprocessed, at predict's batch
             size, the faster of its two ways of using the cores (one session on all threads, or one
-            single-threaded run per core side by side, as predict does), best of three. The best model-alone
-            figure at any batch size (4-32) is printed too.
+            single-threaded run per core side by side, as predict does). Timed in rounds alternating with
+            predict; the ratio is the median of the rounds' ratios. The best model-alone figure at any batch
+            size (4-32, best of three) is printed too.
+- naive:    read_image -> preprocess -> eager torch, batch 1, one file after another.
 Goals: predict >= 3x naive, and >= 0.8 of the ceiling. Also prints single-image latency with heatmap.
 """
 
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 from _common import bundled_or_fresh, real_images, stored_size
 
+import bonefrac
 from bonefrac import FractureDetector, read_image
 from bonefrac.io import reduction_factor
 
@@ -38,6 +40,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=800)
     ap.add_argument("--naive-n", type=int, default=200)
     ap.add_argument("--batch-size", type=int, default=8, help="predict's default")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating runs of predict and the ceiling")
     args = ap.parse_args()
     files = real_images(args.n)
     with tempfile.TemporaryDirectory() as tmp:
@@ -48,17 +51,25 @@ def main() -> None:
         for i, f in enumerate(files):
             os.symlink(f.resolve(), folder / f"{i:05d}_{f.name}")
         cmd = [sys.executable, "-m", "bonefrac", "predict", "--model", str(model_path), "--no-progress"]
+        # Bytecode cached, as after `pip install` or any earlier run: with PYTHONDONTWRITEBYTECODE set (as in
+        # some shells and containers) an editable install would otherwise recompile bonefrac on every start.
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(Path(bonefrac.__file__).parent)], check=True)
         subprocess.run([*cmd, str(files[0])], check=True, capture_output=True)  # warm-up: caches the ONNX export
-        runs = []
-        for _ in range(2):
+        det = FractureDetector.load(model_path, backend="onnx")
+        ready = np.stack([det.preprocess(read_image(f)).numpy() for f in files[:64]])
+        # The whole process and the ceiling are timed in alternating rounds, so that each ratio compares
+        # two runs made under the same conditions (this host's speed drifts by 10-20% over minutes).
+        predict_runs, ceiling_runs = [], []
+        for _ in range(args.rounds):
             t0 = time.perf_counter()
             r = subprocess.run([*cmd, str(folder), "--csv", str(tmp / "out.csv"), "--batch-size", str(args.batch_size)],
                                capture_output=True, text=True)  # fmt: skip
-            runs.append(time.perf_counter() - t0)
+            predict_runs.append(len(files) / (time.perf_counter() - t0))
             if r.returncode != 0:
                 sys.exit(f"bonefrac predict failed: {r.stderr}")
-        t_predict = min(runs)
-        predict_ips = len(files) / t_predict
+            ceiling_runs.append(model_alone(det, ready, args.batch_size, len(files), repeats=1))
+        ratios = [p / c for p, c in zip(predict_runs, ceiling_runs, strict=True)]
+        predict_ips, ceiling_ips = statistics.median(predict_runs), statistics.median(ceiling_runs)
 
         t0 = time.perf_counter()
         subprocess.run([*cmd, str(files[0])], capture_output=True, check=True)
@@ -74,15 +85,12 @@ def main() -> None:
                 torch.sigmoid(det_torch.model(x[None]))
         naive_ips = len(naive) / (time.perf_counter() - t0)
 
-        det = FractureDetector.load(model_path, backend="onnx")
         list(det.predict_many(files[:32], batch_size=args.batch_size))  # warm-up
         t0 = time.perf_counter()
         n_steady = sum(1 for _ in det.predict_many(files, batch_size=args.batch_size))
         steady_ips = n_steady / (time.perf_counter() - t0)
 
-        ready = np.stack([det.preprocess(read_image(f)).numpy() for f in files[:64]])
         ceilings = {b: model_alone(det, ready, b, len(files)) for b in sorted({4, 8, 16, 32, args.batch_size})}
-        ceiling_ips = ceilings[args.batch_size]
 
         lat = []
         for f in files[:20]:
@@ -96,32 +104,35 @@ def main() -> None:
         f"{len(files)} real files ({n_large} of them read reduced: long side >= {spec.reduce_from}x the input), "
         f"model {det.version} ({det.spec.image_size}px), {os.cpu_count()} CPUs"
     )
-    print(f"bonefrac predict (whole process): {predict_ips:7.1f} images/s  ({t_predict:.1f} s)")
+    print(f"bonefrac predict (whole process): {predict_ips:7.1f} images/s  (median of {args.rounds} rounds: "
+          + ", ".join(f"{v:.1f}" for v in predict_runs) + ")")  # fmt: skip
     print(f"  of which start-up (python, imports, model load, 1 image): {t_startup:.1f} s")
     print(f"naive loop (eager torch, batch 1): {naive_ips:7.1f} images/s  (on {len(naive)} files)")
-    print(f"model-compute ceiling (onnx, b{args.batch_size}): {ceiling_ips:7.1f} images/s")
+    print(f"model-compute ceiling (onnx, b{args.batch_size}): {ceiling_ips:7.1f} images/s  (the same rounds: "
+          + ", ".join(f"{v:.1f}" for v in ceiling_runs) + ")")  # fmt: skip
     best_b = max(ceilings, key=ceilings.get)
     print("  model alone by batch size: " + ", ".join(f"b{b} {v:.1f}" for b, v in ceilings.items()))
     print(f"predict_many in one process (steady state): {steady_ips:7.1f} images/s")
     steady = steady_ips / naive_ips
     print(f"ratio predict/naive:   {predict_ips / naive_ips:.2f}x  (goal >= 3); steady state {steady:.2f}x")
     print(
-        f"ratio predict/ceiling: {predict_ips / ceiling_ips:.2f}   (goal >= 0.80); steady state "
-        f"{steady_ips / ceiling_ips:.2f}"
+        f"ratio predict/ceiling: {statistics.median(ratios):.2f}   (goal >= 0.80; median of the rounds' ratios: "
+        + ", ".join(f"{v:.2f}" for v in ratios)
+        + f"); steady state {steady_ips / ceiling_ips:.2f}"
     )
     print(f"  against the best model-alone figure at any batch size (b{best_b}): {predict_ips / ceilings[best_b]:.2f}")
     print(f"single-image latency with heatmap (onnx): median {statistics.median(lat):.1f} ms, max {max(lat):.1f} ms")
 
 
-def model_alone(det: FractureDetector, ready: np.ndarray, batch: int, n: int) -> float:
+def model_alone(det: FractureDetector, ready: np.ndarray, batch: int, n: int, repeats: int = 3) -> float:
     """Images/s of the model alone on ready tensors: the faster of one all-threads session and one
-    single-threaded session per core run side by side; best of three."""
+    single-threaded session per core run side by side; best of `repeats`."""
     batches = [ready[i % len(ready) : i % len(ready) + batch] for i in range(0, n, batch)]
     batches = [b for b in batches if len(b) == batch]
     cores = os.cpu_count() or 1
     single = det.backend.for_workers(cores)
     best = 0.0
-    for _ in range(3):
+    for _ in range(repeats):
         det.backend.run(batches[0])  # warm-up
         t0 = time.perf_counter()
         for b in batches:
