@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,29 @@ def test_predict_many_streams_in_order_with_errors(det: FractureDetector, tmp_pa
     assert "empty" in results[1].error
     single = det.predict(FIXTURE_IMAGES[2])
     assert results[3].probability == pytest.approx(single.probability, abs=1e-6)
+
+
+def test_predict_many_reads_its_input_lazily(det: FractureDetector) -> None:
+    """A folder of 100k files streams: only a few batches are taken from the input ahead of the results."""
+    taken = 0
+
+    def paths() -> Iterator[Path]:
+        nonlocal taken
+        for i in range(200):
+            taken += 1
+            yield FIXTURE_IMAGES[i % len(FIXTURE_IMAGES)]
+
+    stream = det.predict_many(paths(), batch_size=2, workers=2)
+    first = next(stream)
+    assert isinstance(first, Prediction)
+    assert taken <= 2 * 2 * 2 + 2  # 2 x workers batches in flight, plus the batch being gathered
+    ahead = []
+    for i, _ in enumerate(stream, start=2):
+        ahead.append(taken - i)
+        if i == 40:
+            break
+    assert max(ahead) <= 2 * 2 * 2 + 2
+    stream.close()
 
 
 def test_batched_equals_single(det: FractureDetector) -> None:
