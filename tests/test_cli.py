@@ -77,6 +77,8 @@ def test_usage_errors_exit_2(model: Path) -> None:
     assert run("predict").returncode == 2
     assert run("predict", "x.jpg", "--backend", "tensorflow").returncode == 2
     assert run("frobnicate").returncode == 2
+    bad = run("train", "data", "--out", "x", "--reduce-from", "1")
+    assert bad.returncode == 2 and "at least 2" in bad.stderr
 
 
 def test_user_errors_are_one_line(tmp_path: Path) -> None:

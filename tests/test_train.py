@@ -58,7 +58,7 @@ def _state(run: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.slow
 def test_train_writes_a_loadable_run(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    train(run, tmp_path / "cache", "--epochs", "2")
+    train(run, tmp_path / "cache", "--epochs", "2", "--reduce-from", "2")  # the 454 px fixtures read at 1/2
     for name in (
         "model.pt",
         "model.pt.sha256",
@@ -78,7 +78,8 @@ def test_train_writes_a_loadable_run(tmp_path: Path) -> None:
     info = json.loads((run / "run.json").read_text())
     assert info["versions"]["torch"] == torch.__version__ and "train" in info["command"]
     det = FractureDetector.load(run, backend="torch")
-    assert det.spec.arch == "seed_cnn" and det.spec.image_size == 64
+    assert det.spec.arch == "seed_cnn" and det.spec.image_size == 64 and det.spec.reduce_from == 2
+    assert info["config"]["reduce_from"] == 2
     v = det.info["validation"]
     assert set(v["operating_points"]) == {"default", "high_sensitivity", "high_specificity"}
     assert det.operating_points["default"] == v["operating_points"]["default"]["threshold"]

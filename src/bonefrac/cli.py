@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 
 from .errors import BonefracError
+from .io import REDUCE_FROM
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -24,6 +25,7 @@ def _train(args: argparse.Namespace) -> int:
         arch=args.arch,
         epochs=args.epochs,
         image_size=args.image_size,
+        reduce_from=args.reduce_from,
         batch_size=args.batch_size,
         lr=args.lr,
         seed=args.seed,
@@ -154,6 +156,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--epochs", type=int, default=12)
     t.add_argument("--image-size", type=int, default=256)
+    t.add_argument(
+        "--reduce-from",
+        type=_at_least_two,
+        default=REDUCE_FROM,
+        metavar="K",
+        help=f"read images with a long side of K x the image size or more reduced by 2, 4 or 8 (JPEGs decoded at "
+        f"that scale: faster), never below 2x the size; recorded in the model (default {REDUCE_FROM}; the bundled "
+        "model was trained with 8)",
+    )
     t.add_argument("--batch-size", type=int, default=32, help="global batch (split across torchrun ranks)")
     t.add_argument("--lr", type=float, default=6e-4)
     t.add_argument("--patience", type=int, default=5, help="early stopping: epochs without a better val AUC")
@@ -190,6 +201,15 @@ def build_parser() -> argparse.ArgumentParser:
     # only when serving: FastAPI and friends would otherwise add ~0.4 s to every `bonefrac predict`.
     sub.add_parser("serve", help="web page + REST API (FastAPI); see `bonefrac serve --help`")
     return parser
+
+
+def _at_least_two(text: str) -> int:
+    value = int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(
+            f"must be an integer of at least 2 (reduced images stay >= 2x the input), not {text}"
+        )
+    return value
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:

@@ -31,6 +31,7 @@ from .augment import Augment
 from .checkpoint import atomic_save, load_model, save_model
 from .data import DecodeCache, Record, load_dataset, load_split, save_split, split_dataset
 from .errors import BonefracError, DatasetError
+from .io import REDUCE_FROM
 from .metrics import auc, auc_ci, choose_operating_points, operating_point_stats
 from .models import ModelSpec, build_model
 from .transforms import box_mask, normalize
@@ -43,6 +44,7 @@ class TrainConfig:
     arch: str = "efficientnet_lite0"
     epochs: int = 12
     image_size: int = 256
+    reduce_from: int = REDUCE_FROM  # preprocessing: images this many times the input size are read reduced
     batch_size: int = 32
     lr: float = 6e-4
     weight_decay: float = 0.02
@@ -199,7 +201,7 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     dev = distributed.device()
-    spec = ModelSpec(arch=cfg.arch, image_size=cfg.image_size)
+    spec = ModelSpec(arch=cfg.arch, image_size=cfg.image_size, reduce_from=cfg.reduce_from)
     train, val, cache = prepare_data(cfg, spec, out)
     if len(train) < world:
         raise DatasetError(f"{len(train)} training images cannot be shared by {world} processes")
