@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _at_least_two(text: str) -> int:
-    value = int(text)
+    value = int(text) if text.strip().isdigit() else 0
     if value < 2:
         raise argparse.ArgumentTypeError(
             f"must be an integer of at least 2 (reduced images stay >= 2x the input), not {text}"
