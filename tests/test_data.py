@@ -11,6 +11,7 @@ from pathlib import Path
 import make_variants as mv
 import numpy as np
 import pytest
+import torch
 
 import bonefrac.data as data
 from bonefrac.data import DecodeCache, Record, load_dataset, load_split, save_split, split_dataset
@@ -247,8 +248,11 @@ def test_cache_builds_letterboxed_uint8(fixtures_dir: Path, tmp_path: Path) -> N
     for p in paths:
         arr = cache.load(p)
         assert arr.dtype == np.uint8 and arr.shape == (64, 64)
-        expected = np.round(letterbox_image(read_image(p, reduce_for=64), 64)[0] * 255)  # what predict feeds
-        assert np.array_equal(arr, expected.astype(np.uint8))
+        predict_input = letterbox_image(read_image(p, reduce_for=64), 64)[0]  # what predict feeds the model
+        assert np.array_equal(arr, np.round(predict_input * 255).astype(np.uint8))
+        # and what training feeds it (train.load_batch), bit for bit: thresholds chosen on cached validation
+        # predictions hold for predict
+        assert np.array_equal(torch.from_numpy(arr).float().div_(255).numpy(), predict_input)
     assert len(list((tmp_path / "cache" / "s64").glob("*.npy"))) == 4
     assert not list((tmp_path / "cache" / "s64").glob("*.tmp*"))
 

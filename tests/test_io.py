@@ -76,9 +76,11 @@ def test_12bit_dicom_variants_scale_by_bits_stored(variant: str, grey: np.ndarra
     img = read_strict(TWELVE_BIT[variant](grey, tmp_path))
     assert img.meta["format"] == "dicom" and img.meta["bit_depth"] == 12
     assert np.abs(img.pixels - mv.to_12bit(grey) / 4095).max() < 1e-6
-    # 12-bit quantisation differs from 8-bit by < 0.5/4095; after min-max and resampling it stays tiny
+    # 12-bit quantisation differs from 8-bit by < 0.5/4095; after min-max and resampling it stays tiny: at
+    # most a value tipped to the next step of the model input's 8-bit grid, and rarely
     base = read_image(IMAGES / BASE_IMAGE).pixels
-    assert np.abs(boxed(img.pixels) - boxed(base)).max() < 1e-3
+    diff = np.abs(boxed(img.pixels) - boxed(base))
+    assert diff.max() <= 1 / 255 + 1e-6 and (diff > 0).mean() < 0.01
 
 
 @pytest.mark.parametrize("writer", [mv.jpeg_rgb, mv.jpeg_cmyk], ids=["rgb", "cmyk"])

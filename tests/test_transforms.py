@@ -30,7 +30,8 @@ def test_min_max_makes_input_invariant_to_linear_intensity_changes() -> None:
     pixels = np.random.default_rng(1).random((200, 160), dtype=np.float32)
     a, _ = letterbox(pixels, 64)
     b, _ = letterbox(pixels * 0.25 + 0.5, 64)  # e.g. a 12-bit image stored in 16 bits, plus an offset
-    assert np.abs(a - b).max() < 1e-5
+    # equal up to float rounding, which may tip a value at a rounding boundary of the 8-bit grid
+    assert np.abs(a - b).max() <= 1 / 255 + 1e-6 and (a == b).mean() > 0.99
 
 
 def test_heatmap_maps_back_onto_the_original_geometry() -> None:

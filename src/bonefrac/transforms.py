@@ -130,7 +130,8 @@ def box_mask(boxes: list[list[float]], geometry: Geometry) -> np.ndarray:
 
 
 def letterbox(pixels: np.ndarray, size: int, reduce_from: int = REDUCE_FROM) -> tuple[np.ndarray, Geometry]:
-    """Stretch to the full [0, 1] range, resize the long side to `size` (antialiased), pad to a square.
+    """Stretch to the full [0, 1] range, resize the long side to `size` (antialiased), pad to a square;
+    values are multiples of 1/255 (the 8-bit grid of the training cache).
 
     Per-image min-max makes the model input the same for any re-encoding of one radiograph (8/16-bit,
     DICOM windows) and for any linear intensity scaling. A large image (`reduce_from` x `size` or more) is
@@ -166,7 +167,12 @@ def _letterbox(
         # Resizing is linear (its weights sum to 1), so the min-max scaling is applied after it, to the
         # small image: the same values up to float rounding, without full-resolution temporaries.
         resized = np.asarray(im.resize((nw, nh), Image.BILINEAR))
-        out[g.pad_y : g.pad_y + nh, g.pad_x : g.pad_x + nw] = np.clip((resized - lo) / (hi - lo), 0.0, 1.0)
+        unit = np.clip((resized - lo) / (hi - lo), 0.0, 1.0)
+        # On the 8-bit grid that the training decode cache stores, so that predict feeds a model exactly
+        # the inputs it was trained, validated and given its thresholds on. (Unrounded inputs moved the
+        # bundled model's probabilities by 0.008 in the median and up to 0.045: enough to move sensitivity
+        # at a threshold by several points.)
+        out[g.pad_y : g.pad_y + nh, g.pad_x : g.pad_x + nw] = np.round(unit * 255) / 255
     return out, g
 
 
