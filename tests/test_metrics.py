@@ -48,6 +48,10 @@ def test_operating_points_meet_their_targets_on_the_data_they_were_chosen_on() -
     assert points["high_sensitivity"] <= points["default"] <= points["high_specificity"]
     assert operating_point_stats(y, p, points["high_sensitivity"])["sensitivity"] >= 0.90
     assert operating_point_stats(y, p, points["high_specificity"])["specificity"] >= 0.90
+    for t in points.values():  # never on a score: rounding noise cannot flip the image that decides it
+        assert np.abs(p - t).min() >= 0.004  # (scores here are multiples of 0.01)
+        nudged = [operating_point_stats(y, p + e, t)["sensitivity"] for e in (-1e-6, 0.0, 1e-6)]
+        assert len(set(nudged)) == 1
 
 
 def test_operating_point_stats_counts() -> None:

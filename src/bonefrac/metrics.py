@@ -39,14 +39,23 @@ def choose_operating_points(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     """Thresholds on the validation split: `default` maximises Youden's J (sensitivity + specificity - 1);
     `high_sensitivity` is the highest threshold reaching 90% sensitivity; `high_specificity` the lowest
     reaching 90% specificity. Neither is ever on the wrong side of `default`: where the default already
-    exceeds a target, the named point is the default itself, so "high" never means lower than default."""
+    exceeds a target, the named point is the default itself, so "high" never means lower than default.
+
+    Each threshold sits halfway between the validation score it admits and the next lower one: on a score
+    itself, the image deciding the figure would flip with float rounding (torch vs onnxruntime: ~1e-6)."""
     fpr, tpr, thr = roc_curve(y, p)
     thr = np.clip(thr, 0.0, 1.0)  # roc_curve's first threshold is +inf
-    default = float(thr[int(np.argmax(tpr - fpr))])
-    hs = float(thr[int(np.argmax(tpr >= HIGH_SENSITIVITY_TARGET))])
+    default = _below(p, thr[int(np.argmax(tpr - fpr))])
+    hs = _below(p, thr[int(np.argmax(tpr >= HIGH_SENSITIVITY_TARGET))])
     ok = np.nonzero(1 - fpr >= HIGH_SPECIFICITY_TARGET)[0]
-    hsp = float(thr[ok[-1]]) if len(ok) else 1.0
+    hsp = _below(p, thr[ok[-1]]) if len(ok) else 1.0
     return {"default": default, "high_sensitivity": min(hs, default), "high_specificity": max(hsp, default)}
+
+
+def _below(p: np.ndarray, threshold: float) -> float:
+    """Halfway between `threshold` (a score) and the next lower score: the same decisions on `p`."""
+    lower = np.asarray(p)[np.asarray(p) < threshold]
+    return float((threshold + lower.max()) / 2) if len(lower) else float(threshold)
 
 
 def operating_point_stats(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
