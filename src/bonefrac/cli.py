@@ -162,8 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=REDUCE_FROM,
         metavar="K",
         help=f"read images with a long side of K x the image size or more reduced by 2, 4 or 8 (JPEGs decoded at "
-        f"that scale: faster), never below 2x the size; recorded in the model (default {REDUCE_FROM}; the bundled "
-        "model was trained with 8)",
+        f"that scale: faster), never below 2x the size; recorded in the model (default {REDUCE_FROM}, as the bundled "
+        "model; 8 reproduces models from before this option)",
     )
     t.add_argument("--batch-size", type=int, default=32, help="global batch (split across torchrun ranks)")
     t.add_argument("--lr", type=float, default=6e-4)
