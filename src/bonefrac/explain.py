@@ -66,7 +66,8 @@ def _regions(mask: np.ndarray, heat: np.ndarray) -> list[tuple[int, int, int, in
     A heatmap's top is a few smooth blobs, so the mask is first cut along empty rows and columns (XY-cut)
     into blocks that are nearly always one blob each; a block is one region when each of its rows is a single
     run overlapping the run above. Only a block that fails that test (a U shape, two blobs that only touch
-    the cut lines diagonally) is labelled run by run. On real heatmaps: ~0.3 -> ~0.05 ms per image."""
+    the cut lines diagonally) is labelled run by run. Boxes for the bundled model's heatmaps of 400 FracAtlas
+    images: 0.28 -> 0.19 ms per image (the run-by-run labelling of the whole mask before)."""
     found: list[tuple[int, int, int, int, int, float]] = []  # (y0, first x, x0, y1, x1, peak)
     blocks = [(0, mask.shape[0], 0, mask.shape[1])]
     while blocks:
