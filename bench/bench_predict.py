@@ -7,10 +7,10 @@
             ONNX export (done once per model) with bonefrac's bytecode compiled (as pip install does).
 - ceiling:  the model alone (onnxruntime) on tensors that are already preprocessed, at predict's batch
             size, the faster of its two ways of using the cores (one session on all threads, or one
-            single-threaded run per core side by side, as predict does). Timed in rounds alternating with
-            predict; the ratio is the median of the rounds' ratios. The best model-alone figure at any batch
-            size (4-32, best of three) is printed too.
+            single-threaded run per core side by side, as predict does). The best model-alone figure at any
+            batch size (4-32, best of three) is printed too.
 - naive:    read_image -> preprocess -> eager torch, batch 1, one file after another.
+The three are timed in alternating rounds; each ratio is the median of the rounds' ratios.
 Goals: predict >= 3x naive, and >= 0.8 of the ceiling. Also prints single-image latency with heatmap.
 """
 
@@ -57,9 +57,12 @@ def main() -> None:
         subprocess.run([*cmd, str(files[0])], check=True, capture_output=True)  # warm-up: caches the ONNX export
         det = FractureDetector.load(model_path, backend="onnx")
         ready = np.stack([det.preprocess(read_image(f)).numpy() for f in files[:64]])
-        # The whole process and the ceiling are timed in alternating rounds, so that each ratio compares
-        # two runs made under the same conditions (this host's speed drifts by 10-20% over minutes).
-        predict_runs, ceiling_runs = [], []
+        torch.set_num_threads(2)
+        det_torch = FractureDetector.load(model_path, backend="torch")
+        naive = files[: args.naive_n]
+        # The whole process, the ceiling and the naive loop are timed in alternating rounds, so that each
+        # ratio compares runs made under the same conditions (this host's speed drifts by 10-20% over minutes).
+        predict_runs, ceiling_runs, naive_runs = [], [], []
         for _ in range(args.rounds):
             t0 = time.perf_counter()
             r = subprocess.run([*cmd, str(folder), "--csv", str(tmp / "out.csv"), "--batch-size", str(args.batch_size)],
@@ -68,22 +71,20 @@ def main() -> None:
             if r.returncode != 0:
                 sys.exit(f"bonefrac predict failed: {r.stderr}")
             ceiling_runs.append(model_alone(det, ready, args.batch_size, len(files), repeats=1))
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                for f in naive:
+                    x = det_torch.preprocess(read_image(f))
+                    torch.sigmoid(det_torch.model(x[None]))
+            naive_runs.append(len(naive) / (time.perf_counter() - t0))
         ratios = [p / c for p, c in zip(predict_runs, ceiling_runs, strict=True)]
+        naive_ratios = [p / n for p, n in zip(predict_runs, naive_runs, strict=True)]
         predict_ips, ceiling_ips = statistics.median(predict_runs), statistics.median(ceiling_runs)
+        naive_ips = statistics.median(naive_runs)
 
         t0 = time.perf_counter()
         subprocess.run([*cmd, str(files[0])], capture_output=True, check=True)
         t_startup = time.perf_counter() - t0  # interpreter + imports + model load + one image
-
-        torch.set_num_threads(2)
-        det_torch = FractureDetector.load(model_path, backend="torch")
-        naive = files[: args.naive_n]
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            for f in naive:
-                x = det_torch.preprocess(read_image(f))
-                torch.sigmoid(det_torch.model(x[None]))
-        naive_ips = len(naive) / (time.perf_counter() - t0)
 
         list(det.predict_many(files[:32], batch_size=args.batch_size))  # warm-up
         t0 = time.perf_counter()
@@ -107,14 +108,18 @@ def main() -> None:
     print(f"bonefrac predict (whole process): {predict_ips:7.1f} images/s  (median of {args.rounds} rounds: "
           + ", ".join(f"{v:.1f}" for v in predict_runs) + ")")  # fmt: skip
     print(f"  of which start-up (python, imports, model load, 1 image): {t_startup:.1f} s")
-    print(f"naive loop (eager torch, batch 1): {naive_ips:7.1f} images/s  (on {len(naive)} files)")
+    print(f"naive loop (eager torch, batch 1): {naive_ips:7.1f} images/s  (on {len(naive)} files; the same rounds: "
+          + ", ".join(f"{v:.1f}" for v in naive_runs) + ")")  # fmt: skip
     print(f"model-compute ceiling (onnx, b{args.batch_size}): {ceiling_ips:7.1f} images/s  (the same rounds: "
           + ", ".join(f"{v:.1f}" for v in ceiling_runs) + ")")  # fmt: skip
     best_b = max(ceilings, key=ceilings.get)
     print("  model alone by batch size: " + ", ".join(f"b{b} {v:.1f}" for b, v in ceilings.items()))
     print(f"predict_many in one process (steady state): {steady_ips:7.1f} images/s")
-    steady = steady_ips / naive_ips
-    print(f"ratio predict/naive:   {predict_ips / naive_ips:.2f}x  (goal >= 3); steady state {steady:.2f}x")
+    print(
+        f"ratio predict/naive:   {statistics.median(naive_ratios):.2f}x  (goal >= 3; median of the rounds' ratios: "
+        + ", ".join(f"{v:.2f}" for v in naive_ratios)
+        + f"); steady state {steady_ips / naive_ips:.2f}x"
+    )
     print(
         f"ratio predict/ceiling: {statistics.median(ratios):.2f}   (goal >= 0.80; median of the rounds' ratios: "
         + ", ".join(f"{v:.2f}" for v in ratios)
