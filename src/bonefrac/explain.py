@@ -157,10 +157,10 @@ def _run_regions(mask: np.ndarray, heat: np.ndarray) -> list[tuple[int, int, int
     if joined:
         final = np.arange(len(row))
         final[list(joined)] = [find(r) for r in joined]
-        parent = final[parent]
-    label = parent
-    order = np.argsort(label, kind="stable")
-    first = np.flatnonzero(np.r_[True, label[order][1:] != label[order][:-1]])
+        parent = final[parent]  # each run's label: its region's first run
+    order = np.argsort(parent, kind="stable")
+    grouped = parent[order]
+    first = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
     row, a, b, peak = row[order], a[order], b[order], peak[order]
     return list(
         zip(

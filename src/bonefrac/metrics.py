@@ -54,7 +54,8 @@ def choose_operating_points(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
 
 def _below(p: np.ndarray, threshold: float) -> float:
     """Halfway between `threshold` (a score) and the next lower score: the same decisions on `p`."""
-    lower = np.asarray(p)[np.asarray(p) < threshold]
+    p = np.asarray(p)
+    lower = p[p < threshold]
     return float((threshold + lower.max()) / 2) if len(lower) else float(threshold)
 
 
