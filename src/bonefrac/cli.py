@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .errors import BonefracError
 from .io import REDUCE_FROM
+from .runtime import DEFAULT_BATCH_SIZE
 
 #: Set by the commands whose process has nothing left to do once they return (a single-process predict,
 #: the demo): `run` then ends it without Python's teardown, which spends ~50 ms destroying the onnxruntime
@@ -227,7 +228,12 @@ def _at_least_two(text: str) -> int:
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="checkpoint file or training run folder (default: the bundled model)")
     p.add_argument("--backend", default="auto", choices=["auto", "onnx", "torch"], help="auto = onnx when available")
-    p.add_argument("--batch-size", type=int, default=8, help="images per model run (default 8: measured fastest here)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        help=f"images per model run (default {DEFAULT_BATCH_SIZE}: measured fastest)",
+    )
     p.add_argument(
         "--workers",
         type=int,

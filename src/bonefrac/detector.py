@@ -22,7 +22,14 @@ from .checkpoint import load_model, resolve_checkpoint, verified_digest
 from .errors import BonefracError
 from .explain import boxes_from_heatmap, heatmap_peak, normalize_heatmap
 from .io import XrayImage, read_image
-from .runtime import Backend, OnnxBackend, onnxruntime_available, process_cores, read_cached_export
+from .runtime import (
+    DEFAULT_BATCH_SIZE,
+    Backend,
+    OnnxBackend,
+    onnxruntime_available,
+    process_cores,
+    read_cached_export,
+)
 from .spec import ModelSpec
 from .transforms import Geometry, preprocess, upsample_maps
 
@@ -187,7 +194,7 @@ class FractureDetector:
     def predict_many(
         self,
         paths: Iterable[str | Path],
-        batch_size: int = 8,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         workers: int | None = None,
         operating_point: str = "default",
         heatmaps: bool = False,

@@ -20,6 +20,7 @@ from .errors import DatasetError
 from .jsonable import jsonable
 from .metrics import auc, auc_ci, localization_scores, operating_point_stats
 from .report import write_plots, write_results_txt
+from .runtime import DEFAULT_BATCH_SIZE
 
 
 def select_records(dataset: str | Path, split_file: str | Path | None, subset: str | None) -> list[Record]:
@@ -80,7 +81,7 @@ def evaluate(
     split_file: str | Path | None = None,
     subset: str | None = None,
     backend: str = "auto",
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:

@@ -320,7 +320,9 @@ def _to_unit_grey(im: Image.Image, name: str) -> tuple[np.ndarray | Image.Image,
         im = im.convert("L")  # ITU-R 601 luma; X-ray content in RGB files is grey anyway
     if im.mode != "L":
         raise ImageReadError(f"{name}: unsupported pixel mode {mode}")
-    return im.copy(), 8  # a copy: the file's own image object is closed (and its pixels freed) after reading
+    # The decoded image itself: leaving `with Image.open(...)` closes only the file, not the pixels (copying
+    # them cost 0.12 ms per FracAtlas file). A memory-mapped raster is copied, so no file stays mapped.
+    return (im.copy() if getattr(im, "map", None) else im), 8
 
 
 def _png_significant_bits(im: Image.Image) -> int | None:

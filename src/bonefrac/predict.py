@@ -20,6 +20,7 @@ from . import distributed
 from .detector import FractureDetector, Prediction, PredictionError
 from .errors import BonefracError
 from .io import find_images
+from .runtime import DEFAULT_BATCH_SIZE
 
 CSV_COLUMNS = ["path", "probability", "fractured", "threshold", "boxes", "error"]
 
@@ -30,7 +31,7 @@ class PredictOptions:
     csv: str | None = None
     overlay_dir: str | None = None
     operating_point: str = "default"
-    batch_size: int = 8
+    batch_size: int = DEFAULT_BATCH_SIZE
     workers: int | None = None
     progress: bool = True
 
