@@ -131,8 +131,8 @@ def main() -> None:
         + f"); steady state {steady_ips / naive_ips:.2f}x"
     )
     print(
-        f"ratio predict/ceiling: {statistics.median(ratios):.2f}   (goal >= 0.80; median of the rounds' ratios: "
-        + ", ".join(f"{v:.2f}" for v in ratios)
+        f"ratio predict/ceiling: {statistics.median(ratios):.3f}  (goal >= 0.80; median of the rounds' ratios: "
+        + ", ".join(f"{v:.3f}" for v in ratios)
         + f"); steady state {steady_ips / ceiling_ips:.2f}"
     )
     print(f"single-image latency with heatmap (onnx): median {statistics.median(lat):.1f} ms, max {max(lat):.1f} ms")
