@@ -8,8 +8,9 @@
 - ceiling:  the model alone (onnxruntime) on tensors that are already preprocessed, in its fastest
             configuration: a sweep first tries batch sizes 1, 2, 4 and 8 (and predict's), each with one
             session on all threads and with one single-threaded run per core side by side (as predict
-            does); the rounds then time the winner on as many images as predict. (Taking the best of
-            several noisy figures in every round would instead bias the ceiling upwards.)
+            does), three times round-robin; the rounds then time the configuration with the best median on
+            as many images as predict. (Taking the best of several noisy figures in every round would
+            instead bias the ceiling upwards.)
 - naive:    read_image -> preprocess -> eager torch, batch 1, one file after another.
 The three are timed in alternating rounds; each ratio is the median of the rounds' ratios.
 Goals: predict >= 3x naive, and >= 0.8 of the ceiling. Also prints single-image latency with heatmap.
@@ -67,11 +68,14 @@ def main() -> None:
         naive = files[: args.naive_n]
         # The whole process, the ceiling and the naive loop are timed in alternating rounds, so that each
         # ratio compares runs made under the same conditions (this host's speed drifts by 10-20% over minutes).
-        sweep = {
-            (b, way): max(model_alone(det, ready, b, len(files) // 2, way) for _ in range(2))
-            for b in sorted({*CEILING_BATCH_SIZES, args.batch_size})
-            for way in WAYS
-        }
+        # Each configuration three times, round-robin (so that a slow spell of the host does not land on one
+        # configuration), and its median: a noisy sweep would otherwise pick the configuration that was lucky.
+        configs = [(b, way) for b in sorted({*CEILING_BATCH_SIZES, args.batch_size}) for way in WAYS]
+        trials: dict[tuple[int, str], list[float]] = {c: [] for c in configs}
+        for _ in range(3):
+            for b, way in configs:
+                trials[b, way].append(model_alone(det, ready, b, len(files) // 2, way))
+        sweep = {c: statistics.median(v) for c, v in trials.items()}
         best_b, best_way = max(sweep, key=sweep.__getitem__)
         predict_runs, ceiling_runs, naive_runs = [], [], []
         for _ in range(args.rounds):
@@ -123,7 +127,8 @@ def main() -> None:
     print(f"model-compute ceiling (onnx, b{best_b}, {best_way}): {ceiling_ips:7.1f} images/s  (the same rounds: "
           + ", ".join(f"{v:.1f}" for v in ceiling_runs) + ")")  # fmt: skip
     for way in WAYS:
-        print(f"  sweep, {way}: " + ", ".join(f"b{b} {v:.1f}" for (b, w), v in sweep.items() if w == way))
+        row = ", ".join(f"b{b} {v:.1f}" for (b, w), v in sweep.items() if w == way)
+        print(f"  sweep (medians of 3), {way}: {row}")
     print(f"predict_many in one process (steady state): {steady_ips:7.1f} images/s")
     print(
         f"ratio predict/naive:   {statistics.median(naive_ratios):.2f}x  (goal >= 3; median of the rounds' ratios: "
