@@ -24,9 +24,9 @@ CACHE_FORMAT = "bonefrac-onnx-cache-v1"
 
 #: Images per model run in `predict_many` (and so in predict, evaluate and the demo). Small batches win here:
 #: each core runs its own single-threaded batch, and at 2 images the activations of both runs stay in the
-#: shared cache. On 800 FracAtlas files on 2 cores: the model alone 132 images/s at 2, 130 at 3, 129 at 4,
-#: 110 at 8; `bonefrac predict` 108, 106, 105 and 93 (medians of 5-6 interleaved rounds). Eager torch, 200
-#: files: 8.8-10.2 s at 2 against 10.9-11.1 s at 8.
+#: shared cache. 800 FracAtlas files on 2 cores, medians of 6 interleaved rounds: the model alone 124 images/s
+#: at 2 and 4, 110 at 6 and 8; `bonefrac predict` 103 at 2, 96-98 at 4-6, 93 at 8. (Another 5 rounds: batches of
+#: 1-4 within 5% of each other, 2 the fastest.) Eager torch, 200 files: 8.8-10.2 s at 2, 10.9-11.1 s at 8.
 DEFAULT_BATCH_SIZE = 2
 
 
