@@ -487,3 +487,17 @@ def test_eight_bit_images_stay_8_bit_until_pixels_are_used(tmp_path: Path) -> No
     assert sixteen.grey8 is None
     with pytest.raises(ValueError):
         XrayImage()
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png", ".bmp"])
+def test_an_image_read_owns_its_pixels_and_no_file(suffix: str, grey: np.ndarray, tmp_path: Path) -> None:
+    # read_image keeps the decoded 8-bit image itself (no copy): it must hold neither the open file nor a
+    # memory map of it (uncompressed BMPs are mapped by Pillow), so the file can go and the pixels stay.
+    path = tmp_path / f"x{suffix}"
+    Image.fromarray(grey).save(path)
+    image = read_image(path)
+    expected = np.asarray(Image.open(path).convert("L"), dtype=np.float32) / 255
+    path.unlink()
+    assert image.grey8 is not None and getattr(image.grey8, "fp", None) is None
+    assert not getattr(image.grey8, "map", None)
+    np.testing.assert_array_equal(image.pixels, expected)
