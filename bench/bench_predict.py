@@ -148,17 +148,11 @@ def model_alone(det: FractureDetector, ready: np.ndarray, batch: int, n: int, wa
     batches = [ready[i % len(ready) : i % len(ready) + batch] for i in range(0, n, batch)]
     batches = [b for b in batches if len(b) == batch]
     cores = os.cpu_count() or 1
-    if way == "all threads":
-        det.backend.run(batches[0])  # warm-up
+    backend = det.backend if way == "all threads" else det.backend.for_workers(cores)
+    backend.run(batches[0])  # warm-up
+    with ThreadPoolExecutor(1 if way == "all threads" else cores) as pool:
         t0 = time.perf_counter()
-        for b in batches:
-            det.backend.run(b)
-        return len(batches) * batch / (time.perf_counter() - t0)
-    single = det.backend.for_workers(cores)
-    single.run(batches[0])
-    with ThreadPoolExecutor(cores) as pool:
-        t0 = time.perf_counter()
-        list(pool.map(single.run, batches))
+        list(pool.map(backend.run, batches))
         return len(batches) * batch / (time.perf_counter() - t0)
 
 
