@@ -1,6 +1,6 @@
 """Throughput of `bonefrac predict` on real files, side by side with a naive loop and the model ceiling.
 
-    python bench/bench_predict.py [--n 800] [--naive-n 200] [--rounds 3]
+    python bench/bench_predict.py [--n 800] [--naive-n 200] [--rounds 3] [--model CHECKPOINT]
 
 - predict:  the whole `bonefrac predict FOLDER --csv ...` process (start-up, model load, decoding in
             worker threads, batched onnxruntime, CSV), wall clock, after one warm-up call that caches the
@@ -47,11 +47,12 @@ def main() -> None:
     ap.add_argument("--naive-n", type=int, default=200)
     ap.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="predict's default")
     ap.add_argument("--rounds", type=int, default=3, help="alternating runs of predict and the ceiling")
+    ap.add_argument("--model", help="a checkpoint or run folder (default: the bundled model)")
     args = ap.parse_args()
     files = real_images(args.n)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        model_path = bundled_or_fresh(tmp)
+        model_path = Path(args.model) if args.model else bundled_or_fresh(tmp)
         folder = tmp / "in"
         folder.mkdir()
         for i, f in enumerate(files):
