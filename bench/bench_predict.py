@@ -12,6 +12,8 @@
             as many images as predict. (Taking the best of several noisy figures in every round would
             instead bias the ceiling upwards.)
 - naive:    read_image -> preprocess -> eager torch, batch 1, one file after another.
+- CPU:      in one process, predict_many's CPU time per image and the model's part of it, and the cores it keeps
+            busy, beside the model alone's: the two factors of the steady-state ratio to the ceiling.
 The three are timed in alternating rounds; each ratio is the median of the rounds' ratios.
 Goals: predict >= 3x naive, and >= 0.8 of the ceiling. Also prints single-image latency with heatmap.
 """
@@ -24,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,7 +38,7 @@ from _common import bundled_or_fresh, real_images, stored_size
 import bonefrac
 from bonefrac import FractureDetector, read_image
 from bonefrac.io import reduction_factor
-from bonefrac.runtime import DEFAULT_BATCH_SIZE
+from bonefrac.runtime import DEFAULT_BATCH_SIZE, Backend
 
 CEILING_BATCH_SIZES = (1, 2, 4, 8)
 WAYS = ("all threads", "one per core")
@@ -75,7 +78,7 @@ def main() -> None:
         trials: dict[tuple[int, str], list[float]] = {c: [] for c in configs}
         for _ in range(3):
             for b, way in configs:
-                trials[b, way].append(model_alone(det, ready, b, len(files) // 2, way))
+                trials[b, way].append(model_alone(det, ready, b, len(files) // 2, way)[0])
         sweep = {c: statistics.median(v) for c, v in trials.items()}
         best_b, best_way = max(sweep, key=sweep.__getitem__)
         predict_runs, ceiling_runs, naive_runs = [], [], []
@@ -86,7 +89,7 @@ def main() -> None:
             predict_runs.append(len(files) / (time.perf_counter() - t0))
             if r.returncode != 0:
                 sys.exit(f"bonefrac predict failed: {r.stderr}")
-            ceiling_runs.append(model_alone(det, ready, best_b, len(files), best_way))
+            ceiling_runs.append(model_alone(det, ready, best_b, len(files), best_way)[0])
             t0 = time.perf_counter()
             with torch.inference_mode():
                 for f in naive:
@@ -103,9 +106,16 @@ def main() -> None:
         t_startup = time.perf_counter() - t0  # interpreter + imports + model load + one image
 
         list(det.predict_many(files[:32], batch_size=args.batch_size))  # warm-up
-        t0 = time.perf_counter()
+        # Where predict's CPU goes, in one process: its CPU time per image and the model's share of it, beside
+        # the model alone's. steady / ceiling = (CPU per image alone / in predict) x (cores busy in predict / alone).
+        untimed, det.backend = det.backend, TimedBackend(det.backend)
+        c0, t0 = time.process_time(), time.perf_counter()
         n_steady = sum(1 for _ in det.predict_many(files, batch_size=args.batch_size))
-        steady_ips = n_steady / (time.perf_counter() - t0)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        steady_ips = n_steady / wall
+        predict_cpu, model_cpu, predict_busy = 1000 * cpu / n_steady, 1000 * det.backend.cpu / n_steady, cpu / wall
+        det.backend = untimed
+        _, alone_cpu, alone_busy = model_alone(det, ready, best_b, len(files), best_way)
 
         lat = []
         for f in files[:20]:
@@ -132,6 +142,11 @@ def main() -> None:
         print(f"  sweep (medians of 3), {way}: {row}")
     print(f"predict_many in one process (steady state): {steady_ips:7.1f} images/s")
     print(
+        f"  CPU per image: {predict_cpu:.1f} ms, of which the model {model_cpu:.1f} (alone: {alone_cpu:.1f}); "
+        f"cores busy {predict_busy:.2f} (alone: {alone_busy:.2f}). So steady / ceiling ~ {alone_cpu / predict_cpu:.2f} "
+        f"(the model's share of the CPU work) x {predict_busy / alone_busy:.2f} (cores kept busy)"
+    )
+    print(
         f"ratio predict/naive:   {statistics.median(naive_ratios):.2f}x  (goal >= 3; median of the rounds' ratios: "
         + ", ".join(f"{v:.2f}" for v in naive_ratios)
         + f"); steady state {steady_ips / naive_ips:.2f}x"
@@ -144,17 +159,43 @@ def main() -> None:
     print(f"single-image latency with heatmap (onnx): median {statistics.median(lat):.1f} ms, max {max(lat):.1f} ms")
 
 
-def model_alone(det: FractureDetector, ready: np.ndarray, batch: int, n: int, way: str) -> float:
-    """Images/s of the model alone on ~n ready tensors, `way` being one of `WAYS`."""
+def model_alone(det: FractureDetector, ready: np.ndarray, batch: int, n: int, way: str) -> tuple[float, float, float]:
+    """The model alone on ~n ready tensors, `way` being one of `WAYS`: (images/s, CPU-ms per image, cores busy)."""
     batches = [ready[i % len(ready) : i % len(ready) + batch] for i in range(0, n, batch)]
     batches = [b for b in batches if len(b) == batch]
     cores = os.cpu_count() or 1
     backend = det.backend if way == "all threads" else det.backend.for_workers(cores)
     backend.run(batches[0])  # warm-up
     with ThreadPoolExecutor(1 if way == "all threads" else cores) as pool:
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         list(pool.map(backend.run, batches))
-        return len(batches) * batch / (time.perf_counter() - t0)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    n_images = len(batches) * batch
+    return n_images / wall, 1000 * cpu / n_images, cpu / wall
+
+
+class TimedBackend:
+    """A backend that adds the CPU time of its runs to a shared total (each run is single-threaded on its
+    calling thread when predict_many has several workers: what `time.thread_time` sees)."""
+
+    def __init__(self, inner: Backend, shared: TimedBackend | None = None) -> None:
+        self.inner, self.name = inner, inner.name
+        self._root = shared._root if shared else self
+        self._lock = threading.Lock()
+        self.cpu = 0.0
+
+    def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        t0 = time.thread_time()
+        out = self.inner.run(x)
+        with self._root._lock:
+            self._root.cpu += time.thread_time() - t0
+        return out
+
+    def for_workers(self, workers: int) -> TimedBackend:
+        return TimedBackend(self.inner.for_workers(workers), shared=self)
+
+    def warm(self) -> None:
+        self.inner.warm()
 
 
 if __name__ == "__main__":
