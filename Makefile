@@ -4,15 +4,22 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.bonefrac-installed
 
-.PHONY: install demo test lint format browser bench clean
+.PHONY: install constraints demo test lint format browser bench clean
 
-$(STAMP): pyproject.toml
+# pyproject.toml states the compatible ranges; constraints.txt pins the versions the project is tested with.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# After an upgrade in the venv: pin what is installed now (the header comments stay; torch's +cpu tag is dropped so
+# the pin also resolves where only the plain release exists).
+constraints: install
+	{ grep '^#' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | sed 's/+cpu$$//'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 demo: install
 	$(BIN)/bonefrac demo --out demo-out
