@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cache import cache_dir
 from .errors import BonefracError, DatasetError
 from .io import REDUCE_FROM, find_images, read_image
 from .transforms import Geometry, letterbox_geometry, letterbox_image
@@ -162,7 +163,10 @@ def split_dataset(records: list[Record], val_fraction: float = 0.2, seed: int = 
     labels = np.array([r.label for r in records])
     groups = np.array([r.group or r.key for r in records])
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    _, val_idx = next(splitter.split(np.zeros(len(records)), labels, groups))
+    try:
+        _, val_idx = next(splitter.split(np.zeros(len(records)), labels, groups))
+    except ValueError as e:  # more folds than images or groups
+        raise DatasetError(f"--val-fraction {val_fraction} holds out 1 in {n_splits}: too few images ({e})") from None
     val = set(val_idx.tolist())
     return {r.key: ("val" if i in val else "train") for i, r in enumerate(records)}
 
@@ -178,11 +182,17 @@ def load_split(path: Path) -> dict[str, str]:
     return json.loads(path.read_text())
 
 
+def content_digest(path: str | Path) -> str:
+    """The first 16 hex digits of the SHA-256 of the file's bytes. A model stores these for its training and
+    validation images: they recognise an image however it is named or wherever it was copied."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
 # ---------------------------------------------------------------- decode cache
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("BONEFRAC_CACHE", Path.home() / ".cache" / "bonefrac"))
-
-
 def cache_key(path: str, size: int, reduce_from: int = REDUCE_FROM) -> str:
     """Changes when the file (path, size in bytes, mtime) or the input size or the preprocessing changes."""
     st = os.stat(path)
@@ -212,7 +222,7 @@ class DecodeCache:
 
     def __init__(self, root: str | Path | None = None, size: int = 256, reduce_from: int = REDUCE_FROM) -> None:
         """`size` and `reduce_from`: the preprocessing of the model being trained (its `ModelSpec`)."""
-        self.root = Path(root) if root else default_cache_dir()
+        self.root = Path(root) if root else cache_dir()
         self.size = size
         self.reduce_from = reduce_from
         self.dir = self.root / f"s{size}"

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import __version__, ddp, distributed
+from . import __version__, distributed, distributed_model
 from .augment import Augment
 from .checkpoint import atomic_save, load_model, save_model
 from .data import DecodeCache, Record, load_dataset, load_split, save_split, split_dataset
@@ -217,7 +217,7 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path:
         model = build_model(spec)
     model = model.to(dev, memory_format=torch.channels_last)
     ema = EMA(model, cfg.ema_decay)
-    ddp_model = ddp.wrap(model)  # `model` stays the plain module: its state_dict is what we save
+    ddp_model = distributed_model.wrap(model)  # `model` stays the plain module: its state_dict is what we save
     decay, no_decay = [], []
     for p in model.parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)
@@ -290,7 +290,7 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path:
             # This rank's mean, weighted by its share of the global batch (1.0 for equal shards and in one
             # process): DDP's average over ranks is then exactly the global batch's mean loss and gradient.
             share = len(idx) * world / len(batch)
-            ddp.set_global_batch(model, len(batch))
+            distributed_model.set_global_batch(model, len(batch))
             if use_boxes:
                 logits, cam = ddp_model(x, return_cam=True)
                 masks = masks.to(dev)

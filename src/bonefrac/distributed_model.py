@@ -1,6 +1,9 @@
-"""The model side of DDP: global-batch BatchNorm and dropout, and the `wrap` that installs them.
+"""The model side of distributed training: global-batch BatchNorm and dropout, and the `wrap` that installs
+them with DistributedDataParallel around the model.
 
-See `distributed` for the contract (a torchrun run treats each image as one process would).
+`distributed` holds the process side (ranks, sharding, collectives) and its contract: a torchrun run treats
+each image as one process would. It stays free of torch at import, for `bonefrac predict`; this module is
+imported by training only.
 """
 
 from __future__ import annotations
