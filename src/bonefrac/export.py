@@ -1,61 +1,55 @@
-"""ONNX export, and the torch backend beside `runtime.OnnxBackend` behind one `run(x)` call.
+"""ONNX export: the graph, its metadata, its per-checkpoint cache, and the torch/onnxruntime parity check.
 
-The exported graph takes a float32 batch (N, 1, S, S), already preprocessed by `transforms.preprocess`,
-and returns `logit` (N,) and `cam` (N, h, w): the heatmap features travel as a second output so the
-ONNX backend gives heatmaps too. onnxruntime runs these CNNs several times faster than eager torch on
-CPU, so it is the default backend; the export is cached per checkpoint digest (`runtime`).
+The exported graph takes a float32 batch (N, 1, S, S), preprocessed as `transforms.preprocess` does, and
+returns `logit` (N,) and `cam` (N, h, w). The file stands on its own: its `metadata_props` carry the input
+size, normalisation, operating points and versions, so another runtime needs nothing from bonefrac.
+
+`bonefrac predict` spends most of its start-up importing torch, which onnxruntime does not need. So each
+export is cached under a key made of the checkpoint's SHA-256, the bonefrac version and the export settings
+(an upgrade never runs a stale graph), with a JSON copy of the spec and facts beside it: later runs find it
+and predict without importing torch. torch is imported only to export.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tempfile
-import threading
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from .models import FractureNet, ModelSpec
-from .runtime import Backend, OnnxBackend, onnx_cache_path, onnxruntime_available, write_cache_meta
+from . import __version__
+from .cache import cache_dir
+from .metadata import jsonable
+from .spec import ModelSpec
+
+if TYPE_CHECKING:
+    from .models import FractureNet
 
 ONNX_OPSET = 17
+#: Everything about the export besides the checkpoint that changes the file: part of the cache key.
+EXPORT_SETTINGS = f"opset={ONNX_OPSET};inputs=image;outputs=logit,cam;batch=dynamic;exporter=torchscript"
+CACHE_FORMAT = "bonefrac-onnx-cache-v2"
+PREPROCESSING = (
+    "greyscale radiograph, bone bright; per-image min-max to [0, 1]; long side resized to image_size "
+    "(antialiased bilinear; images of reduce_from x image_size or more box-reduced by 2, 4 or 8 first); "
+    "zero padding to a centred square; values rounded to multiples of 1/255; then (x - mean) / std"
+)
+OUTPUTS = "logit (N,): fracture probability = sigmoid(logit); cam (N, h, w): per-location logits (mean = logit)"
 
 
-class _LogitAndCam(torch.nn.Module):
-    def __init__(self, model: FractureNet) -> None:
-        super().__init__()
-        self.model = model
+def export_onnx(model: FractureNet, spec: ModelSpec, path: str | Path, info: dict[str, Any] | None = None) -> Path:
+    """Write the model as ONNX (dynamic batch, the CAM as a second output, metadata_props), atomically."""
+    import onnx
+    import torch
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model(x, return_cam=True)
+    from .models import LogitAndCam
 
-
-class TorchBackend:
-    name = "torch"
-
-    def __init__(self, model: FractureNet) -> None:
-        self.module = _LogitAndCam(model.eval()).eval()
-        # torch already spreads one call over every core; concurrent calls would only oversubscribe them.
-        self._lock = threading.Lock()
-
-    @torch.inference_mode()
-    def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        with self._lock:
-            logits, cam = self.module(torch.from_numpy(x))
-        return logits.numpy(), cam.numpy()
-
-    def for_workers(self, workers: int) -> TorchBackend:
-        return self  # calls are serialised instead (see __init__)
-
-    def warm(self) -> None:
-        pass  # the module is ready once built
-
-
-def export_onnx(model: FractureNet, spec: ModelSpec, path: str | Path) -> Path:
-    """Write the model as ONNX with a dynamic batch axis and the CAM as a second output (atomically)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -63,7 +57,7 @@ def export_onnx(model: FractureNet, spec: ModelSpec, path: str | Path) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated but needs no onnxscript
         torch.onnx.export(
-            _LogitAndCam(model.eval()).eval(),
+            LogitAndCam(model).eval(),
             (dummy,),
             str(tmp),
             input_names=["image"],
@@ -72,42 +66,109 @@ def export_onnx(model: FractureNet, spec: ModelSpec, path: str | Path) -> Path:
             opset_version=ONNX_OPSET,
             dynamo=False,
         )
+    graph = onnx.load(str(tmp))
+    onnx.helper.set_model_props(graph, onnx_metadata(spec, info or {}))
+    onnx.save(graph, str(tmp))
     os.replace(tmp, path)
     return path
 
 
-def cached_onnx(model: FractureNet, spec: ModelSpec, sha256: str, info: dict[str, Any]) -> Path:
-    """The export of this checkpoint in the cache, made now if missing, with the spec and facts beside it
-    (so later runs load it without torch)."""
+def onnx_metadata(spec: ModelSpec, info: dict[str, Any]) -> dict[str, str]:
+    """The `metadata_props` of an export: what any runtime needs to prepare inputs and read outputs."""
+    return {
+        "bonefrac_version": __version__,
+        "model_version": str(info.get("model_version") or ""),
+        "checkpoint_sha256": str(info.get("sha256") or ""),
+        "arch": spec.arch,
+        "image_size": str(spec.image_size),
+        "mean": repr(spec.mean),
+        "std": repr(spec.std),
+        "reduce_from": str(spec.reduce_from),
+        "operating_points": json.dumps(spec.operating_points),
+        "spec": json.dumps(spec.to_dict()),
+        "preprocessing": PREPROCESSING,
+        "outputs": OUTPUTS,
+    }
+
+
+# ---------------------------------------------------------------- the cache
+def cache_key(sha256: str) -> str:
+    return hashlib.sha256(f"{sha256}|bonefrac {__version__}|{EXPORT_SETTINGS}".encode()).hexdigest()[:16]
+
+
+def onnx_cache_path(sha256: str) -> Path:
+    return cache_dir() / "onnx" / f"{cache_key(sha256)}.onnx"
+
+
+def read_cached_export(sha256: str) -> tuple[Path, ModelSpec, dict[str, Any]] | None:
+    """The cached export of the checkpoint with this digest: (ONNX file, spec, info), or None."""
+    onnx_path = onnx_cache_path(sha256)
+    try:
+        meta = json.loads(onnx_path.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("format") != CACHE_FORMAT or meta.get("sha256") != sha256:
+        return None
+    if not onnx_path.is_file():
+        return None
+    return onnx_path, ModelSpec.from_dict(meta["spec"]), dict(meta.get("info") or {})
+
+
+def cached_export(model: FractureNet, spec: ModelSpec, info: dict[str, Any]) -> Path:
+    """The export of this checkpoint (`info["sha256"]`) in the cache, made now if missing, with the spec and
+    facts beside it. A cache that cannot be written gets a one-run export in a temporary folder."""
+    sha256 = str(info["sha256"])
     path = onnx_cache_path(sha256)
     try:
         if not path.is_file():
-            export_onnx(model, spec, path)
-        write_cache_meta(sha256, spec, {**info, "sha256": sha256})
+            export_onnx(model, spec, path, info)
+        meta_path = path.with_suffix(".json")
+        tmp = meta_path.with_name(f".{meta_path.name}.{os.getpid()}.tmp")
+        meta = {"format": CACHE_FORMAT, "sha256": sha256, "spec": spec.to_dict(), "info": jsonable(info)}
+        tmp.write_text(json.dumps(meta))
+        os.replace(tmp, meta_path)  # after the ONNX file: a meta file always has its export
     except OSError as e:  # a read-only home must not stop predictions: export for this run only
-        tmp = Path(tempfile.mkdtemp(prefix="bonefrac-onnx-")) / path.name
+        tmp_dir = Path(tempfile.mkdtemp(prefix="bonefrac-onnx-"))
         warnings.warn(
-            f"cannot write the ONNX cache in {path.parent} ({e.strerror or e}); exported to {tmp.parent} for this "
+            f"cannot write the ONNX cache in {path.parent} ({e.strerror or e}); exported to {tmp_dir} for this "
             "run only (set BONEFRAC_CACHE to a writable folder)",
             stacklevel=2,
         )
-        return export_onnx(model, spec, tmp)
+        return export_onnx(model, spec, tmp_dir / path.name, info)
     return path
 
 
-def make_backend(
-    model: FractureNet, spec: ModelSpec, sha256: str, name: str = "auto", info: dict[str, Any] | None = None
-) -> Backend:
-    """`torch`, `onnx`, or `auto` (onnx when onnxruntime imports: measured 3-6x faster on CPU)."""
-    if name not in ("auto", "torch", "onnx"):
-        raise ValueError(f"unknown backend {name!r}: choose onnx, torch or auto")
-    if name == "torch" or (name == "auto" and not onnxruntime_available()):
-        return TorchBackend(model)
-    return OnnxBackend(cached_onnx(model, spec, sha256, info or {}))
+# ---------------------------------------------------------------- `bonefrac export`
+@dataclass(frozen=True)
+class ExportReport:
+    path: Path
+    spec: ModelSpec
+    parity_images: int
+    max_probability_difference: float
+
+
+def export_model(checkpoint: str | Path | None, out: str | Path, check_on: list[Path] | None = None) -> ExportReport:
+    """Export a checkpoint (None: the bundled model) to `out` and check onnxruntime against torch on
+    `check_on` (default: the bundled example radiographs)."""
+    from .checkpoint import bundled_model_path, load_model
+    from .io import read_image
+    from .transforms import preprocess
+
+    model, spec, info = load_model(checkpoint or bundled_model_path())
+    path = export_onnx(model, spec, out, info)
+    files = check_on if check_on is not None else sorted((Path(__file__).parent / "examples").glob("*.jpg"))
+    diff = float("nan")
+    if files:
+        x = np.stack([preprocess(read_image(p), spec)[0] for p in files])
+        diff = parity(model, path, x)
+    return ExportReport(path, spec, len(files), diff)
 
 
 def parity(model: FractureNet, onnx_path: str | Path, x: np.ndarray) -> float:
     """Max abs difference in probability between eager torch and onnxruntime on a batch."""
-    p_torch = 1 / (1 + np.exp(-TorchBackend(model).run(x)[0]))
-    p_onnx = 1 / (1 + np.exp(-OnnxBackend(onnx_path).run(x)[0]))
+    from .backends import OnnxBackend, TorchBackend
+    from .postprocess import probabilities
+
+    p_torch = probabilities(TorchBackend(model).run(x)[0])
+    p_onnx = probabilities(OnnxBackend(onnx_path).run(x)[0])
     return float(np.abs(p_torch - p_onnx).max())

@@ -1,21 +1,29 @@
-"""Overlay PNGs: the radiograph, the heatmap in colour where the model looks, the boxes, and the verdict.
+"""Overlay pictures: the radiograph, the heatmap in colour where the model looks, the boxes, and the verdict.
 
-Used by `bonefrac predict --overlay-dir` and by the web server, so both show the same picture.
+The one renderer, used by `bonefrac predict --overlay-dir`, the web server and the DICOM outputs. Everything
+is drawn at display resolution (long side at most `postprocess.DISPLAY_SIDE`): the radiograph is shrunk
+before any colour work, so an 8000 x 8000 upload costs a display-sized picture, not a full-size one.
 """
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .detector import Prediction
-from .io import XrayImage
+from .io import XrayImage, read_image
+from .postprocess import DISPLAY_SIDE, Prediction, display_shape
+from .transforms import float_image
 
-MAX_SIDE = 1600  # overlays of 3000-px radiographs are downscaled: they are for looking at, not measuring
-PNG_COMPRESS_LEVEL = 1  # zlib level 6 (the default) costs ~190 ms per megapixel for ~10% smaller files
+PNG_COMPRESS_LEVEL = 1  # zlib level 6 (the default) costs several times more for ~10% smaller files
+
+
+def read_for_display(path: str | Path) -> XrayImage:
+    """Read a file for an overlay: a large JPEG decoded at a reduced scale that still covers the display
+    size (other formats are read whole; `display_grey` shrinks them)."""
+    # reduction_factor(h, w, side/2, reduce_from=2): reduce by k only while the long side stays >= side.
+    return read_image(path, DISPLAY_SIDE // 2, 2)
 
 
 def colormap(heat: np.ndarray) -> np.ndarray:
@@ -25,18 +33,38 @@ def colormap(heat: np.ndarray) -> np.ndarray:
     return (colormaps["inferno"](heat)[..., :3] * 255).astype(np.uint8)
 
 
+def display_grey(image: XrayImage, shape: tuple[int, int]) -> np.ndarray:
+    """The radiograph as 8-bit grey (H, W) at `shape` (height, width), antialiased when shrunk."""
+    im = float_image(np.clip(image.pixels, 0.0, 1.0))
+    if (im.height, im.width) != shape:
+        im = im.resize(shape[::-1], Image.BILINEAR, reducing_gap=2.0)
+    return np.round(np.asarray(im) * 255).astype(np.uint8)
+
+
+def heat_at(heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A heatmap (any resolution, covering the whole image) resized to `shape`, clipped to [0, 1]."""
+    if heatmap.shape != shape:
+        heatmap = np.asarray(float_image(heatmap).resize(shape[::-1], Image.BILINEAR))
+    return np.clip(heatmap, 0.0, 1.0)
+
+
+def heatmap_rgba(heatmap: np.ndarray, side: int) -> Image.Image:
+    """The heatmap alone as RGBA (alpha = heat), long side `side`: for the web page to layer with CSS."""
+    h = heat_at(heatmap, display_shape(*heatmap.shape, side=side))
+    return Image.fromarray(np.dstack([colormap(h), (h * 255).astype(np.uint8)]))
+
+
 def render_overlay(image: XrayImage, pred: Prediction, opacity: float = 0.45) -> Image.Image:
-    """An RGB picture: heatmap blended over the radiograph (stronger where heat is higher), boxes, caption."""
-    grey = (np.clip(image.pixels, 0, 1) * 255).astype(np.uint8)
-    base = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
+    """An RGB picture at display resolution: heatmap blended over the radiograph (stronger where heat is
+    higher), the boxes, and a caption with the verdict. `image` may be read whole or reduced."""
+    shape = display_shape(pred.height, pred.width)
+    base = np.repeat(display_grey(image, shape)[..., None], 3, axis=2).astype(np.float32)
     if pred.heatmap is not None:
-        heat = np.clip(pred.heatmap, 0, 1)
+        heat = heat_at(pred.heatmap, shape)
         alpha = (opacity * heat)[..., None]  # cold regions stay the plain radiograph
         base = base * (1 - alpha) + colormap(heat).astype(np.float32) * alpha
     im = Image.fromarray(base.astype(np.uint8), "RGB")
-    scale = min(1.0, MAX_SIDE / max(im.size))
-    if scale < 1.0:
-        im = im.resize((round(im.width * scale), round(im.height * scale)), Image.BILINEAR)
+    scale = shape[1] / pred.width
     draw = ImageDraw.Draw(im)
     line = max(2, round(max(im.size) / 300))
     for x0, y0, x1, y1, score in pred.boxes:
@@ -58,12 +86,6 @@ def _font(im: Image.Image, fraction: float) -> ImageFont.ImageFont | ImageFont.F
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has no sized default font
         return ImageFont.load_default()
-
-
-def overlay_png_bytes(image: XrayImage, pred: Prediction) -> bytes:
-    buf = io.BytesIO()
-    render_overlay(image, pred).save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    return buf.getvalue()
 
 
 def overlay_name(path: str | None, index: int) -> str:

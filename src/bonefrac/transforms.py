@@ -8,16 +8,14 @@ heatmap on the model grid maps back onto the image as read.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
-from functools import lru_cache
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 from PIL import Image
-from threadpoolctl import ThreadpoolController
 
-from .io import REDUCE_FROM, XrayImage, reduction_factor
+from .io import REDUCE_FROM, XrayImage, read_image, reduction_factor
 from .spec import ModelSpec
 
 T = TypeVar("T")  # an np.ndarray or a torch.Tensor: `normalize` is plain arithmetic on either
@@ -34,92 +32,23 @@ class Geometry:
     pad_x: int
     pad_y: int
 
-    def crop_content(self, upsampled: np.ndarray) -> np.ndarray:
-        """The image's part of a (size, size) map (see `upsample_maps`), without the letterbox padding."""
-        nh, nw = _resized_shape(self.height, self.width, self.size)
-        return upsampled[self.pad_y : self.pad_y + nh, self.pad_x : self.pad_x + nw]
 
-    def content_to_image(self, content: np.ndarray) -> np.ndarray:
-        """A content map (from `crop_content`) resized onto the original (height, width) image, bilinear
-        (antialiased when the image is smaller than the model input)."""
-        im = float_image(content)
-        return np.asarray(im.resize((self.width, self.height), Image.BILINEAR))
-
-    def content_box_to_image(self, box: list[float]) -> list[float]:
-        """[x0, y0, x1, y1, ...] in model-content pixels -> the same box in original image pixels."""
-        nh, nw = _resized_shape(self.height, self.width, self.size)
-        sx, sy = self.width / nw, self.height / nh
-        x0, y0, x1, y1 = box[:4]
-        return [
-            min(x0 * sx, self.width),
-            min(y0 * sy, self.height),
-            min(x1 * sx, self.width),
-            min(y1 * sy, self.height),
-            *box[4:],
-        ]
-
-
-def upsample_maps(maps: np.ndarray, size: int) -> np.ndarray:
-    """(N, h, w) maps on the feature grid -> (N, size, size), bicubic, in one call for a whole batch (per
-    image, the call overhead costs more than the model).
-
-    Bicubic, not bilinear: a bilinear surface peaks exactly on a feature-grid point (every 32 px), a bicubic
-    one between points, towards the warmer neighbours. On validation fractures this moved the peak into the
-    ground-truth box a quarter more often (pointing game 0.25 -> 0.33).
-    """
-    w = _bicubic_matrix(maps.shape[-1], size)
-    h = w if maps.shape[-2] == maps.shape[-1] else _bicubic_matrix(maps.shape[-2], size)
-    # OpenBLAS would split these small products over threads that then spin-wait for more work, taking
-    # the cores from onnxruntime: measured ~7 ms of CPU per image in `bonefrac predict`. One thread is
-    # plenty; the lock keeps concurrent callers from restoring each other's limit wrongly.
-    with _BLAS_LOCK, _blas().limit(limits=1, user_api="blas"):
-        return h @ np.asarray(maps, dtype=np.float32) @ w.T
-
-
-_BLAS_LOCK = threading.Lock()
-
-
-@lru_cache(maxsize=1)
-def _blas() -> ThreadpoolController:
-    return ThreadpoolController()
-
-
-@lru_cache(maxsize=8)
-def _bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) weights of 1-D bicubic resampling, exactly as torch's `interpolate(mode="bicubic",
-    align_corners=False)` (Keys kernel, a = -0.75, edge pixels repeated). Upsampling is separable, so a
-    batch of maps is two small matrix products: far cheaper than a general resampler, and torch-free."""
-    a = -0.75
-    x = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
-    x0 = np.floor(x)
-    t = x - x0
-    weights = [
-        ((a * (t + 1) - 5 * a) * (t + 1) + 8 * a) * (t + 1) - 4 * a,
-        ((a + 2) * t - (a + 3)) * t * t + 1,
-        ((a + 2) * (1 - t) - (a + 3)) * (1 - t) * (1 - t) + 1,
-        ((a * (2 - t) - 5 * a) * (2 - t) + 8 * a) * (2 - t) - 4 * a,
-    ]
-    m = np.zeros((n_out, n_in))
-    for k, wk in enumerate(weights):
-        np.add.at(m, (np.arange(n_out), np.clip(x0.astype(int) + k - 1, 0, n_in - 1)), wk)
-    return m.astype(np.float32)
-
-
-def _resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
+def resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
+    """(height, width) scaled so that the long side is `size`, aspect kept."""
     scale = size / max(height, width)
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 def letterbox_geometry(height: int, width: int, size: int) -> Geometry:
     """Where an (height x width) image lands in the (size x size) model input."""
-    nh, nw = _resized_shape(height, width, size)
+    nh, nw = resized_shape(height, width, size)
     return Geometry(height, width, size, nh / height, (size - nw) // 2, (size - nh) // 2)
 
 
 def box_mask(boxes: list[list[float]], geometry: Geometry) -> np.ndarray:
     """(size, size) float32 mask, 1 inside any [x0, y0, x1, y1] box given in image pixels."""
     g = geometry
-    nh, nw = _resized_shape(g.height, g.width, g.size)
+    nh, nw = resized_shape(g.height, g.width, g.size)
     sx, sy = nw / g.width, nh / g.height
     mask = np.zeros((g.size, g.size), dtype=np.float32)
     for x0, y0, x1, y1 in (b[:4] for b in boxes):
@@ -161,7 +90,7 @@ def _letterbox(
         im = im.reduce(extra)
     lo, hi = im.getextrema()
     g = letterbox_geometry(h, w, size)
-    nh, nw = _resized_shape(h, w, size)
+    nh, nw = resized_shape(h, w, size)
     out = np.zeros((size, size), dtype=np.float32)
     if hi > lo:
         # Resizing is linear (its weights sum to 1), so the min-max scaling is applied after it, to the
@@ -180,6 +109,12 @@ def float_image(a: np.ndarray) -> Image.Image:
     """A float32 array as a Pillow "F" image (a copy: Pillow maps only 8/16-bit and RGBA buffers)."""
     a = np.ascontiguousarray(a, dtype=np.float32)
     return Image.frombuffer("F", (a.shape[1], a.shape[0]), a, "raw", "F", 0, 1)
+
+
+def read_for_model(path: str | Path, spec: ModelSpec) -> XrayImage:
+    """Read a file as the model's preprocessing wants it: a large JPEG decoded already reduced
+    (`reduction_factor` with the model's input size and `reduce_from`)."""
+    return read_image(path, spec.image_size, spec.reduce_from)
 
 
 def normalize(x: T, spec: ModelSpec) -> T:

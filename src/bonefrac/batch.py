@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import IO
 
 from . import distributed
-from .detector import FractureDetector, Prediction, PredictionError
+from .backends import DEFAULT_BATCH_SIZE
+from .detector import FractureDetector
 from .errors import BonefracError
 from .io import find_images
-from .runtime import DEFAULT_BATCH_SIZE
+from .postprocess import Prediction, PredictionError
 
 CSV_COLUMNS = ["path", "probability", "fractured", "threshold", "boxes", "error"]
 
@@ -70,18 +71,31 @@ def stream(det: FractureDetector, files: list[Path], opts: PredictOptions) -> It
         batch_size=opts.batch_size,
         workers=opts.workers,
         operating_point=opts.operating_point,
-        heatmaps=bool(opts.overlay_dir),
+        heatmap=bool(opts.overlay_dir),
     )
     if not (opts.progress and distributed.is_main() and len(files) > 1):
         yield from results
         return
     from tqdm import tqdm
 
-    yield from tqdm(results, total=len(files), desc="predict", unit="img", file=sys.stderr)
+    with tqdm(results, total=len(files), desc="predict", unit="img", file=sys.stderr) as bar:
+        yield from bar
+
+
+def _print(line: str, out: IO[str]) -> None:
+    """A line of the table or JSON: through tqdm's writer, which lifts a progress bar on the same terminal
+    out of the way and redraws it below, so the two never interleave. (No bar without tqdm imported.)"""
+    if "tqdm" not in sys.modules:
+        print(line, file=out)
+        return
+    from tqdm import tqdm
+
+    tqdm.write(line, file=out)
 
 
 def run_predict(det: FractureDetector, inputs: list[str], opts: PredictOptions, out: IO[str] = sys.stdout) -> int:
     """Predict every image under `inputs`; returns the exit code (0 all predicted, 1 some failed)."""
+    det.check_operating_point(opts.operating_point)  # before anything starts, not after the progress bar
     files = find_images(inputs)
     if not files:
         raise BonefracError(f"no images found in {', '.join(inputs)} (looked for .jpg .jpeg .png .dcm and DICOM)")
@@ -97,25 +111,20 @@ def run_predict(det: FractureDetector, inputs: list[str], opts: PredictOptions, 
     width = min(60, max(len(str(f)) for f in files))
     header = f"{'file':<{width}}  probability  decision     boxes"
     if not opts.json and stream_lines:
-        print(header, file=out)
+        _print(header, out)
     lines: list[tuple[int, str]] = []
     rows: list[tuple[int, dict[str, str]]] = []
     for (index, _), res in zip(mine, stream(det, [f for _, f in mine], opts), strict=True):
         n_failed += isinstance(res, PredictionError)
         line = json.dumps(res.to_dict()) if opts.json else _table_line(res, width)
         if stream_lines:
-            print(line, file=out)
+            _print(line, out)
         else:
             lines.append((index, line))
         if opts.csv:
             rows.append((index, csv_row(res)))
-        if opts.overlay_dir and isinstance(res, Prediction) and res.image is not None:
-            from .overlay import PNG_COMPRESS_LEVEL, overlay_name, render_overlay
-
-            render_overlay(res.image, res).save(
-                Path(opts.overlay_dir) / overlay_name(res.path, index), compress_level=PNG_COMPRESS_LEVEL
-            )
-            res.image = res.heatmap = None
+        if opts.overlay_dir and isinstance(res, Prediction):
+            write_overlay(res, Path(opts.overlay_dir), index)
     lines = sorted(distributed.gather_to_main(lines))
     rows = sorted(distributed.gather_to_main(rows), key=lambda r: r[0])
     n_failed = distributed.sum_int(n_failed)
@@ -132,6 +141,15 @@ def run_predict(det: FractureDetector, inputs: list[str], opts: PredictOptions, 
     # torchrun stops the other ranks as soon as one exits non-zero: nobody leaves before rank 0 has written.
     distributed.barrier()
     return 1 if n_failed else 0
+
+
+def write_overlay(pred: Prediction, folder: Path, index: int) -> None:
+    """The overlay PNG of one prediction (made with a heatmap), from the file read again at display size."""
+    from .overlay import PNG_COMPRESS_LEVEL, overlay_name, read_for_display, render_overlay
+
+    assert pred.path is not None
+    picture = render_overlay(read_for_display(pred.path), pred)
+    picture.save(folder / overlay_name(pred.path, index), compress_level=PNG_COMPRESS_LEVEL)
 
 
 def write_csv(csv_path: Path, rows: list[dict[str, str]]) -> None:

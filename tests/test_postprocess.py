@@ -1,0 +1,113 @@
+"""The output side: model outputs + geometry -> Prediction, checked against hand-computed expectations."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from bonefrac.postprocess import (
+    DISPLAY_SIDE,
+    MAX_BOXES,
+    Prediction,
+    boxes_from_heatmap,
+    content_box_to_image,
+    display_shape,
+    heatmap_on_image,
+    predictions,
+    probabilities,
+)
+from bonefrac.transforms import letterbox_geometry
+
+POINTS = {"default": 0.5, "high_sensitivity": 0.2, "high_specificity": 0.8}
+
+
+def test_boxes_are_the_connected_hot_regions_best_first() -> None:
+    heat = np.zeros((20, 30), np.float32)
+    heat[2:5, 3:8] = 0.97  # a weaker region, first in raster order
+    heat[10:16, 20:25] = 1.0
+    heat[17, 0] = 0.96  # a single hot pixel
+    boxes = boxes_from_heatmap(heat, probability=0.5)
+    assert boxes == [
+        [20.0, 10.0, 25.0, 16.0, 0.5],
+        [3.0, 2.0, 8.0, 5.0, 0.485],
+        [0.0, 17.0, 1.0, 18.0, 0.48],
+    ]
+
+
+def test_regions_touching_only_at_a_corner_are_two_boxes_and_at_most_max_boxes_come_back() -> None:
+    diagonal = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    assert len(boxes_from_heatmap(diagonal, 1.0)) == 2
+    spots = np.zeros((9, 9), np.float32)
+    spots[::2, ::2] = 1.0  # 25 separate pixels
+    assert len(boxes_from_heatmap(spots, 1.0)) == MAX_BOXES
+    assert boxes_from_heatmap(np.zeros((4, 4), np.float32), 1.0) == []
+
+
+def test_a_u_shape_is_one_region() -> None:
+    mask = np.zeros((12, 12), np.float32)
+    mask[2:10, 2:4] = mask[2:10, 8:10] = mask[8:10, 2:10] = 1.0
+    assert boxes_from_heatmap(mask, 1.0) == [[2.0, 2.0, 10.0, 10.0, 1.0]]
+
+
+def test_content_boxes_map_back_onto_the_image_as_read() -> None:
+    g = letterbox_geometry(height=200, width=100, size=64)  # content 64 x 32, padded left and right
+    assert (g.pad_x, g.pad_y) == (16, 0)
+    assert content_box_to_image([0.0, 0.0, 32.0, 64.0, 0.7], g) == [0.0, 0.0, 100.0, 200.0, 0.7]
+    assert content_box_to_image([8.0, 16.0, 16.0, 32.0], g) == [25.0, 50.0, 50.0, 100.0]
+
+
+def test_heatmap_is_display_sized_unless_the_full_resolution_is_asked_for() -> None:
+    g = letterbox_geometry(height=4000, width=3000, size=64)
+    content = np.linspace(0, 1, 64 * 48, dtype=np.float32).reshape(64, 48)
+    shown = heatmap_on_image(content, g)
+    assert shown.shape == (DISPLAY_SIDE, 1200) == display_shape(4000, 3000)
+    full = heatmap_on_image(content, g, full=True)
+    assert full.shape == (4000, 3000)
+    assert (shown.min(), shown.max()) == (0.0, 1.0) and (full.min(), full.max()) == (0.0, 1.0)
+    assert display_shape(300, 200) == (300, 200)  # small images are never enlarged
+
+
+def test_predictions_decide_with_the_one_rule_and_keep_candidate_boxes() -> None:
+    size = 32
+    geometries = [letterbox_geometry(64, 64, size), letterbox_geometry(32, 64, size)]
+    cams = np.zeros((2, size, size), np.float32)
+    cams[0, 4:8, 10:14] = 3.0
+    cams[1, 10:12, 0:4] = 3.0  # inside the second image's content rows (8..24)
+    logits = np.array([2.0, -2.0], np.float32)
+    out = predictions(logits, cams, geometries, ["a", "b"], [[], ["odd"]], POINTS, "default", "v1", heatmap=True)
+    a, b = out
+    assert a.probability == pytest.approx(1 / (1 + np.exp(-2.0)))
+    assert (
+        a.fractured
+        and a.threshold == 0.5
+        and a.operating_points
+        == {
+            "default": True,
+            "high_sensitivity": True,
+            "high_specificity": True,
+        }
+    )
+    assert a.boxes == a.candidate_boxes == [[20.0, 8.0, 28.0, 16.0, round(a.probability, 4)]]
+    assert a.peak == [21.0, 9.0]  # first hottest pixel (10, 4) at 2x, its centre
+    assert not b.fractured and b.boxes == [] and b.candidate_boxes and b.warnings == ["odd"]
+    assert b.candidate_boxes[0][:4] == [0.0, 4.0, 8.0, 8.0]  # rows 10-12 minus the 8-row pad, x2
+    assert a.heatmap is not None and a.heatmap.shape == (64, 64)
+    redecided = b.decided_at("high_sensitivity", 0.1)
+    assert redecided.fractured and redecided.boxes == b.candidate_boxes and redecided.threshold == 0.1
+
+
+def test_a_prediction_is_a_pure_result() -> None:
+    fields = {f.name for f in dataclasses.fields(Prediction)}
+    assert "image" not in fields
+    pred = predictions(
+        np.zeros(1), np.zeros((1, 8, 8)), [letterbox_geometry(8, 8, 8)], [None], [[]], POINTS, "default", "v"
+    )[0]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        pred.probability = 1.0  # type: ignore[misc]
+    assert pred.heatmap is None and pred.probability == 0.5
+
+
+def test_probabilities_are_the_logistic_function() -> None:
+    assert probabilities(np.array([0.0, np.log(3.0), -40.0])).tolist() == pytest.approx([0.5, 0.75, 0.0], abs=1e-12)
