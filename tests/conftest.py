@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,17 @@ import pytest
 from make_variants import BASE_IMAGE, FIXTURES
 
 FRACATLAS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fracatlas"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache_outside_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """No test writes to the user's home: bonefrac's cache (decode cache, ONNX exports) goes to a temporary
+    folder. Session-scoped so that module-scoped detectors (set up before any function fixture) use it too;
+    os.environ, so the subprocesses the CLI tests start inherit it. Tests that need an empty cache set their own."""
+    with pytest.MonkeyPatch.context() as mp:
+        folder = tmp_path_factory.mktemp("bonefrac-cache")
+        mp.setenv("BONEFRAC_CACHE", str(folder))
+        yield folder
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bonefrac.explain import class_activation_map
 from bonefrac.models import MODELS, EfficientNetLite0, ModelSpec, build_model
 
 
@@ -27,9 +26,28 @@ def test_cam_mean_is_the_logit(arch: str) -> None:
     torch.nn.init.normal_(model.head.fc.weight)
     with torch.no_grad():
         f = model.forward_features(torch.randn(2, 1, 64, 64))
-        cam = class_activation_map(model, f)
+        cam = model.class_activation_map(f)
         logits = model.forward_head(f)
     assert torch.allclose(cam.mean(dim=(1, 2)), logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", sorted(MODELS))
+def test_backward_reaches_every_parameter(arch: str) -> None:
+    """One training step's backward pass (logit and heatmap losses, as box-supervised training has) gives every
+    parameter a finite, non-zero gradient: no layer is detached, unused or frozen by accident."""
+    torch.manual_seed(0)
+    # no dropout or stochastic depth: a block dropped for the whole batch would rightly get a zero gradient
+    spec = ModelSpec(arch=arch, image_size=64, drop_rate=0.0, drop_path_rate=0.0)
+    model = build_model(spec, pretrained=False).train()
+    torch.nn.init.normal_(model.head.fc.weight)  # the zero-initialised head would pass no gradient back
+    logits, cam = model(torch.randn(2, 1, 64, 64), return_cam=True)
+    (logits.sum() + cam.square().mean()).backward()
+    params = dict(model.named_parameters())
+    assert params
+    for name, p in params.items():
+        assert p.grad is not None, f"{arch}: {name} gets no gradient"
+        assert torch.isfinite(p.grad).all(), f"{arch}: {name} has a non-finite gradient"
+        assert p.grad.abs().sum() > 0, f"{arch}: {name} has an all-zero gradient"
 
 
 def test_imagenet_weights_load_strict_and_stem_is_summed() -> None:
