@@ -28,13 +28,18 @@ def test_auc_matches_sklearn_and_ci_brackets_it() -> None:
     assert 0.02 < hi - lo < 0.2
 
 
-def test_bootstrap_auc_formula_equals_sklearn_with_ties() -> None:
-    """auc_ci's fast Mann-Whitney computation is the same number roc_auc_score gives."""
-    y, p = _scores(100, seed=5)
-    pos, neg = p[y == 1], np.sort(p[y == 0])
-    below = np.searchsorted(neg, pos, side="left")
-    ties = np.searchsorted(neg, pos, side="right") - below
-    assert (below.sum() + 0.5 * ties.sum()) / (len(pos) * len(neg)) == pytest.approx(roc_auc_score(y, p))
+def test_bootstrap_auc_counts_ties_as_half() -> None:
+    """auc_ci's own Mann-Whitney computation, where every resample's AUC is known by hand, and on tied scores."""
+    y = np.array([1] * 5 + [0] * 7)
+    assert auc_ci(y, np.full(12, 0.4), n_boot=200) == [0.5, 0.5]  # all tied: every pair counts a half
+    separable = np.where(y == 1, 0.9, 0.1)
+    assert auc_ci(y, separable, n_boot=200) == [1.0, 1.0]
+    assert auc_ci(y, 1 - separable, n_boot=200) == [0.0, 0.0]
+    # 7% of the pairs tied: counting them as 0 or 1 would move the bootstrap's middle by 0.03
+    y, p = _scores(400, seed=5)
+    p = p.round(1)
+    middle = np.mean(auc_ci(y, p, n_boot=2000, alpha=0.98))  # the 49th and 51st percentiles
+    assert middle == pytest.approx(roc_auc_score(y, p), abs=0.01)
 
 
 def test_single_class_gives_nan_not_an_exception() -> None:
