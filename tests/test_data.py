@@ -257,6 +257,27 @@ def test_cache_builds_letterboxed_uint8(fixtures_dir: Path, tmp_path: Path) -> N
     assert not list((tmp_path / "cache" / "s64").glob("*.tmp*"))
 
 
+def test_cache_holds_the_radiograph_as_pillow_sees_it(fixtures_dir: Path, tmp_path: Path) -> None:
+    """Independent of bonefrac's reader and letterbox: each entry is the file, shrunk to fit and centred on
+    zero padding (a transposed, flipped or off-centre picture correlates far below 0.99)."""
+    from PIL import Image, ImageOps
+
+    paths = copy_images(fixtures_dir, tmp_path / "img", n=3)  # both orientations, none truncated
+    cache = DecodeCache(tmp_path / "cache", size=64)
+    assert cache.build(paths, workers=1, progress=False) == {}
+    for p in paths:
+        im = ImageOps.exif_transpose(Image.open(p)).convert("L")
+        w, h = round(im.width * 64 / max(im.size)), round(im.height * 64 / max(im.size))
+        top, left = (64 - h) // 2, (64 - w) // 2
+        arr = cache.load(p).astype(np.float64)
+        content = arr[top : top + h, left : left + w]
+        padding = np.ones(arr.shape, bool)
+        padding[top : top + h, left : left + w] = False
+        assert not arr[padding].any() and content.std() > 10
+        reference = np.asarray(im.resize((w, h), Image.BILINEAR), dtype=np.float64)
+        assert np.corrcoef(content.ravel(), reference.ravel())[0, 1] > 0.99
+
+
 def test_cache_reuses_entries(fixtures_dir: Path, tmp_path: Path, counted_decodes: list[str]) -> None:
     paths = copy_images(fixtures_dir, tmp_path / "img")
     cache = DecodeCache(tmp_path / "cache", size=64)
