@@ -1,6 +1,6 @@
 """Web server under load, on loopback, bounded in requests and time.
 
-Starts `python -m bonefrac.server` on 127.0.0.1 and a free port, posts N real radiographs with C uploads in
+Starts `python -m bonefrac serve` on 127.0.0.1 and a free port, posts N real radiographs with C uploads in
 flight, and reports requests/s, latency p50/p99 and errors (must be 0). /healthz latency is measured idle
 and then while the load runs: the ratio shows whether inference really stays off the event loop.
 
@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [
             sys.executable,
             "-m",
-            "bonefrac.server",
+            "bonefrac",
+            "serve",
             "--host",
             "127.0.0.1",
             "--port",
@@ -138,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             "--concurrency",
             str(args.server_concurrency),
         ]
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        env = {k: v for k, v in os.environ.items() if k != "BONEFRAC_TOKEN"}  # loopback: the requests send none
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**env, "PYTHONUNBUFFERED": "1"})
         try:
             result = asyncio.run(asyncio.wait_for(run(args, f"http://127.0.0.1:{port}", proc), args.timeout))
         except BaseException:

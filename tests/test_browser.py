@@ -1,5 +1,6 @@
 """The page in a real browser: Debian's headless Chromium driven by Playwright against the real uvicorn server
-on a loopback port. Upload real radiographs, read the result, switch operating point, toggle the heatmap."""
+on a loopback port. Upload real radiographs, read the result, switch operating point, toggle the heatmap; and on a
+server with an access token, give the page the token."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from fastapi import FastAPI
 from server_helpers import fixture_images, make_test_model
 
 from bonefrac import FractureDetector
-from bonefrac.server import create_app
+from bonefrac.server import ServerSettings, create_app
 
 pytestmark = pytest.mark.browser
 CHROMIUM = Path("/usr/bin/chromium")
@@ -26,6 +29,8 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 
+TOKEN = "browser-test-token-0123456789"
+
 if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
@@ -36,15 +41,16 @@ def det(tmp_path_factory: pytest.TempPathFactory) -> FractureDetector:
     return FractureDetector.load(make_test_model(tmp_path_factory.mktemp("model") / "model.pt"), backend="torch")
 
 
-@pytest.fixture(scope="module")
-def server_url(det: FractureDetector) -> Iterator[str]:
+@contextmanager
+def serving(app: FastAPI) -> Iterator[str]:
+    """The app under a real uvicorn on a free loopback port, in a thread; yields its URL."""
     import uvicorn
 
     # Bind first and hand the socket to uvicorn: a free port with no window for another process to take it.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(det), log_level="warning", lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -52,10 +58,24 @@ def server_url(det: FractureDetector) -> Iterator[str]:
         if time.monotonic() > deadline or not thread.is_alive():
             pytest.fail("uvicorn did not start")
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def server_url(det: FractureDetector) -> Iterator[str]:
+    with serving(create_app(det)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def locked_url(det: FractureDetector) -> Iterator[str]:
+    with serving(create_app(det, ServerSettings(token=TOKEN))) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -120,4 +140,44 @@ def test_upload_and_explore(browser, server_url: str, det: FractureDetector, tmp
     sync_api.expect(page.locator("#error-message")).to_contain_text("notes.txt: not a recognised image")
     page.screenshot(path=str(tmp_path / "error.png"))
     assert [m for m in problems if "415" not in m] == []  # the 415 is notes.txt's, expected
+    page.close()
+
+
+def test_page_with_an_access_token(browser, locked_url: str, det: FractureDetector) -> None:  # noqa: ANN001
+    """On a server with a token the page asks for it once, keeps it for the tab, sends it as a Bearer header
+    (never in a URL), and an upload made before the token is given waits for it instead of failing."""
+    fracture = fixture_images(fractured=True)[0]
+    p = det.predict(fracture).probability
+    page = browser.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    sent: list[tuple[str, str | None]] = []
+    page.on("request", lambda r: sent.append((r.url, r.headers.get("authorization"))) if "/api/" in r.url else None)
+
+    page.goto(locked_url)
+    sync_api.expect(page.locator("#token-form")).to_be_visible()
+    sync_api.expect(page.locator("#model-version")).to_have_text("access token needed")
+    page.set_input_files("#file-input", [str(fracture)])  # before the token: held, not failed
+    sync_api.expect(page.locator("#results li")).to_contain_text("analysing")
+
+    page.fill("#token-input", "not-the-token")
+    page.click("#token-submit")
+    sync_api.expect(page.locator("#token-error")).to_have_text("wrong access token")
+    sync_api.expect(page.locator("#token-form")).to_be_visible()
+
+    page.fill("#token-input", TOKEN)
+    page.click("#token-submit")
+    sync_api.expect(page.locator("#model-version")).to_have_text("test-seed_cnn-64")
+    sync_api.expect(page.locator("#token-form")).to_be_hidden()
+    sync_api.expect(page.locator("#probability")).to_have_text(f"{p:.3f}", timeout=30_000)  # the held upload ran
+    assert page.evaluate("sessionStorage.getItem('bonefrac-token')") == TOKEN
+
+    page.reload()  # same tab: not asked again
+    sync_api.expect(page.locator("#model-version")).to_have_text("test-seed_cnn-64")
+    assert page.locator("#token-form").is_hidden()
+    predicted = [auth for url, auth in sent if "/api/predict" in url]
+    assert predicted and predicted[-1] == f"Bearer {TOKEN}"
+    assert sent[-1] == (f"{locked_url}/api/model", f"Bearer {TOKEN}")
+    assert all(TOKEN not in url for url, _ in sent) and TOKEN not in page.url
+    assert problems == []
     page.close()

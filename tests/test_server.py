@@ -1,15 +1,17 @@
 """The REST API and page through FastAPI's TestClient: real fixture radiographs as JPEG, PNG and DICOM, every
-kind of bad upload, limits, concurrency, and no patient data or stack trace ever leaving the server."""
+kind of bad upload, limits, concurrency, no patient data or stack trace ever leaving the server, the access
+token, and `bonefrac serve` (refusing an exposed server without a token, importing FastAPI only to serve)."""
 
 from __future__ import annotations
 
-import argparse
 import base64
 import io
 import logging
 import os
 import random
 import re
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -33,8 +35,9 @@ from server_helpers import (
 from bonefrac import FractureDetector, read_image
 from bonefrac.io import ImageReadWarning
 from bonefrac.overlay import overlay_png_bytes
-from bonefrac.server import ServerSettings, _add_serve_arguments, bundled_model_card, create_app
-from bonefrac.server_edge import UploadLimit, sanitize_filename
+from bonefrac.server import bundled_model_card, create_app, sanitize_filename
+from bonefrac.server_middleware import TokenAuth, UploadLimit
+from bonefrac.server_settings import TOKEN_ENV, ServerSettings, ServerSettingsError
 
 PREDICTION_KEYS = {
     "path",
@@ -53,8 +56,13 @@ SECRETS = (PATIENT_NAME, "Doe", "Jane", PATIENT_ID, "19700101")
 
 
 @pytest.fixture(scope="module")
-def det(tmp_path_factory: pytest.TempPathFactory) -> FractureDetector:
-    return FractureDetector.load(make_test_model(tmp_path_factory.mktemp("model") / "model.pt"), backend="torch")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_test_model(tmp_path_factory.mktemp("model") / "model.pt")
+
+
+@pytest.fixture(scope="module")
+def det(model_path: Path) -> FractureDetector:
+    return FractureDetector.load(model_path, backend="torch")
 
 
 @pytest.fixture(scope="module")
@@ -356,12 +364,170 @@ def test_inference_is_bounded_and_off_the_event_loop(
     assert results == [200, 200, 200] and peak[0] == 1
 
 
-def test_serve_parser() -> None:
-    parser = argparse.ArgumentParser(prog="bonefrac serve")
-    _add_serve_arguments(parser)
-    args = parser.parse_args([])
-    assert (args.host, args.port, args.model, args.backend) == ("127.0.0.1", 8000, None, "auto")
-    assert (args.max_upload_mb, args.concurrency) == (50.0, 2)
-    assert ServerSettings(args.max_upload_mb, args.concurrency).max_upload_bytes == 50 * 2**20
+# ---------------------------------------------------------------- access token
+TOKEN = "correct-horse-battery-staple-42"
+
+
+@pytest.fixture(scope="module")
+def locked(det: FractureDetector) -> TestClient:
+    return TestClient(create_app(det, ServerSettings(token=TOKEN)))
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_token_is_required(locked: TestClient, fracture_jpeg: Path) -> None:
+    upload = {"file": ("a.jpg", fracture_jpeg.read_bytes())}
+    for headers in ({}, {"Authorization": f"Basic {TOKEN}"}, {"Authorization": "Bearer"}):
+        r = locked.get("/api/model", headers=headers)
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+        assert r.json() == {
+            "error": "this server needs an access token: send the header 'Authorization: Bearer <token>'"
+        }
+    for wrong in ("wrong", TOKEN[:-1], TOKEN + "x", TOKEN.upper()):
+        for r in (
+            locked.get("/api/model", headers=bearer(wrong)),
+            locked.post("/api/predict", files=upload, headers=bearer(wrong)),
+        ):
+            assert r.status_code == 401 and r.json() == {"error": "wrong access token"}
+            assert "invalid_token" in r.headers["www-authenticate"]
+    assert locked.get("/nope").status_code == 401  # deny by default: unknown paths too
+    assert locked.get("/api/model", headers=bearer(TOKEN)).json()["version"] == "test-seed_cnn-64"
+    assert locked.get("/api/model", headers={"Authorization": f"bearer  {TOKEN} "}).status_code == 200
+    r = locked.post("/api/predict", files=upload, headers=bearer(TOKEN), params={"images": "false"})
+    assert r.status_code == 200 and 0 <= r.json()["probability"] <= 1
+
+
+def test_open_paths_without_the_token(locked: TestClient) -> None:
+    """The page (it asks for the token), the liveness probe and the API docs answer without it."""
+    assert locked.get("/").status_code == 200 and 'id="token-form"' in locked.get("/").text
+    assert locked.get("/healthz").json() == {"status": "ok"}
+    assert locked.get("/docs").status_code == 200
+    assert locked.get("/docs-assets/swagger-ui.css").status_code == 200
+    spec = locked.get("/openapi.json").json()
+    assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"  # /docs offers Authorize
+    assert "security" in spec["paths"]["/api/predict"]["post"] and "security" not in spec["paths"]["/healthz"]["get"]
+
+
+def test_tokens_are_compared_in_constant_time(locked: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    import bonefrac.server_middleware as middleware
+
+    calls: list[tuple[bytes, bytes]] = []
+    real = middleware.hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(middleware.hmac, "compare_digest", spy)
+    assert locked.get("/api/model", headers=bearer("x")).status_code == 401
+    assert locked.get("/api/model", headers=bearer(TOKEN)).status_code == 200
+    # Digests of equal length whatever the token's: neither its value nor its length leaks through timing.
+    assert len(calls) == 2 and {len(a) for pair in calls for a in pair} == {32}
+
+
+def test_no_token_no_body_read() -> None:
+    """A request without the token is answered from its headers: not one body message is pulled."""
+    pulled, reached = 0, False
+
+    async def receive() -> dict:
+        nonlocal pulled
+        pulled += 1
+        return {"type": "http.request", "body": b"x" * 1024, "more_body": True}
+
+    async def app(scope: dict, receive_, send) -> None:
+        nonlocal reached
+        reached = True
+
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/api/predict", "headers": [], "client": ("10.0.0.9", 1)}
+    anyio.run(TokenAuth(app, token=TOKEN), scope, receive, send)
+    assert sent[0]["status"] == 401 and pulled == 0 and not reached
+
+
+def test_exposed_server_needs_a_token() -> None:
+    for host in ("0.0.0.0", "::", "192.168.1.20", "fracture-server.example.org"):
+        with pytest.raises(ServerSettingsError, match=f"serving on {re.escape(host)} .* needs an access token"):
+            ServerSettings(host=host)
+        assert ServerSettings(host=host, token=TOKEN).token == TOKEN
+        insecure = ServerSettings(host=host, insecure_no_token=True)
+        assert any("NO ACCESS TOKEN" in w for w in insecure.warnings())
+    for host in ("127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"):
+        assert ServerSettings(host=host).warnings() == []  # loopback: no token needed, nothing to warn about
+    assert any("TLS" in w for w in ServerSettings(host="0.0.0.0", token=TOKEN).warnings())
+    assert any("6 characters" in w for w in ServerSettings(token="s3cret").warnings())
+    for bad in ("two words", "tab\there", "naïve", ""):
+        with pytest.raises(ServerSettingsError, match="printable ASCII"):
+            ServerSettings(token=bad)
+    assert TOKEN not in repr(ServerSettings(token=TOKEN))  # settings may be logged; the token never is
     with pytest.raises(ValueError):
         ServerSettings(concurrency=0)
+
+
+# ---------------------------------------------------------------- bonefrac serve
+def bonefrac(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in (env or os.environ).items() if k != TOKEN_ENV}
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=120, env={**env, "PYTHONWARNINGS": "ignore"}
+    )
+
+
+def test_serve_refuses_an_exposed_address_without_a_token(tmp_path: Path) -> None:
+    start = time.perf_counter()
+    r = bonefrac("-m", "bonefrac", "serve", "--host", "0.0.0.0", "--model", str(tmp_path / "never-loaded.pt"))
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.splitlines() == [
+        "bonefrac: error: serving on 0.0.0.0 (reachable from other machines) needs an access token: set "
+        "BONEFRAC_TOKEN or pass --token, or pass --insecure-no-token to serve without one"
+    ]
+    assert time.perf_counter() - start < 30  # refused before the model (which does not exist) is looked at
+
+
+def test_serve_takes_the_token_from_the_environment(model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import bonefrac.server
+    from bonefrac.cli import main
+
+    served: list[ServerSettings] = []
+    monkeypatch.setattr(bonefrac.server, "serve", lambda det, settings: served.append(settings))
+    monkeypatch.setattr(logging, "basicConfig", lambda **kw: None)  # the test run's logging stays as it is
+    monkeypatch.setenv(TOKEN_ENV, "from-the-environment-0123456789")
+    args = ["serve", "--host", "0.0.0.0", "--port", "8765", "--model", str(model_path), "--backend", "torch"]
+    assert main(args) == 0 and main([*args, "--token", TOKEN]) == 0
+    assert [s.token for s in served] == ["from-the-environment-0123456789", TOKEN]  # --token wins
+    assert (served[0].host, served[0].port, served[0].max_upload_mb, served[0].concurrency) == ("0.0.0.0", 8765, 50, 2)
+    monkeypatch.setenv(TOKEN_ENV, "")  # an empty variable is no token
+    assert main(args) == 1 and main([*args, "--insecure-no-token"]) == 0
+    assert served[-1].token is None and served[-1].insecure_no_token
+
+
+def test_serve_help_shows_every_default(capsys: pytest.CaptureFixture[str]) -> None:
+    from bonefrac.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert exit_.value.code == 0 and text.startswith("usage: bonefrac serve")
+    for default in ("default 127.0.0.1", "default 8000", "default 50", "default 2", "default auto", "bundled model"):
+        assert default in text
+    assert f"default: ${TOKEN_ENV} if set" in text and "--insecure-no-token" in text
+
+
+def test_predict_does_not_import_the_server(model_path: Path, fracture_jpeg: Path) -> None:
+    """`bonefrac predict` starts fast: FastAPI, Starlette and uvicorn are imported by `serve` only. Importing
+    the server module configures no logging (that is the `serve` command's job)."""
+    r = bonefrac(
+        "-X", "importtime", "-m", "bonefrac", "predict", str(fracture_jpeg), "--model", str(model_path),
+        "--backend", "torch", "--json", "--no-progress",
+    )  # fmt: skip
+    assert r.returncode == 0 and '"probability"' in r.stdout
+    imported = {line.split("|")[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert "bonefrac.cli" in imported and "bonefrac.detector" in imported  # the import log is there
+    server_side = {m for m in imported if m.split(".")[0] in ("fastapi", "starlette", "uvicorn")}
+    assert server_side | ({"bonefrac.server", "bonefrac.server_middleware"} & imported) == set()
+    code = "import logging, bonefrac.server; print(len(logging.getLogger().handlers), logging.getLogger().level)"
+    assert bonefrac("-c", code).stdout.split() == ["0", str(logging.WARNING)]

@@ -14,6 +14,7 @@ from pathlib import Path
 from .errors import BonefracError
 from .io import REDUCE_FROM
 from .runtime import DEFAULT_BATCH_SIZE
+from .server_settings import TOKEN_ENV, ServerSettings
 
 #: Set by the commands whose process has nothing left to do once they return (a single-process predict,
 #: the demo): `run` then ends it without Python's teardown, which spends ~50 ms destroying the onnxruntime
@@ -119,6 +120,26 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from .detector import FractureDetector
+    from .server import serve  # FastAPI and uvicorn: imported only to serve, not by every command
+
+    # Settings first: an exposed server without a token is refused before the model loads.
+    settings = ServerSettings(
+        host=args.host,
+        port=args.port,
+        max_upload_mb=args.max_upload_mb,
+        concurrency=args.concurrency,
+        token=args.token or os.environ.get(TOKEN_ENV) or None,
+        insecure_no_token=args.insecure_no_token,
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    serve(FractureDetector.load(args.model, backend=args.backend), settings)
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .detector import FractureDetector
     from .predict import PredictOptions, run_predict
@@ -210,9 +231,45 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", help=argparse.SUPPRESS)
     d.set_defaults(func=_demo)
 
-    # Listed here for `bonefrac --help`; `main` hands `serve ...` to the server module's own parser, imported
-    # only when serving: FastAPI and friends would otherwise add ~0.4 s to every `bonefrac predict`.
-    sub.add_parser("serve", help="web page + REST API (FastAPI); see `bonefrac serve --help`")
+    s = sub.add_parser(
+        "serve",
+        help="web page + REST API (FastAPI); see `bonefrac serve --help`",
+        description="Serve the fracture finder page and its REST API (OpenAPI docs at /docs). Any address but "
+        f"loopback needs an access token (${TOKEN_ENV} or --token); put a TLS reverse proxy in front (README).",
+    )
+    s.add_argument(
+        "--host",
+        default=ServerSettings.host,
+        help="interface to listen on (default %(default)s: this machine only; 0.0.0.0 = every interface)",
+    )
+    s.add_argument("--port", type=int, default=ServerSettings.port, help="TCP port (default %(default)d)")
+    s.add_argument("--model", help="checkpoint file or training run folder (default: the bundled model)")
+    s.add_argument(
+        "--backend", default="auto", choices=["auto", "onnx", "torch"], help="default auto = onnx when available"
+    )
+    s.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=ServerSettings.max_upload_mb,
+        help="largest upload accepted, in MB (default %(default)g)",
+    )
+    s.add_argument(
+        "--concurrency",
+        type=int,
+        default=ServerSettings.concurrency,
+        help="predictions run at once (default %(default)d)",
+    )
+    s.add_argument(
+        "--token",
+        help=f"access token that requests must send as 'Authorization: Bearer TOKEN' (default: ${TOKEN_ENV} if set, "
+        f"else none; prefer ${TOKEN_ENV}: other users of this machine can read a command line)",
+    )
+    s.add_argument(
+        "--insecure-no-token",
+        action="store_true",
+        help="serve a non-loopback address without a token: anyone who reaches the port can use it",
+    )
+    s.set_defaults(func=_serve)
     return parser
 
 
@@ -244,10 +301,6 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["serve"]:
-        from .server import main as serve_main
-
-        return serve_main(argv[1:], prog="bonefrac serve")
     parser = build_parser()
     args = parser.parse_args(argv)
     from .io import ImageReadWarning

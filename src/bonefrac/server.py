@@ -1,24 +1,24 @@
 """The web page and REST API: `create_app(detector)` serves `/`, `/api/predict`, `/api/model`, `/healthz`.
 
-    bonefrac serve --model runs/lite0-256          # or: python -m bonefrac.server --model ...
+    bonefrac serve --model runs/lite0-256          # the command line is cli.py's `serve`
 
 The detector is loaded once by the caller and injected into the routes with `Depends`, so tests build the
 app around a tiny model and no app exists at import time. The server holds no image logic of its own:
 uploads go through the same `read_image` -> `FractureDetector.predict` -> overlay path as the CLI.
-User errors come back as 4xx `{"error": "..."}`; anything else is logged and answered with a bare 500
-(`server_edge`).
+With a token in the settings every route but the page, /healthz and the docs needs it. User errors come back
+as 4xx `{"error": "..."}`; anything else is logged and answered with a bare 500 (`server_middleware`).
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import io
 import logging
+import re
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO
@@ -27,6 +27,7 @@ import anyio
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, File, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.security import HTTPBearer
 from PIL import Image
 from pydantic import BaseModel
 
@@ -35,7 +36,10 @@ from .detector import FractureDetector, Prediction
 from .errors import BonefracError, ImageReadError, ImageTooLargeError
 from .jsonable import jsonable
 from .overlay import MAX_SIDE, PNG_COMPRESS_LEVEL, colormap, render_overlay
-from .server_edge import UploadLimit, add_error_handlers, add_offline_docs, json_error, sanitize_filename
+from .server_middleware import TokenAuth, UploadLimit, add_error_handlers, json_error
+from .server_settings import ServerSettings
+
+__all__ = ["ServerSettings", "create_app", "serve"]
 
 logger = logging.getLogger("bonefrac.server")
 
@@ -50,29 +54,9 @@ HEATMAP_SIDE = 256
 # Training-config keys that are paths on the training machine: not a fact about the model, not for the web.
 _PRIVATE_CONFIG_KEYS = {"out", "cache_dir"}
 _PATH_CONFIG_KEYS = {"dataset", "split_file"}
-
-
-@dataclass(frozen=True)
-class ServerSettings:
-    """Limits of one server, fixed at start-up.
-
-    Attributes:
-        max_upload_mb: largest request body accepted, in MB of 2**20 bytes (multipart overhead included).
-        concurrency: predictions running at once; more requests wait their turn off the event loop.
-    """
-
-    max_upload_mb: float = 50.0
-    concurrency: int = 2
-
-    def __post_init__(self) -> None:
-        if not self.max_upload_mb > 0:
-            raise ValueError("max_upload_mb must be positive")
-        if self.concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
-
-    @property
-    def max_upload_bytes(self) -> int:
-        return int(self.max_upload_mb * 2**20)
+_UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]")
+# Declares the token in the OpenAPI schema, so /docs offers "Authorize"; TokenAuth has checked it already.
+_BEARER = HTTPBearer(auto_error=False, description="the server's access token (`--token` or $BONEFRAC_TOKEN)")
 
 
 class PredictionResponse(BaseModel):
@@ -121,7 +105,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     )
 }
 
-router = APIRouter()
+router = APIRouter()  # open: the page and the liveness probe
+api = APIRouter()  # behind the token when there is one
 
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -134,12 +119,12 @@ async def healthz(detector: DetectorDep) -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/api/model", summary="Model card facts: version, architecture, operating points, validation")
+@api.get("/api/model", summary="Model card facts: version, architecture, operating points, validation")
 async def model_info(detector: DetectorDep) -> dict[str, Any]:
     return model_facts(detector)
 
 
-@router.post(
+@api.post(
     "/api/predict",
     response_model=PredictionResponse,
     responses=_ERRORS,
@@ -265,6 +250,16 @@ def bundled_model_card(sha256: str, weights: Path | None = None) -> str | None:
 
 
 # ---------------------------------------------------------------- small helpers
+def sanitize_filename(filename: str | None) -> str:
+    """The upload's base name, safe as a file name and in logs: no folders, no control characters."""
+    name = re.split(r"[/\\]", filename or "")[-1]
+    name = _UNSAFE_NAME.sub("_", name).strip(" .")
+    if len(name) > 120:  # keep the extension: it is how read_image recognises a preamble-less DICOM
+        suffix = Path(name).suffix[:16]
+        name = name[: 120 - len(suffix)] + suffix
+    return name or "upload"
+
+
 def _basename(value: Any) -> str | None:
     return Path(str(value)).name if value else None
 
@@ -299,62 +294,46 @@ def create_app(detector: FractureDetector, settings: ServerSettings | None = Non
     app.state.limiter = anyio.CapacityLimiter(settings.concurrency)
     app.state.page = (resources.files("bonefrac") / "static" / "index.html").read_text(encoding="utf-8")
     app.include_router(router)
+    app.include_router(api, dependencies=[Depends(_BEARER)] if settings.token else [])
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
+    if settings.token:  # added last, so it runs first: a request without the token is never read further
+        app.add_middleware(TokenAuth, token=settings.token)
     add_error_handlers(app)
     add_offline_docs(app)
     return app
 
 
-# ---------------------------------------------------------------- command line
-def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default="127.0.0.1", help="interface (default loopback only; 0.0.0.0 = all)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--model", help="checkpoint file or training run folder (default: the bundled model)")
-    p.add_argument("--backend", choices=("auto", "onnx", "torch"), default="auto")
-    p.add_argument(
-        "--max-upload-mb",
-        type=float,
-        default=ServerSettings.max_upload_mb,
-        help="largest upload accepted, in MB (default %(default)g)",
-    )
-    p.add_argument(
-        "--concurrency",
-        type=int,
-        default=ServerSettings.concurrency,
-        help="predictions run at once (default %(default)d)",
-    )
+def add_offline_docs(app: FastAPI) -> None:
+    """Serve the OpenAPI docs page with Swagger UI's files from the `swagger-ui-bundle` package instead of
+    FastAPI's default CDN, so /docs works on a hospital network with no internet."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+        )
 
 
-def serve(args: argparse.Namespace) -> int:
-    """Load the model once, then run uvicorn until interrupted."""
+def serve(detector: FractureDetector, settings: ServerSettings) -> None:
+    """Run uvicorn around `detector` until interrupted (`bonefrac serve`), after saying what whoever starts
+    it must know: where it listens and, loudly, how it is exposed."""
     import uvicorn
 
-    try:
-        settings = ServerSettings(max_upload_mb=args.max_upload_mb, concurrency=args.concurrency)
-    except ValueError as e:
-        raise BonefracError(str(e)) from None
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    detector = FractureDetector.load(args.model, backend=args.backend)
-    app = create_app(detector, settings)
+    for warning in settings.warnings():
+        print(f"bonefrac: WARNING: {warning}", file=sys.stderr)
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    access = "access token required" if settings.token else "no access token"
     print(
-        f"bonefrac: serving {detector.version} on http://{args.host}:{args.port}/ (API docs at /docs)", file=sys.stderr
+        f"bonefrac: serving {detector.version} on http://{host}:{settings.port}/ ({access}; API docs at /docs)",
+        file=sys.stderr,
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
-    return 0
-
-
-def main(argv: list[str] | None = None, prog: str = "python -m bonefrac.server") -> int:
-    """`bonefrac serve [options]`, also runnable as `python -m bonefrac.server [options]`."""
-    parser = argparse.ArgumentParser(
-        prog=prog, description="Serve the fracture finder page and its REST API (OpenAPI docs at /docs)."
-    )
-    _add_serve_arguments(parser)
-    try:
-        return serve(parser.parse_args(argv))
-    except BonefracError as e:
-        print(f"bonefrac: error: {e}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    uvicorn.run(create_app(detector, settings), host=settings.host, port=settings.port, log_level="info")

@@ -1,34 +1,72 @@
-"""The server's edge: request bodies capped while they stream in, every error as `{"error": "..."}`, and
-upload names made safe. What a user sends can cause a 4xx here, never a 500 or a stack trace."""
+"""What stands between the network and the routes, as ASGI middleware and exception handlers: the access
+token checked before anything else, request bodies capped while they stream in, and every error answered as
+`{"error": "..."}`. What a client sends can cause a 4xx here, never a 500 or a stack trace."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
-import re
-from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger("bonefrac.server")
-_UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]")
 
-
-def sanitize_filename(filename: str | None) -> str:
-    """The upload's base name, safe as a file name and in logs: no folders, no control characters."""
-    name = re.split(r"[/\\]", filename or "")[-1]
-    name = _UNSAFE_NAME.sub("_", name).strip(" .")
-    if len(name) > 120:  # keep the extension: it is how read_image recognises a preamble-less DICOM
-        suffix = Path(name).suffix[:16]
-        name = name[: 120 - len(suffix)] + suffix
-    return name or "upload"
+#: Reachable without the token: the page (static, it asks for the token), the liveness probe (load balancers
+#: and orchestrators probe without credentials; it says only "ok") and the API docs (the schema is public,
+#: like the source). Everything else, unknown paths included, needs the token.
+OPEN_PATHS = frozenset({"/", "/healthz", "/docs", "/openapi.json"})
+OPEN_PREFIXES = ("/docs-assets/",)
 
 
 def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+class TokenAuth:
+    """ASGI middleware: 401 unless the request sends `Authorization: Bearer <token>`, decided from the headers
+    before the app reads a byte of the body. Tokens are compared as SHA-256 digests with `hmac.compare_digest`:
+    constant time, and the length of the token does not leak either."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self._digest = hashlib.sha256(token.encode()).digest()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] not in ("http", "websocket") or path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
+            await self.app(scope, receive, send)
+            return
+        given = _bearer_token(scope)
+        if given is not None and hmac.compare_digest(hashlib.sha256(given).digest(), self._digest):
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":  # none is served today; refused all the same (403 before the handshake)
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        if given is None:
+            reason, challenge = "no access token", "Bearer"
+            message = "this server needs an access token: send the header 'Authorization: Bearer <token>'"
+        else:
+            reason = message = "wrong access token"
+            challenge = 'Bearer error="invalid_token"'
+        client = (scope.get("client") or ("?",))[0]
+        logger.warning("refused %s %s from %s: %s", scope.get("method"), path, client, reason)
+        await json_error(401, message, {"WWW-Authenticate": challenge})(scope, receive, send)
+
+
+def _bearer_token(scope: Scope) -> bytes | None:
+    """The token of the first `Authorization: Bearer ...` header (the scheme is case-insensitive), or None."""
+    for name, value in scope.get("headers") or []:
+        if name == b"authorization":
+            scheme, _, token = value.strip().partition(b" ")
+            token = token.strip()
+            return token if scheme.lower() == b"bearer" and token else None
+    return None
 
 
 class _BodyTooLarge(Exception):
@@ -113,23 +151,3 @@ def add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _internal_error)
-
-
-def add_offline_docs(app: FastAPI) -> None:
-    """Serve the OpenAPI docs page with Swagger UI's files from the `swagger-ui-bundle` package instead of
-    FastAPI's default CDN, so /docs works on a hospital network with no internet."""
-    from fastapi.openapi.docs import get_swagger_ui_html
-    from fastapi.staticfiles import StaticFiles
-    from swagger_ui_bundle import swagger_ui_path
-
-    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
-
-    @app.get("/docs", include_in_schema=False)
-    async def docs() -> HTMLResponse:
-        return get_swagger_ui_html(
-            openapi_url=app.openapi_url or "/openapi.json",
-            title=f"{app.title} API",
-            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
-            swagger_css_url="/docs-assets/swagger-ui.css",
-            swagger_favicon_url="/docs-assets/favicon-32x32.png",
-        )
