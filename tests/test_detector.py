@@ -8,7 +8,7 @@ import pytest
 from _models import FIXTURE_IMAGES, make_checkpoint
 from PIL import Image
 
-from bonefrac import FractureDetector, ImageReadError, Prediction, PredictionError, read_image
+from bonefrac import BonefracError, FractureDetector, ImageReadError, Prediction, PredictionError, read_image
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def test_predict_fields(det: FractureDetector) -> None:
     assert pred.fractured == (pred.probability >= pred.threshold)
     assert pred.threshold == det.operating_points["default"]
     assert set(pred.operating_points) == {"default", "high_sensitivity", "high_specificity"}
-    assert pred.heatmap is not None and pred.heatmap.shape == image.pixels.shape
+    assert pred.heatmap is not None and pred.heatmap.shape == image.pixels.shape  # small: display size is full
     assert 0.0 <= pred.heatmap.min() and pred.heatmap.max() <= 1.0
     assert pred.model_version == "test-seed_cnn-64"
     y, x = np.unravel_index(np.argmax(pred.heatmap), pred.heatmap.shape)
@@ -168,8 +168,8 @@ def test_cached_export_keeps_the_torch_model_at_hand_and_the_digest_checked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from bonefrac.errors import ModelLoadError
-    from bonefrac.export import TorchBackend
-    from bonefrac.runtime import onnx_cache_path
+    from bonefrac.backends import TorchBackend
+    from bonefrac.export import onnx_cache_path
 
     monkeypatch.setenv("BONEFRAC_CACHE", str(tmp_path / "cache"))
     path = make_checkpoint(tmp_path / "model.pt", arch="efficientnet_lite0", image_size=96)
@@ -214,7 +214,7 @@ def test_the_onnx_session_is_made_ahead_and_a_broken_one_reported_by_the_batch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from bonefrac.detector import _warm_quietly
-    from bonefrac.runtime import OnnxBackend
+    from bonefrac.backends import OnnxBackend
 
     monkeypatch.setenv("BONEFRAC_CACHE", str(tmp_path / "cache"))
     det = FractureDetector.load(make_checkpoint(tmp_path / "model.pt", arch="efficientnet_lite0", image_size=96))
@@ -229,6 +229,49 @@ def test_the_onnx_session_is_made_ahead_and_a_broken_one_reported_by_the_batch(
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not a model")
     _warm_quietly(OnnxBackend(broken))
-    bad = FractureDetector(None, det.spec, det.info, OnnxBackend(broken), checkpoint=tmp_path / "model.pt")
+    bad = FractureDetector(det.spec, OnnxBackend(broken), det.info, checkpoint=tmp_path / "model.pt")
     with pytest.raises(Exception, match="(?i)protobuf|invalid|load"):
         list(bad.predict_many(FIXTURE_IMAGES[:2], workers=1))
+
+
+def test_the_constructor_only_stores_and_load_builds_the_backend(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bonefrac.backends import TorchBackend
+    from bonefrac.spec import ModelSpec
+
+    monkeypatch.setenv("BONEFRAC_CACHE", str(tmp_path / "cache"))
+    backend = TorchBackend(
+        __import__("bonefrac.models", fromlist=["build_model"]).build_model(
+            ModelSpec(arch="seed_cnn", image_size=64), pretrained=False
+        )
+    )
+    det = FractureDetector(ModelSpec(arch="seed_cnn", image_size=64), backend)
+    assert det.backend is backend and det.info == {} and not (tmp_path / "cache").exists()  # no export made
+    assert det.version == "seed_cnn-64px-unversioned"
+    with pytest.raises(BonefracError, match="unknown backend"):
+        FractureDetector.load(make_checkpoint(tmp_path / "model.pt"), backend="tensorrt")
+
+
+def test_onnx_export_carries_the_model_metadata_and_the_cache_key_changes_with_the_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    import onnx
+
+    from bonefrac import export
+
+    monkeypatch.setenv("BONEFRAC_CACHE", str(tmp_path / "cache"))
+    det = FractureDetector.load(make_checkpoint(tmp_path / "model.pt"), backend="onnx")
+    props = {p.key: p.value for p in onnx.load(det.backend.path).metadata_props}
+    assert props["image_size"] == "64" and float(props["mean"]) == 0.5 and float(props["std"]) == 0.5
+    assert json.loads(props["operating_points"]) == {"default": 0.5, "high_sensitivity": 0.2, "high_specificity": 0.8}
+    assert props["model_version"] == "test-seed_cnn-64" and props["checkpoint_sha256"] == det.sha256
+    assert props["bonefrac_version"] and "min-max" in props["preprocessing"] and "sigmoid" in props["outputs"]
+    key = export.cache_key(det.sha256)
+    monkeypatch.setattr(export, "__version__", "999.0")
+    assert export.cache_key(det.sha256) != key  # an upgrade never runs a stale graph
+    monkeypatch.setattr(export, "EXPORT_SETTINGS", export.EXPORT_SETTINGS + ";other")
+    monkeypatch.setattr(export, "__version__", __import__("bonefrac").__version__)
+    assert export.cache_key(det.sha256) != key

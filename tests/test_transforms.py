@@ -7,7 +7,8 @@ import torch
 from bonefrac.augment import Augment
 from bonefrac.io import XrayImage
 from bonefrac.models import ModelSpec
-from bonefrac.transforms import letterbox, preprocess, upsample_maps
+from bonefrac.postprocess import content_box_to_image, content_map, heatmap_on_image
+from bonefrac.transforms import letterbox, preprocess
 
 
 @pytest.mark.parametrize("shape", [(373, 454), (454, 373), (1024, 1024), (50, 300)])
@@ -43,11 +44,11 @@ def test_heatmap_maps_back_onto_the_original_geometry() -> None:
     heat = np.zeros((256, 256), dtype=np.float32)
     # content spans rows pad_y .. pad_y+128; mark the model-grid point for image pixel (x=450, y=75)
     heat[g.pad_y + round(75 * g.scale), g.pad_x + round(450 * g.scale)] = 1.0
-    full = g.content_to_image(g.crop_content(upsample_maps(heat[None], 256)[0]))  # the detector's path
+    full = heatmap_on_image(content_map(heat, g), g, full=True)  # the detector's path
     assert full.shape == (300, 600)
     y, x_ = np.unravel_index(np.argmax(full), full.shape)
     assert abs(x_ - 450) <= 3 and abs(y - 75) <= 3
-    box = g.content_box_to_image([64.0, 32.0, 128.0, 64.0, 0.9])
+    box = content_box_to_image([64.0, 32.0, 128.0, 64.0, 0.9], g)
     assert box == pytest.approx([150.0, 75.0, 300.0, 150.0, 0.9])
 
 
@@ -95,19 +96,21 @@ def test_augment_moves_masks_with_the_image_but_not_their_values() -> None:
     assert torch.allclose(m0, masks, atol=1e-5)
 
 
-@pytest.mark.parametrize(("grid", "size"), [((8, 8), 256), ((7, 9), 100), ((1, 1), 16), ((12, 12), 96)])
-def test_upsample_maps_is_torch_bicubic(grid: tuple[int, int], size: int) -> None:
-    """The numpy resampler (two small matrix products) computes exactly what torch's bicubic does."""
-    maps = np.random.default_rng(5).normal(size=(3, *grid)).astype(np.float32)
-    expected = torch.nn.functional.interpolate(
-        torch.from_numpy(maps)[:, None], size=(size, size), mode="bicubic", align_corners=False
-    )[:, 0].numpy()
-    ours = upsample_maps(maps, size)
-    assert ours.shape == (3, size, size) and ours.dtype == np.float32
-    assert np.abs(ours - expected).max() < 1e-5
+def test_the_inference_graph_upsamples_the_cam_like_torch_bicubic() -> None:
+    from bonefrac.models import LogitAndCam, ModelSpec, build_model
+
+    model = build_model(ModelSpec(arch="seed_cnn", image_size=64), pretrained=False).eval()
+    torch.nn.init.normal_(model.head.fc.weight)
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        logits, up = LogitAndCam(model)(x)
+        _, cam = model(x, return_cam=True)
+    expected = torch.nn.functional.interpolate(cam[:, None], size=(64, 64), mode="bicubic", align_corners=False)
+    assert up.shape == (2, 64, 64) and torch.allclose(up, expected[:, 0])
+    assert torch.allclose(cam.mean(dim=(1, 2)), logits, atol=1e-5)  # CAM: the map's mean is the logit
 
 
-def test_content_to_image_is_bilinear_upsampling() -> None:
+def test_heatmap_on_the_full_image_is_bilinear_upsampling() -> None:
     from bonefrac.transforms import letterbox_geometry
 
     g = letterbox_geometry(900, 700, 64)
@@ -115,4 +118,5 @@ def test_content_to_image_is_bilinear_upsampling() -> None:
     expected = torch.nn.functional.interpolate(
         torch.from_numpy(content)[None, None], size=(900, 700), mode="bilinear", align_corners=False
     )[0, 0].numpy()
-    assert np.abs(g.content_to_image(content) - expected).max() < 1e-4
+    expected = (expected - expected.min()) / (expected.max() - expected.min())
+    assert np.abs(heatmap_on_image(content, g, full=True) - expected).max() < 1e-4
