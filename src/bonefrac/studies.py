@@ -1,0 +1,105 @@
+"""Study-level results: the views of one study -> one probability and one decision.
+
+A study is the set of images that share a DICOM Study Instance UID; for other files (and DICOM files that lack
+the UID), the folder that holds them. The rule: the study's probability is the **maximum over its views**,
+decided at the same operating point and threshold as each view.
+
+Why the maximum: a fracture is often seen on one projection only (a scaphoid on the ulnar-deviated view, a
+radial head on the lateral), so one positive view must make the study positive; the maximum keeps the study's
+sensitivity at least the views' and adds no parameter. The mean dilutes a finding seen on one of three views,
+and noisy-OR (1 - prod(1 - p)) pushes every multi-view study towards "fracture" because the views of one
+patient are not independent evidence. FracAtlas, the only labelled data here, has no study identifiers, so no
+validation can choose between them; the maximum is the documented rule until a dataset with studies says
+otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .detector import Prediction, PredictionError
+
+STUDY_RULE = "maximum over views"
+
+
+@dataclass
+class StudyResult:
+    """One study's result. `probability` is None when none of its views could be predicted."""
+
+    study: str
+    probability: float | None
+    fractured: bool
+    threshold: float
+    operating_point: str
+    views: list[Prediction]
+    failed: list[str] = field(default_factory=list)
+    rule: str = STUDY_RULE
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: one study line of `bonefrac predict --by-study --json` (tagged `"level": "study"`)."""
+        out: dict[str, Any] = {
+            "level": "study",
+            "study": self.study,
+            "probability": None if self.probability is None else round(self.probability, 6),
+            "fractured": self.fractured,
+            "threshold": round(self.threshold, 6),
+            "operating_point": self.operating_point,
+            "rule": self.rule,
+            "views": [v.path for v in self.views],
+        }
+        if self.failed:
+            out["failed_views"] = self.failed
+        if self.probability is None:
+            out["error"] = "no view of this study could be predicted"
+        return out
+
+
+def study_result(study: str, views: list[Prediction], failed: list[str] | None = None) -> StudyResult:
+    """The study's probability (maximum over `views`) and decision at the views' own threshold."""
+    if not views:
+        return StudyResult(study, None, False, float("nan"), "", [], list(failed or []))
+    points = {(v.operating_point, v.threshold) for v in views}
+    if len(points) > 1:
+        raise ValueError(f"study {study}: views decided at different operating points {sorted(points)}")
+    operating_point, threshold = points.pop()
+    probability = max(v.probability for v in views)
+    return StudyResult(
+        study, probability, bool(probability >= threshold), threshold, operating_point, list(views), list(failed or [])
+    )
+
+
+def study_key(path: str | Path) -> str:
+    """The Study Instance UID of a DICOM file, else the folder holding the file."""
+    uid = dicom_study_uid(path)
+    return uid if uid else str(Path(path).parent)
+
+
+def dicom_study_uid(path: str | Path) -> str | None:
+    """The Study Instance UID from a DICOM file's header (pixels not read); None for other files."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(132)[128:] != b"DICM":
+                return None
+        import pydicom
+
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
+        return str(ds.get("StudyInstanceUID", "") or "").strip() or None
+    except Exception:  # an unreadable header groups by folder; reading the image reports what is wrong
+        return None
+
+
+def group_studies(results: Iterable[tuple[str, Prediction | PredictionError]]) -> list[StudyResult]:
+    """(study key, result) pairs -> one `StudyResult` per key, in order of first appearance."""
+    views: dict[str, list[Prediction]] = {}
+    failed: dict[str, list[str]] = {}
+    for key, res in results:
+        views.setdefault(key, [])
+        failed.setdefault(key, [])
+        if isinstance(res, Prediction):
+            views[key].append(res)
+        else:
+            failed[key].append(res.path)
+    return [study_result(key, views[key], failed[key]) for key in views]
