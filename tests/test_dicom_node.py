@@ -1,0 +1,197 @@
+"""The DICOM node: echo, store, refusals at association, failure statuses, aborts, the queue bound, the
+study result sent back, logs without identifiers, and a clean stop on SIGTERM. dcmtk's echoscu/storescu
+talk to it where installed; pynetdicom SCUs cover the rest everywhere."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from _models import make_checkpoint
+from dicom_helpers import (
+    IDENTIFIERS,
+    StoreCollector,
+    corrupt_radiograph,
+    ct_small,
+    need,
+    radiograph_study,
+    scu,
+)
+from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation, Verification
+
+from bonefrac.detector import FractureDetector
+from bonefrac.dicom_node import Destination, DicomNode, NodeConfig, NodeConfigError
+from bonefrac.dicom_results import report_probabilities, study_digest
+from bonefrac.io import read_image
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("model") / "m.pt")
+
+
+@pytest.fixture(scope="module")
+def detector(model: Path) -> FractureDetector:
+    return FractureDetector.load(model, backend="torch")
+
+
+@pytest.fixture
+def pacs() -> Iterator[StoreCollector]:
+    collector = StoreCollector()
+    yield collector
+    collector.close()
+
+
+def _node(detector: FractureDetector, out: Path, pacs: StoreCollector | None = None, **config: object) -> DicomNode:
+    send_to = Destination("PACS", "127.0.0.1", pacs.port) if pacs else None
+    config = {"study_idle": 0.3, **config}
+    node = DicomNode(detector, NodeConfig(port=0, host="127.0.0.1", out=out, send_to=send_to, **config))  # type: ignore[arg-type]
+    node.start()
+    return node
+
+
+@pytest.fixture
+def node(detector: FractureDetector, tmp_path: Path, pacs: StoreCollector) -> Iterator[DicomNode]:
+    running = _node(detector, tmp_path / "out", pacs)
+    yield running
+    running.stop()
+
+
+def _store(port: int, paths: list[Path]) -> list[int]:
+    assoc = scu(port, [DigitalXRayImageStorageForPresentation])
+    try:
+        return [int(assoc.send_c_store(pydicom.dcmread(p)).Status) for p in paths]
+    finally:
+        assoc.release()
+
+
+def test_a_study_comes_back_as_one_sr_and_an_overlay_per_view(
+    node: DicomNode, pacs: StoreCollector, detector: FractureDetector, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    views = radiograph_study(tmp_path / "in")
+    assoc = scu(node.port, [Verification])
+    assert int(assoc.send_c_echo().Status) == 0
+    assoc.release()
+    assert _store(node.port, views) == [0, 0]
+    got = pacs.wait_for(3)
+    assert sorted(ds.Modality for ds in got) == ["OT", "OT", "SR"]
+    study_uid = pydicom.dcmread(views[0], stop_before_pixels=True).StudyInstanceUID
+    assert {ds.StudyInstanceUID for ds in got} == {study_uid}
+    (sr,) = [ds for ds in got if ds.Modality == "SR"]
+    expected = [detector.predict(read_image(p)).probability for p in views]
+    assert report_probabilities(sr) == pytest.approx(
+        {"study": max(expected), "view 1": expected[0], "view 2": expected[1]}, abs=1e-9
+    )
+    written = sorted(p.name.split("_")[0] for p in (node.config.out / study_digest(study_uid)).iterdir())
+    assert written == ["OT", "OT", "SR"]
+    assert not list(node.incoming.iterdir())  # the received images are deleted once predicted
+    # The log names the study by its digest; no patient identifier and no UID ever.
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert study_digest(study_uid) in text and "sent 3 objects" in text
+    uids = {study_uid} | {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in views}
+    assert not [s for s in (*IDENTIFIERS, *uids) if s in text]
+
+
+def test_dcmtk_echo_store_refused_ct_and_corrupt_file(
+    node: DicomNode, pacs: StoreCollector, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    echoscu, storescu = need("echoscu"), need("storescu")
+    caplog.set_level(logging.INFO)
+    target = ["-aec", "BONEFRAC", "127.0.0.1", str(node.port)]
+
+    def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*map(str, args)], capture_output=True, text=True, timeout=60)
+
+    assert run(echoscu, *target).returncode == 0
+    ct = run(storescu, *target, ct_small())
+    assert ct.returncode != 0 and "No presentation context for: (CT)" in ct.stderr  # refused at association
+    corrupt = run(storescu, "-v", *target, corrupt_radiograph(tmp_path))
+    assert "Received Store Response (Error: CannotUnderstand)" in corrupt.stderr, corrupt.stderr
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == 1 and "pixel data" in refusals[0]  # one line for the bad dataset
+    wrong_aet = run(storescu, "-aec", "OTHER", "127.0.0.1", str(node.port), ct_small())
+    assert "Called AE Title Not Recognized" in wrong_aet.stderr
+    views = radiograph_study(tmp_path / "in")
+    assert run(storescu, *target, *views).returncode == 0
+    assert sorted(ds.Modality for ds in pacs.wait_for(3)) == ["OT", "OT", "SR"]
+
+
+def test_bad_datasets_get_failure_statuses_and_the_node_goes_on(node: DicomNode, tmp_path: Path) -> None:
+    good, *_ = radiograph_study(tmp_path / "in", images=("IMG0001271.jpg",))
+    no_study = pydicom.dcmread(good)
+    del no_study.StudyInstanceUID
+    corrupt = pydicom.dcmread(corrupt_radiograph(tmp_path))
+    assoc = scu(node.port, [DigitalXRayImageStorageForPresentation])
+    statuses = [int(assoc.send_c_store(ds).Status) for ds in (no_study, corrupt, pydicom.dcmread(good))]
+    assoc.release()
+    assert statuses == [0xA900, 0xC000, 0x0000]
+
+
+def test_a_peer_that_aborts_mid_association_leaves_the_node_serving(
+    node: DicomNode, pacs: StoreCollector, tmp_path: Path
+) -> None:
+    first, _ = radiograph_study(tmp_path / "in")
+    assoc = scu(node.port, [DigitalXRayImageStorageForPresentation])
+    assert int(assoc.send_c_store(pydicom.dcmread(first)).Status) == 0
+    assoc.abort()
+    echo = scu(node.port, [Verification])
+    assert int(echo.send_c_echo().Status) == 0
+    echo.release()
+    # The image acknowledged before the abort is still predicted: its sender was told it is stored.
+    assert sorted(ds.Modality for ds in pacs.wait_for(2)) == ["OT", "SR"]
+
+
+def test_the_queue_is_bounded_and_stop_drops_waiting_studies(
+    detector: FractureDetector, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    node = _node(detector, tmp_path / "out", max_pending=1, study_idle=600)
+    try:
+        views = radiograph_study(tmp_path / "in")
+        assert _store(node.port, views) == [0x0000, 0xA700]  # out of resources: the sender retries later
+    finally:
+        node.stop()
+    assert "dropped 1 unfinished studies (1 images" in caplog.text
+    assert not node.incoming.exists() and not node.processed
+
+
+def test_destination_syntax_is_checked() -> None:
+    assert Destination.parse("ORTHANC@pacs.example:4242") == Destination("ORTHANC", "pacs.example", 4242)
+    for bad in ("ORTHANC@pacs.example", "pacs.example:4242", "@h:1", "A@h:0", "A@h:port", "SEVENTEEN_CHARS_X@h:1"):
+        with pytest.raises(NodeConfigError, match="AET@HOST:PORT"):
+            Destination.parse(bad)
+
+
+def test_sigterm_stops_run_cleanly(detector: FractureDetector, tmp_path: Path) -> None:
+    """`run` (what `bonefrac dicom-node` calls) serves until SIGTERM, then returns 0 and restores the handlers.
+    (tests/test_pacs.py stops the real command the same way.)"""
+    node = DicomNode(detector, NodeConfig(port=0, host="127.0.0.1", out=tmp_path / "out", study_idle=0.3))
+    before = signal.getsignal(signal.SIGTERM)
+    echoed: list[int] = []
+
+    def client() -> None:
+        deadline = time.monotonic() + 30
+        while node._server is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assoc = scu(node.port, [Verification])
+        echoed.append(int(assoc.send_c_echo().Status))
+        assoc.release()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    started = time.monotonic()
+    assert node.run() == 0
+    thread.join()
+    assert echoed == [0] and time.monotonic() - started < 20
+    assert signal.getsignal(signal.SIGTERM) == before
+    assert not node.incoming.exists()
