@@ -22,13 +22,17 @@ import os
 import tempfile
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 
 from _common import DATASET, stored_size
 
 from bonefrac.data import DecodeCache
 from bonefrac.errors import ImageReadError
-from bonefrac.io import LEGACY_REDUCE_FROM, REDUCE_FROM, ImageReadWarning, find_images, read_image, reduction_factor
+from bonefrac.image import ImageReadWarning
+from bonefrac.io import find_images, read_image
+from bonefrac.spec import LEGACY_REDUCE_FROM, REDUCE_FROM
+from bonefrac.transforms import reduction_factor
 
 
 def time_reads(paths: list[Path]) -> tuple[float, int]:
@@ -111,7 +115,8 @@ def time_model_reads(paths: list[Path], size: int, repeats: int = 5, legacy_whol
         t0 = time.perf_counter()
         for _ in range(repeats):
             for p in paths:
-                letterbox_image(read_image(p, reduce_for, reduce_from), size, reduce_from)
+                reduce = partial(reduction_factor, size=reduce_for, reduce_from=reduce_from) if reduce_for else 1
+                letterbox_image(read_image(p, reduce), size, reduce_from)
         return 1000 * (time.perf_counter() - t0) / (repeats * len(paths))
 
     return per_image(None, LEGACY_REDUCE_FROM if legacy_whole else REDUCE_FROM), per_image(size, REDUCE_FROM)

@@ -15,14 +15,16 @@ import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from .cache import cache_dir
 from .errors import BonefracError, DatasetError
-from .io import REDUCE_FROM, find_images, read_image
-from .transforms import Geometry, letterbox_geometry, letterbox_image
+from .io import find_images, read_image
+from .spec import REDUCE_FROM
+from .transforms import Geometry, letterbox_geometry, letterbox_image, reduction_factor
 
 CACHE_VERSION = 4  # bump when letterbox() or the entry format changes (4: reduce_from in the key)
 
@@ -205,7 +207,8 @@ def _decode_one(args: tuple[str, int, int, str]) -> str | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # truncated JPEGs: the reader already handles them
-            boxed, geometry = letterbox_image(read_image(path, size, reduce_from), size, reduce_from)
+            image = read_image(path, partial(reduction_factor, size=size, reduce_from=reduce_from))
+            boxed, geometry = letterbox_image(image, size, reduce_from)
     except BonefracError as e:
         return str(e)
     # The size as read (EXIF applied) places fracture boxes on the cached grid; written before the

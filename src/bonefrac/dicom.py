@@ -6,29 +6,46 @@ attributes are never read into the returned metadata, never printed and never lo
 
 from __future__ import annotations
 
+import logging
 import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .errors import BonefracError, ImageReadError
-from .io import DICOM_PHOTOMETRICS, check_size, warn
+from .image import DICOM_PHOTOMETRICS, check_size, warn
 
 
 def read_dicom(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
-    """Decode the first frame of a DICOM file into float32 [0, 1], bone bright."""
-    try:
-        return _read_dicom(path)
-    except BonefracError:
-        raise
-    except Exception as e:
-        # A damaged file makes pydicom raise from wherever a bad element is first converted
-        # (NotImplementedError, struct.error, BytesLengthException, ...). Its message may quote element
-        # values, and so patient data: keep only the exception type and the tag.
-        tag = re.search(r"\([0-9A-Fa-f]{4},[0-9A-Fa-f]{4}\)", str(e))
-        where = f" in tag {tag.group(0)}" if tag else ""
-        raise ImageReadError(f"{path.name}: corrupt DICOM file ({type(e).__name__}{where})") from None
+    """Decode the first frame of a DICOM file into float32 [0, 1], bone bright.
+
+    What pydicom warns about while reading the file comes out as `ImageReadWarning`s that name the file,
+    and in `meta["warnings"]` (see `_pydicom_warnings`).
+    """
+    named: dict[str, Any] = {}  # warn() keeps its messages in named["warnings"]
+    with _pydicom_warnings() as said:
+        try:
+            pixels, meta = _read_dicom(path)
+        except BonefracError:
+            raise
+        except Exception as e:
+            # A damaged file makes pydicom raise from wherever a bad element is first converted
+            # (NotImplementedError, struct.error, BytesLengthException, ...). Its message may quote element
+            # values, and so patient data: keep only the exception type and the tag.
+            tag = re.search(r"\([0-9A-Fa-f]{4},[0-9A-Fa-f]{4}\)", str(e))
+            where = f" in tag {tag.group(0)}" if tag else ""
+            raise ImageReadError(f"{path.name}: corrupt DICOM file ({type(e).__name__}{where})") from None
+        finally:
+            # Also when the file is refused: the warning may say why (an invalid Rows value, ...).
+            for message in said:
+                warn(named, f"{path.name}: {_withhold_values(message, path)}", stacklevel=3)
+    if named:
+        meta["warnings"] = meta.get("warnings", []) + named["warnings"]
+    return pixels, meta
 
 
 def _read_dicom(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
@@ -69,7 +86,7 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         ts_name = getattr(ts, "name", str(ts)) if ts is not None else "unknown"
         raise ImageReadError(
-            f"{name}: DICOM pixel data cannot be decoded (transfer syntax {ts_name}: {str(e).splitlines()[0][:120]})"
+            f"{name}: DICOM pixel data cannot be decoded (transfer syntax {ts_name}): {_one_line(str(e), path)}"
         ) from None
     if arr.ndim == 3 and arr.shape[-1] == 3:  # RGB / YBR (pydicom converts YBR to RGB)
         arr = arr.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
@@ -81,17 +98,85 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     values = np.clip(values, 0.0, 1.0)
     if photometric == "MONOCHROME1":
         values = 1.0 - values  # MONOCHROME1 stores bone dark; show it the way MONOCHROME2 does
-    body_part = str(ds.get("BodyPartExamined", "") or "").strip() or None
+    file_meta = getattr(ds, "file_meta", None)
+    sop_class = ds.get("SOPClassUID") or (file_meta.get("MediaStorageSOPClassUID") if file_meta else None)
     meta = {
         "format": "dicom",
         "bit_depth": bits_stored,
         "photometric": photometric,
-        "body_part": body_part,
-        "modality": str(ds.get("Modality", "") or "") or None,
+        "body_part": _text(ds.get("BodyPartExamined")),
+        # What `modality.check_radiograph` decides on (neither identifies a patient).
+        "modality": (_text(ds.get("Modality")) or "").upper() or None,
+        "sop_class_uid": _text(sop_class),
         "frames": frames,
         **notes,
     }
     return values.astype(np.float32), meta
+
+
+def _text(value: Any) -> str | None:
+    return str(value or "").strip() or None
+
+
+# ---------------------------------------------------------------- pydicom's warnings, naming the file
+@contextmanager
+def _pydicom_warnings() -> Iterator[list[str]]:
+    """Collect the warnings pydicom gives in this thread while the block runs.
+
+    Every pydicom warning goes through `pydicom.misc.warn_and_log`, which logs it to the "pydicom" logger
+    before calling `warnings.warn`. Log records carry their thread, so a handler added for the block and
+    keeping only this thread's records sees exactly this file's warnings, however many threads read files
+    at once. `warnings.catch_warnings` would not do: it swaps process-wide state, so two threads in it at
+    once can leave warnings going to a list nobody reads, and serialising it with a lock would serialise
+    every DICOM decode of a batch. pydicom's own, unnamed `UserWarning` still reaches Python's warning
+    filters (shown once per location by default); a caller that reports `meta["warnings"]` may filter it
+    (`module="pydicom"`). If the "pydicom" logger is set above WARNING, nothing is collected.
+    """
+    handler = _ThreadWarnings()
+    logger = logging.getLogger("pydicom")
+    logger.addHandler(handler)
+    try:
+        yield handler.messages
+    finally:
+        logger.removeHandler(handler)
+
+
+class _ThreadWarnings(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.thread = threading.get_ident()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # funcName: only what warn_and_log sends (also a Python warning), not pydicom's log-only notes.
+        if record.thread == self.thread and record.funcName == "warn_and_log":
+            self.messages.append(record.getMessage())
+
+
+#: A value quoted in a pydicom message ("Invalid value for VR IS: '1A'", 'Value "x" is not valid ...'):
+#: it may come from any element, so it is withheld.
+_QUOTED_VALUE = re.compile(r"""(for VR \w+: |Value )b?(['"]).*?(?<!\\)\2""")
+_SEE_STANDARD = re.compile(r"\s*Please see <[^>]*> for allowed values for each VR\.?")
+
+
+def _withhold_values(message: str, path: Path) -> str:
+    """One line of a pydicom warning fit to show with the file's name: element values withheld (they may be
+    patient data), the file's full path (the name comes first anyway) and the link to the standard left out."""
+    message = _QUOTED_VALUE.sub(r"\1(value withheld)", message)
+    message = _SEE_STANDARD.sub("", message.replace(f" in file {path}", ""))
+    return _one_line(message, path)
+
+
+def _one_line(message: str, path: Path) -> str:
+    """A multi-line pydicom message as one whole line. "Unable to decode as exceptions were raised by all
+    available plugins:" followed by one line per decoder becomes "every decoder failed: a: ...; b: ..."."""
+    lines = [line.strip() for line in str(message).replace(str(path), path.name).splitlines() if line.strip()]
+    if not lines:
+        return "no reason given"
+    if len(lines) > 1 and lines[0].endswith(":"):
+        head = "every decoder failed:" if "all available plugins" in lines[0] else lines[0]
+        return f"{head} {'; '.join(lines[1:])}"
+    return " ".join(lines)
 
 
 def _grey_to_unit(arr: np.ndarray, ds: Any, bits_stored: int, name: str) -> np.ndarray:

@@ -1,9 +1,9 @@
 """Read any supported X-ray file into greyscale float32 pixels in [0, 1].
 
 One entry point, `read_image(path)`. The format is sniffed from the bytes, never trusted from the
-extension: DICOM by the `DICM` magic at offset 128, everything else through Pillow. What comes out is
-the image on its own pixel grid (EXIF orientation applied), bright bone on a dark background, plus
-metadata that never contains patient identifiers.
+extension: DICOM by the `DICM` magic at offset 128 (read by `dicom.read_dicom`), everything else through
+Pillow. What comes out is an `XrayImage`: the image on its own pixel grid (EXIF orientation applied),
+bright bone on a dark background, plus metadata that never contains patient identifiers.
 
 Contrast is not stretched here: the reader maps each format's value range onto [0, 1] faithfully
 (bit depth, DICOM modality and VOI LUTs) and `transforms.preprocess` does the per-image normalisation,
@@ -12,101 +12,31 @@ so a re-encoding of the same radiograph gives the same model input.
 
 from __future__ import annotations
 
-import threading
-import warnings
+from collections.abc import Callable
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageReadError, ImageTooLargeError
+from .image import ImageReadWarning, XrayImage, check_size, warn
+
+# The reader's public names; `XrayImage` and `ImageReadWarning` live in `image` and are re-exported here
+# because `read_image` returns and raises them.
+__all__ = ["IMAGE_SUFFIXES", "ImageReadWarning", "Reduce", "XrayImage", "find_images", "is_dicom", "read_image"]
 
 #: A truncated JPEG is read when at most this share of its rows is missing (FracAtlas has files missing up
 #: to 51%); beyond it there is too little radiograph left to judge, and the file is refused.
 MAX_TRUNCATED_FRACTION = 0.6
 
-#: Largest image accepted, in pixels (width x height of one frame). Checked from the header, before any
-#: decoding, so a decompression bomb costs nothing. 80 MP is well above any plain radiograph
-#: (a 43x43 cm detector at 100 um is 18 MP) and far below what would exhaust memory.
-MAX_PIXELS = 80_000_000
-
-DICOM_PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm", ".dicom")
 
-# Pillow's truncated-image switch is process-global; flipping it only for the retry keeps strict
-# decoding (and so the warning) for every other file. The lock keeps two retries from racing.
-_TRUNCATED_LOCK = threading.Lock()
+#: `read_image`'s `reduce`: the factor k itself, or a function of the file's (height, width) returning it.
+Reduce = int | Callable[[int, int], int]
 
-
-class ImageReadWarning(UserWarning):
-    """A file was read, but something about it deserves a look (truncated JPEG, extra frames)."""
-
-
-class XrayImage:
-    """A radiograph as read from disk.
-
-    Attributes:
-        pixels: float32 array (H, W) in [0, 1], higher = brighter (bone), orientation as displayed.
-        meta: format, width, height, bit_depth, and for DICOM photometric/body_part/frames.
-            Never patient identifiers.
-        path: where it came from, if it came from a file.
-
-    An 8-bit file is kept as its 8-bit Pillow image until `pixels` is first used: the model's
-    preprocessing works from that directly (`grey8`), which spares a float copy and two passes over
-    every radiograph (measured +2.5% images/s for `bonefrac predict`). Once `pixels` has been handed
-    out, the array is the image (it may be changed in place) and `grey8` is None.
-    """
-
-    def __init__(
-        self,
-        pixels: np.ndarray | None = None,
-        meta: dict[str, Any] | None = None,
-        path: str | None = None,
-        *,
-        grey8: Image.Image | None = None,
-    ) -> None:
-        if pixels is None and (grey8 is None or grey8.mode != "L"):
-            raise ValueError("XrayImage needs pixels (or an 8-bit greyscale Pillow image)")
-        self._pixels, self._grey8 = pixels, grey8 if pixels is None else None
-        self.meta = meta if meta is not None else {}
-        self.path = path
-
-    @property
-    def pixels(self) -> np.ndarray:
-        if self._pixels is None:
-            # The same float32 values as asarray(im, dtype=float32) / 255, an order of magnitude faster
-            # (5.4 -> 0.36 ms for 1024 x 819): numpy's dtype conversion of a Pillow image is per element.
-            self._pixels = np.divide(np.asarray(self._grey8), np.float32(255), dtype=np.float32)
-        self._grey8 = None
-        return self._pixels
-
-    @pixels.setter
-    def pixels(self, value: np.ndarray) -> None:
-        self._pixels, self._grey8 = value, None
-
-    @property
-    def grey8(self) -> Image.Image | None:
-        """The 8-bit Pillow image the pixels come from, while `pixels` has not been used."""
-        return self._grey8
-
-    @property
-    def height(self) -> int:
-        return int(self._pixels.shape[0]) if self._pixels is not None else self._grey8.height  # type: ignore[union-attr]
-
-    @property
-    def width(self) -> int:
-        return int(self._pixels.shape[1]) if self._pixels is not None else self._grey8.width  # type: ignore[union-attr]
-
-    def __repr__(self) -> str:
-        return f"XrayImage({self.height}x{self.width}, path={self.path!r}, meta={self.meta!r})"
-
-
-def warn(meta: dict[str, Any], message: str, stacklevel: int = 2) -> None:
-    """Warn library users, and keep the message in `meta["warnings"]`: batch prediction reads files in
-    threads, where catching `warnings` is not thread-safe, and reports these per file instead."""
-    meta.setdefault("warnings", []).append(message)
-    warnings.warn(message, ImageReadWarning, stacklevel=stacklevel + 1)
+_JPEG_END_OF_IMAGE = b"\xff\xd9"
 
 
 def is_dicom(head: bytes) -> bool:
@@ -114,44 +44,25 @@ def is_dicom(head: bytes) -> bool:
     return len(head) >= 132 and head[128:132] == b"DICM"
 
 
-#: Images whose long side is at least this many times the model input are box-reduced before the resize
-#: (see `reduction_factor`); models record the value they were trained with (`ModelSpec.reduce_from`).
-REDUCE_FROM = 4
-#: The value for checkpoints from before `ModelSpec.reduce_from` existed: only very large images reduced.
-LEGACY_REDUCE_FROM = 8
-
-
-def reduction_factor(height: int, width: int, size: int, reduce_from: int = REDUCE_FROM) -> int:
-    """1, 2, 4 or 8: the integer factor by which an image is box-reduced before it is resized to a `size`
-    model input. Images whose long side is at least `reduce_from` x `size` are reduced, never below
-    2x `size`, so the final antialiased resize still sees every detail it keeps.
-
-    The point is speed: a JPEG is then decoded by libjpeg at 1/2, 1/4 or 1/8 scale
-    (`read_image(reduce_for=...)`; 2304 x 2880: ~50 -> ~10 ms; a 1024 px FracAtlas file, read and
-    preprocessed: 3.7 -> 2.2 ms, bench/bench_read.py), other images are reduced in memory.
-    """
-    long_side = max(height, width)
-    if long_side < reduce_from * size:
-        return 1
-    for k in (8, 4, 2):
-        if long_side >= 2 * size * k:
-            return k
-    return 1
-
-
-def read_image(path: str | Path, reduce_for: int | None = None, reduce_from: int = REDUCE_FROM) -> XrayImage:
+def read_image(path: str | Path, reduce: Reduce = 1) -> XrayImage:
     """Read a JPEG, PNG (8/16-bit) or DICOM file as an `XrayImage`.
 
-    With `reduce_for` (a model input size), a JPEG large enough for `reduction_factor` (with `reduce_from`,
-    the model's `ModelSpec.reduce_from`) is decoded at that reduced scale, in the DCT domain: `pixels`
-    are then smaller than the file, `meta["reduced_by"]` says by how much, and `meta["height"]`/`["width"]`
-    keep the full size (what heatmaps and boxes refer to). This is how bonefrac reads files for the model;
-    without it, the full image is read.
+    Args:
+        path: the file.
+        reduce: decode at 1/k scale where the format allows it: a JPEG is decoded by libjpeg in the DCT
+            domain at 1/2, 1/4 or 1/8 (the largest of these not above k); other formats come out full
+            size. `reduce` is k, or a function of the file's (height, width) as stored (before EXIF
+            orientation) returning k, called only for a file that can be decoded reduced. The model's rule
+            is `transforms.reduction_factor`. After a reduced read, `pixels` are smaller than the file,
+            `meta["reduced_by"]` says by how much, and `meta["height"]`/`["width"]` keep the full size
+            (what heatmaps and boxes refer to).
 
     Raises:
         ImageReadError: empty, unreadable, not an image, unsupported, or corrupt beyond recovery.
-        ImageTooLargeError: more than `MAX_PIXELS` pixels (checked before decoding).
+        ImageTooLargeError: more than `image.MAX_PIXELS` pixels (checked before decoding).
     """
+    if not callable(reduce):
+        _check_factor(reduce)
     path = Path(path)
     name = path.name
     try:
@@ -170,16 +81,13 @@ def read_image(path: str | Path, reduce_for: int | None = None, reduce_from: int
 
         pixels, meta = read_dicom(path)
     else:
-        pixels, meta = _read_raster(path, reduce_for, reduce_from)
-    if isinstance(pixels, Image.Image):
-        image = XrayImage(meta=meta, path=str(path), grey8=pixels)
-    else:
-        image = XrayImage(np.ascontiguousarray(pixels, dtype=np.float32), meta, str(path))
-        if pixels.ndim != 2:
-            raise ImageReadError(f"{name}: image of shape {pixels.shape} is not a greyscale radiograph")
-        # 8- and 16-bit rasters are finite by construction; DICOM rescaling and float images may not be.
-        if (meta.get("format") == "dicom" or meta.get("bit_depth", 32) > 16) and not np.isfinite(pixels).all():
-            raise ImageReadError(f"{name}: pixel values are not finite")
+        pixels, meta = _read_raster(path, reduce)
+    if pixels.ndim != 2:
+        raise ImageReadError(f"{name}: image of shape {pixels.shape} is not a greyscale radiograph")
+    image = XrayImage(np.ascontiguousarray(pixels, dtype=np.float32), meta, str(path))
+    # 8- and 16-bit rasters are finite by construction; DICOM rescaling and float images may not be.
+    if (meta.get("format") == "dicom" or meta.get("bit_depth", 32) > 16) and not np.isfinite(image.pixels).all():
+        raise ImageReadError(f"{name}: pixel values are not finite")
     if min(image.height, image.width) < 2:
         raise ImageReadError(f"{name}: image of shape ({image.height}, {image.width}) is too small to be a radiograph")
     if meta.get("reduced_by", 1) == 1:
@@ -187,24 +95,17 @@ def read_image(path: str | Path, reduce_for: int | None = None, reduce_from: int
     return image
 
 
-def check_size(width: int, height: int, name: str) -> None:
-    """Refuse absurd declared sizes before any pixel is decoded."""
-    if width <= 0 or height <= 0:
-        raise ImageReadError(f"{name}: declares an empty image ({width}x{height})")
-    if width * height > MAX_PIXELS:
-        raise ImageTooLargeError(
-            f"{name}: {width}x{height} pixels exceeds the limit of {MAX_PIXELS:,} "
-            "(bonefrac.io.MAX_PIXELS); refused before decoding"
-        )
+def _check_factor(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"reduce must be an integer >= 1 (or a function returning one), got {k!r}")
+    return int(k)
 
 
 def _looks_like_raster(head: bytes) -> bool:
     return head.startswith((b"\xff\xd8\xff", b"\x89PNG"))
 
 
-def _read_raster(
-    path: Path, reduce_for: int | None = None, reduce_from: int = REDUCE_FROM
-) -> tuple[np.ndarray | Image.Image, dict[str, Any]]:
+def _read_raster(path: Path, reduce: Reduce = 1) -> tuple[np.ndarray, dict[str, Any]]:
     name = path.name
     try:
         im = Image.open(path)  # reads the header only
@@ -221,7 +122,9 @@ def _read_raster(
         if getattr(im, "n_frames", 1) > 1:
             warn(meta, f"{name}: has {im.n_frames} frames; reading the first", stacklevel=3)
         full_w, full_h = im.size
-        k = reduction_factor(full_h, full_w, reduce_for, reduce_from) if reduce_for and fmt == "jpeg" else 1
+        k = 1
+        if fmt == "jpeg":  # only libjpeg decodes at a reduced scale
+            k = _check_factor(reduce(full_h, full_w)) if callable(reduce) else reduce
         _configure_decoder(im, k)
         im = _load(im, path, meta, k)
         reduced_by = round(full_w / im.width)  # 1 unless decoded at a reduced scale
@@ -239,7 +142,8 @@ def _read_raster(
 
 
 def _load(im: Image.Image, path: Path, meta: dict[str, Any], reduce: int = 1) -> Image.Image:
-    """Decode pixels; a JPEG cut short by a few bytes is decoded as far as it goes, with a warning."""
+    """Decode pixels; a JPEG cut short is decoded as far as it goes, with a warning, unless too much of
+    it is missing."""
     name = path.name
     try:
         im.load()
@@ -249,22 +153,31 @@ def _load(im: Image.Image, path: Path, meta: dict[str, Any], reduce: int = 1) ->
             raise ImageReadError(f"{name}: corrupt image data ({e})") from None
     except (ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise ImageReadError(f"{name}: corrupt image data ({e})") from None
-    with _TRUNCATED_LOCK:
-        ImageFile.LOAD_TRUNCATED_IMAGES = True
-        try:
-            retry = Image.open(path)
-            _configure_decoder(retry, reduce)
-            retry.load()
-        except Exception as e:
-            raise ImageReadError(f"{name}: truncated image could not be recovered ({e})") from None
-        finally:
-            ImageFile.LOAD_TRUNCATED_IMAGES = False
+    # Decode again with an End Of Image marker after the bytes that are there: libjpeg then finishes the
+    # image (the blocks it never reached take the last decoded DC value: a flat grey). Pillow's switch for
+    # this, ImageFile.LOAD_TRUNCATED_IMAGES, does the same (JpegImageFile.load_read) but is process-wide:
+    # set while other threads decode, it made them accept any truncated file, however short, in silence.
+    try:
+        retry = Image.open(BytesIO(path.read_bytes() + _JPEG_END_OF_IMAGE))
+        _configure_decoder(retry, reduce)
+        retry.load()
+    except Exception as e:
+        raise ImageReadError(f"{name}: truncated image could not be recovered ({e})") from None
     missing = _missing_rows_fraction(retry)
+    progressive = bool(retry.info.get("progressive"))
     if missing > MAX_TRUNCATED_FRACTION:
-        raise ImageReadError(f"{name}: JPEG file is truncated; {missing:.0%} of the image is missing")
+        at_least = "at least " if progressive else ""
+        raise ImageReadError(f"{name}: JPEG file is truncated; {at_least}{missing:.0%} of the image is missing")
     meta["truncated"] = True
-    meta["truncated_missing_fraction"] = round(missing, 3)
-    warn(meta, f"{name}: JPEG file is truncated; {missing:.0%} of rows missing (filled grey)", stacklevel=4)
+    if progressive and missing == 0:
+        # A progressive JPEG sends the whole image coarse first and refines it scan by scan: cut short, it
+        # lacks detail everywhere rather than rows at the bottom, and how much is lost cannot be measured.
+        meta["truncated_missing_fraction"] = None
+        message = "progressive JPEG, share missing unknown (detail may be lost everywhere)"
+    else:
+        meta["truncated_missing_fraction"] = round(missing, 3)
+        message = f"{'at least ' if progressive else ''}{missing:.0%} of rows missing (filled grey)"
+    warn(meta, f"{name}: JPEG file is truncated; {message}", stacklevel=4)
     return retry
 
 
@@ -283,8 +196,8 @@ def _configure_decoder(im: Image.Image, reduce: int = 1) -> None:
 
 
 def _missing_rows_fraction(im: Image.Image) -> float:
-    """Share of rows at the bottom that a truncated baseline JPEG never reached: Pillow leaves them one
-    flat grey, identical to the last row. (A progressive JPEG degrades everywhere instead: 0 here.)"""
+    """Share of rows at the bottom that a truncated JPEG never reached: libjpeg leaves them one flat grey,
+    identical to the last row. (A progressive JPEG cut after its first scan has no such rows: 0 here.)"""
     arr = np.asarray(im.convert("L"))
     flat = (arr == arr[-1:, :1]).all(axis=1)  # rows equal, everywhere, to the bottom-left pixel
     if not flat[-1]:
@@ -293,9 +206,8 @@ def _missing_rows_fraction(im: Image.Image) -> float:
     return 1.0 - (decoded[-1] + 1) / arr.shape[0] if len(decoded) else 1.0
 
 
-def _to_unit_grey(im: Image.Image, name: str) -> tuple[np.ndarray | Image.Image, int]:
-    """Map any Pillow mode onto greyscale float32 in [0, 1] without losing 16-bit precision; 8-bit
-    greyscale stays an 8-bit Pillow image (see `XrayImage`)."""
+def _to_unit_grey(im: Image.Image, name: str) -> tuple[np.ndarray, int]:
+    """Map any Pillow mode onto greyscale float32 in [0, 1] without losing 16-bit precision."""
     mode = im.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
         arr = np.asarray(im).astype(np.float32)  # asarray(im, dtype=...) converts pixel by pixel: 15x slower
@@ -320,9 +232,10 @@ def _to_unit_grey(im: Image.Image, name: str) -> tuple[np.ndarray | Image.Image,
         im = im.convert("L")  # ITU-R 601 luma; X-ray content in RGB files is grey anyway
     if im.mode != "L":
         raise ImageReadError(f"{name}: unsupported pixel mode {mode}")
-    # The decoded image itself: leaving `with Image.open(...)` closes only the file, not the pixels (copying
-    # them cost 0.12 ms per FracAtlas file). A memory-mapped raster is copied, so no file stays mapped.
-    return (im.copy() if getattr(im, "map", None) else im), 8
+    # asarray(im, dtype=float32) / 255 gives the same values, an order of magnitude slower (5.4 -> 0.36 ms
+    # for 1024 x 819): numpy's dtype conversion of a Pillow image goes element by element. The result is a
+    # new array: no reference to the file or a memory map of it is kept.
+    return np.divide(np.asarray(im), np.float32(255), dtype=np.float32), 8
 
 
 def _png_significant_bits(im: Image.Image) -> int | None:

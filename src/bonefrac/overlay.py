@@ -7,6 +7,7 @@ before any colour work, so an 8000 x 8000 upload costs a display-sized picture, 
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .io import XrayImage, read_image
 from .postprocess import DISPLAY_SIDE, Prediction, display_shape
-from .transforms import float_image
+from .transforms import float_image, reduction_factor
 
 PNG_COMPRESS_LEVEL = 1  # zlib level 6 (the default) costs several times more for ~10% smaller files
 
@@ -23,7 +24,7 @@ def read_for_display(path: str | Path) -> XrayImage:
     """Read a file for an overlay: a large JPEG decoded at a reduced scale that still covers the display
     size (other formats are read whole; `display_grey` shrinks them)."""
     # reduction_factor(h, w, side/2, reduce_from=2): reduce by k only while the long side stays >= side.
-    return read_image(path, DISPLAY_SIDE // 2, 2)
+    return read_image(path, partial(reduction_factor, size=DISPLAY_SIDE // 2, reduce_from=2))
 
 
 def colormap(heat: np.ndarray) -> np.ndarray:

@@ -8,7 +8,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .io import LEGACY_REDUCE_FROM, REDUCE_FROM
+#: Images whose long side is at least this many times the model input are read and box-reduced by 2, 4 or 8
+#: before the resize (`transforms.reduction_factor`); models record the value they were trained with
+#: (`ModelSpec.reduce_from`).
+REDUCE_FROM = 4
+#: The value for checkpoints from before `ModelSpec.reduce_from` existed: only very large images reduced.
+LEGACY_REDUCE_FROM = 8
 
 #: Default decision thresholds before a model has been calibrated on a validation split.
 DEFAULT_OPERATING_POINTS = {"default": 0.5, "high_sensitivity": 0.3, "high_specificity": 0.7}
@@ -26,7 +31,7 @@ class ModelSpec:
         drop_rate: dropout before the classifier (training only).
         drop_path_rate: stochastic depth in MBConv blocks (training only).
         reduce_from: images with a long side of at least reduce_from x image_size are box-reduced by 2, 4
-            or 8 before the resize (`io.reduction_factor`); part of the preprocessing the model was trained
+            or 8 before the resize (`transforms.reduction_factor`); part of the preprocessing the model was trained
             with, so it travels with it (checkpoints without it: 8).
     """
 

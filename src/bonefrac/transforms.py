@@ -1,6 +1,6 @@
 """The one preprocessing path (train, evaluate, predict, serve, export), torch-free.
 
-file -> read_image(reduce_for=size) -> `letterbox` (per-image min-max, aspect-preserving resize, zero padding
+file -> `read_for_model` -> `letterbox` (per-image min-max, aspect-preserving resize, zero padding
 to a square; large images box-reduced first, JPEGs already while decoding)
 -> `normalize` (mean/std from the ModelSpec) -> model. `Geometry` records the resize and padding so a
 heatmap on the model grid maps back onto the image as read.
@@ -9,14 +9,16 @@ heatmap on the model grid maps back onto the image as read.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 from PIL import Image
 
-from .io import REDUCE_FROM, XrayImage, read_image, reduction_factor
-from .spec import ModelSpec
+from .image import XrayImage
+from .io import read_image
+from .spec import REDUCE_FROM, ModelSpec
 
 T = TypeVar("T")  # an np.ndarray or a torch.Tensor: `normalize` is plain arithmetic on either
 
@@ -58,25 +60,47 @@ def box_mask(boxes: list[list[float]], geometry: Geometry) -> np.ndarray:
     return mask
 
 
+def reduction_factor(height: int, width: int, size: int, reduce_from: int = REDUCE_FROM) -> int:
+    """1, 2, 4 or 8: the integer factor by which an image is box-reduced before it is resized to a `size`
+    model input. Images whose long side is at least `reduce_from` x `size` are reduced, never below
+    2x `size`, so the final antialiased resize still sees every detail it keeps.
+
+    The point is speed: a JPEG is then decoded by libjpeg at 1/2, 1/4 or 1/8 scale (`read_for_model`;
+    timings: bench/bench_read.py), other images are reduced in memory (`letterbox`).
+    """
+    long_side = max(height, width)
+    if long_side < reduce_from * size:
+        return 1
+    for k in (8, 4, 2):
+        if long_side >= 2 * size * k:
+            return k
+    return 1
+
+
 def letterbox(pixels: np.ndarray, size: int, reduce_from: int = REDUCE_FROM) -> tuple[np.ndarray, Geometry]:
     """Stretch to the full [0, 1] range, resize the long side to `size` (antialiased), pad to a square;
     values are multiples of 1/255 (the 8-bit grid of the training cache).
 
     Per-image min-max makes the model input the same for any re-encoding of one radiograph (8/16-bit,
     DICOM windows) and for any linear intensity scaling. A large image (`reduce_from` x `size` or more) is
-    first box-reduced by `io.reduction_factor` (cheap, and the resize after it then costs little).
+    first box-reduced by `reduction_factor` (cheap, and the resize after it then costs little).
     """
-    return _letterbox(float_image(pixels), size, None, 1, reduce_from)
+    return _letterbox(_on_8bit_scale(pixels), size, None, 1, reduce_from)
 
 
 def letterbox_image(image: XrayImage, size: int, reduce_from: int = REDUCE_FROM) -> tuple[np.ndarray, Geometry]:
-    """`letterbox` for an `XrayImage`, whether read whole or reduced (`read_image(reduce_for=size)`), from
-    its 8-bit Pillow image when it still has one (the same result, without a full-size float array)."""
+    """`letterbox` for an `XrayImage`, whether read whole or at reduced scale (`read_image(reduce=...)`)."""
     reduced_by = int(image.meta.get("reduced_by", 1))
     full_shape = (int(image.meta["height"]), int(image.meta["width"])) if reduced_by > 1 else None
-    grey8 = image.grey8
-    source = grey8.convert("F") if grey8 is not None else float_image(image.pixels)  # 0-255 or 0-1: min-max
-    return _letterbox(source, size, full_shape, reduced_by, reduce_from)
+    return _letterbox(_on_8bit_scale(image.pixels), size, full_shape, reduced_by, reduce_from)
+
+
+def _on_8bit_scale(pixels: np.ndarray) -> Image.Image:
+    """[0, 1] pixels as a Pillow "F" image of 0-255 values. An 8-bit file's values k / 255 become exactly
+    the integers k again (float32 k / 255 * 255 == k for every k), so its model input does not depend on how
+    k / 255 rounds: it is the input made from the decoded 8-bit image, which the bundled model's training
+    cache holds. The min-max scaling in `_letterbox` makes the scale otherwise irrelevant."""
+    return float_image(np.multiply(pixels, np.float32(255), dtype=np.float32))
 
 
 def _letterbox(
@@ -114,7 +138,7 @@ def float_image(a: np.ndarray) -> Image.Image:
 def read_for_model(path: str | Path, spec: ModelSpec) -> XrayImage:
     """Read a file as the model's preprocessing wants it: a large JPEG decoded already reduced
     (`reduction_factor` with the model's input size and `reduce_from`)."""
-    return read_image(path, spec.image_size, spec.reduce_from)
+    return read_image(path, partial(reduction_factor, size=spec.image_size, reduce_from=spec.reduce_from))
 
 
 def normalize(x: T, spec: ModelSpec) -> T:
