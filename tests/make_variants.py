@@ -116,6 +116,8 @@ def dicom(
     rows_cols: tuple[int, int] | None = None,
     raw_pixel_bytes: bytes | None = None,
     rle: bool = False,
+    modality: str | None = "DX",
+    sop_class: str = DX_FOR_PRESENTATION,
     **attributes: Any,
 ) -> Path:
     """Write a DICOM Part 10 file whose pixel data is `stored`: (H, W), (frames, H, W) or, for RGB, (H, W, 3).
@@ -129,6 +131,8 @@ def dicom(
         rows_cols: declare these Rows/Columns instead of the array's (for decompression bombs).
         raw_pixel_bytes: write these bytes as PixelData instead of the array's (no allocation).
         rle: compress with RLE Lossless (pydicom's native encoder).
+        modality: the Modality element; None leaves it out.
+        sop_class: the SOP Class UID (also the file meta's Media Storage SOP Class UID).
         attributes: any further DICOM keyword=value (RescaleSlope, WindowCenter, VOILUTSequence, ...).
     """
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -142,14 +146,15 @@ def dicom(
     arr = stored.astype(dtype[bits_allocated, signed])
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = DX_FOR_PRESENTATION
+    meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID = meta.MediaStorageSOPClassUID
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
+    if modality is not None:
+        ds.Modality = modality
     ds.BodyPartExamined = "HAND"
     if patient:
         ds.PatientName = PATIENT_NAME

@@ -21,3 +21,8 @@ class DatasetError(BonefracError):
 
 class ModelLoadError(BonefracError):
     """A checkpoint that is missing, corrupt, or fails its SHA-256 check."""
+
+
+class NotARadiographError(ImageReadError):
+    """A readable image that is not what the model is for: another modality than projection radiography
+    (CT, MR, ultrasound, ...) or too small to hold a radiograph (`modality.check_radiograph` decides)."""
