@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import csv
+import threading
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import make_variants as mv
@@ -15,7 +18,8 @@ from make_variants import BASE_IMAGE, FIXTURES
 from PIL import Image
 
 from bonefrac.errors import ImageReadError, ImageTooLargeError
-from bonefrac.io import MAX_PIXELS, ImageReadWarning, XrayImage, find_images, read_image
+from bonefrac.image import MAX_PIXELS, ImageReadWarning, XrayImage
+from bonefrac.io import find_images, read_image
 from bonefrac.transforms import letterbox
 
 IMAGES = FIXTURES / "images"
@@ -187,6 +191,7 @@ def test_dicom_meta(grey: np.ndarray, tmp_path: Path) -> None:
         "photometric": "MONOCHROME2",
         "body_part": "HAND",
         "modality": "DX",
+        "sop_class_uid": mv.DX_FOR_PRESENTATION,
         "frames": 1,
         "height": grey.shape[0],
         "width": grey.shape[1],
@@ -469,35 +474,197 @@ def test_colour_jpegs_decode_to_the_luma_pillow_would_compute(tmp_path: Path) ->
     assert (diff > 0).mean() < 0.02 and diff.mean() < 0.5
 
 
-def test_eight_bit_images_stay_8_bit_until_pixels_are_used(tmp_path: Path) -> None:
-    """The model's preprocessing reads an 8-bit file's Pillow image directly; once `pixels` is handed out,
-    the array is the image, so changes to it are what the model sees."""
+def test_an_image_is_plain_data_that_reading_never_changes(tmp_path: Path) -> None:
+    """`pixels` is the float32 array made at read time, for 8-bit files too: using it changes nothing, and
+    a change made to it is what the model's preprocessing sees."""
     from bonefrac.transforms import letterbox_image
 
     image = read_image(IMAGES / BASE_IMAGE)
-    assert image.grey8 is not None and image.grey8.mode == "L"
-    assert (image.height, image.width) == (image.grey8.height, image.grey8.width)
-    before = letterbox_image(image, 64)[0]
     pixels = image.pixels
-    assert image.grey8 is None and pixels.dtype == np.float32 and image.pixels is pixels
-    assert np.abs(letterbox_image(image, 64)[0] - before).max() < 1e-6
+    assert isinstance(pixels, np.ndarray) and pixels.dtype == np.float32 and image.pixels is pixels
+    assert vars(image).keys() == {"pixels", "meta", "path"}  # no hidden 8-bit copy to fall out of step
+    meta = dict(image.meta)
+    before = letterbox_image(image, 64)[0]
+    assert image.pixels is pixels and image.meta == meta
     pixels[:, : pixels.shape[1] // 2] = 0.0  # edit in place: the next preprocessing sees it
     assert np.abs(letterbox_image(image, 64)[0] - before).max() > 0.1
-    sixteen = read_strict(mv.png16(np.asarray(Image.open(IMAGES / BASE_IMAGE).convert("L")), tmp_path / "x.png"))
-    assert sixteen.grey8 is None
-    with pytest.raises(ValueError):
-        XrayImage()
+    with pytest.raises(TypeError):
+        XrayImage()  # type: ignore[call-arg]
 
 
 @pytest.mark.parametrize("suffix", [".jpg", ".png", ".bmp"])
 def test_an_image_read_owns_its_pixels_and_no_file(suffix: str, grey: np.ndarray, tmp_path: Path) -> None:
-    # read_image keeps the decoded 8-bit image itself (no copy): it must hold neither the open file nor a
-    # memory map of it (uncompressed BMPs are mapped by Pillow), so the file can go and the pixels stay.
+    # The pixels must hold neither the open file nor a memory map of it (uncompressed BMPs are mapped by
+    # Pillow), so the file can go and the pixels stay.
+    import mmap
+
     path = tmp_path / f"x{suffix}"
     Image.fromarray(grey).save(path)
     image = read_image(path)
     expected = np.asarray(Image.open(path).convert("L"), dtype=np.float32) / 255
     path.unlink()
-    assert image.grey8 is not None and getattr(image.grey8, "fp", None) is None
-    assert not getattr(image.grey8, "map", None)
+    base = image.pixels
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    assert not isinstance(base, mmap.mmap)
     np.testing.assert_array_equal(image.pixels, expected)
+
+
+# ---------------------------------------------------------------- decoding at 1/k
+def test_reduce_is_a_factor_or_a_rule_of_the_stored_size(grey: np.ndarray, tmp_path: Path) -> None:
+    big = tmp_path / "big.jpg"
+    Image.fromarray(np.tile(grey, (2, 2))).save(big, quality=95)
+    full = (2 * grey.shape[0], 2 * grey.shape[1])
+    asked: list[tuple[int, int]] = []
+
+    def rule(height: int, width: int) -> int:
+        asked.append((height, width))
+        return 4
+
+    by_rule, by_factor = read_image(big, rule), read_image(big, 4)
+    assert asked == [full]  # called once, with the size the header declares
+    assert by_rule.meta["reduced_by"] == by_factor.meta["reduced_by"] == 4
+    assert np.array_equal(by_rule.pixels, by_factor.pixels) and by_factor.pixels.shape == (
+        -(-full[0] // 4),
+        -(-full[1] // 4),
+    )  # rounded up
+    assert (by_factor.meta["height"], by_factor.meta["width"]) == full  # the full size, for heatmaps and boxes
+    assert read_image(big, 3).meta["reduced_by"] == 2  # libjpeg offers 1/2, 1/4, 1/8: the largest not above 1/k
+    assert "reduced_by" not in read_image(big).meta
+    png = mv.png8(np.tile(grey, (2, 2)), tmp_path / "big.png")
+    asked.clear()
+    assert read_image(png, rule).pixels.shape == full and asked == []  # only JPEGs decode reduced
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="reduce must be an integer"):
+            read_image(big, bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="reduce must be an integer"):
+        read_image(big, lambda height, width: 0)
+
+
+# ---------------------------------------------------------------- truncation, decided per file
+@pytest.mark.filterwarnings("ignore::bonefrac.image.ImageReadWarning")
+def test_a_truncated_file_read_in_another_thread_lets_no_stub_through(tmp_path: Path) -> None:
+    """Deciding truncation flipped Pillow's process-wide LOAD_TRUNCATED_IMAGES while other threads decoded:
+    a JPEG holding a sixth of a radiograph, refused when read alone, was then accepted in silence."""
+    cut = mv.truncate(IMAGES / "IMG0000505.jpg", tmp_path / "cut.jpg", cut=200)  # read with a warning
+    base = IMAGES / BASE_IMAGE
+    stub = mv.truncate(base, tmp_path / "stub.jpg", keep=len(base.read_bytes()) // 6)  # must be refused
+    stop, cut_reads = threading.Event(), []
+
+    def read_cut_until_stopped() -> None:
+        while not stop.is_set():
+            cut_reads.append(read_image(cut).meta.get("truncated"))
+
+    reader = threading.Thread(target=read_cut_until_stopped)
+    reader.start()
+    accepted = 0
+    try:
+        for _ in range(300):
+            try:
+                read_image(stub)
+                accepted += 1
+            except ImageReadError:
+                pass
+    finally:
+        stop.set()
+        reader.join()
+    assert accepted == 0
+    assert len(cut_reads) > 10 and all(cut_reads)  # the other thread really was reading its truncated file
+
+
+def test_a_truncated_progressive_jpeg_says_its_missing_share_is_unknown(grey: np.ndarray, tmp_path: Path) -> None:
+    """A progressive JPEG sends the whole image coarse first: cut after its first scan, no rows are missing
+    and the loss cannot be measured, which the warning must say (not "0% of rows missing")."""
+    Image.fromarray(grey).save(tmp_path / "p.jpg", quality=90, progressive=True)
+    data = (tmp_path / "p.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.warns(ImageReadWarning) as record:
+        image = read_image(tmp_path / "cut.jpg")
+    messages = [str(w.message) for w in record]
+    assert messages == [
+        "cut.jpg: JPEG file is truncated; progressive JPEG, share missing unknown (detail may be lost everywhere)"
+    ]
+    assert image.meta["truncated"] is True and image.meta["truncated_missing_fraction"] is None
+    assert image.meta["warnings"] == messages
+    # Cut inside its first scan, the rows it never reached are measurable, as a lower bound: a stub is refused.
+    (tmp_path / "stub.jpg").write_bytes(data[: len(data) // 20])
+    with pytest.raises(
+        ImageReadError, match=r"^stub\.jpg: JPEG file is truncated; at least \d+% of the image is missing$"
+    ):
+        read_image(tmp_path / "stub.jpg")
+
+
+# ---------------------------------------------------------------- DICOM messages: whole, naming the file
+def test_pydicom_warnings_name_their_file(grey: np.ndarray, tmp_path: Path) -> None:
+    padded = mv.dicom(tmp_path / "padded.dcm", grey, bits_stored=8, raw_pixel_bytes=grey.tobytes() + b"\0" * 128)
+    with pytest.warns(UserWarning) as record:  # pydicom's own, unnamed one too
+        image = read_image(padded)
+    ours = [w for w in record if issubclass(w.category, ImageReadWarning)]
+    assert len(ours) == 1 and ours[0].filename == __file__  # pointing at the caller of read_image
+    message = str(ours[0].message)
+    assert message.startswith("padded.dcm: The pixel data is ") and "128 bytes of excess padding" in message
+    assert image.meta["warnings"] == [message]
+    np.testing.assert_array_equal(image.pixels, grey / np.float32(255))
+
+
+def test_pydicom_warnings_stay_with_their_file_across_threads(grey: np.ndarray, tmp_path: Path) -> None:
+    """Files read at once in threads (predict_many, the server) each keep exactly their own warnings."""
+    pad = {f"p{i}.dcm": 2 * (i + 1) for i in range(4)}
+    paths = [
+        mv.dicom(tmp_path / n, grey, bits_stored=8, raw_pixel_bytes=grey.tobytes() + b"\0" * k) for n, k in pad.items()
+    ]
+    paths.append(mv.dicom(tmp_path / "clean.dcm", grey, bits_stored=8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with ThreadPoolExecutor(4) as pool:
+            images = list(pool.map(read_image, paths * 8))
+    for image in images:
+        name = Path(image.path).name
+        if name == "clean.dcm":
+            assert "warnings" not in image.meta
+        else:
+            [said] = image.meta["warnings"]
+            assert said.startswith(f"{name}: ") and f"contains {pad[name]} bytes of excess padding" in said
+
+
+def test_dicom_decoding_errors_are_whole_single_lines(grey: np.ndarray, tmp_path: Path) -> None:
+    """pydicom's reasons span lines ("...raised by all available plugins:" then one line per decoder);
+    only the first used to be kept, which ends before any reason."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    ds = pydicom.dcmread(mv.dicom(tmp_path / "plain.dcm", grey, bits_stored=8))
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.PixelData = encapsulate([b"\xff\xd8\xff\xe0" + b"not a JPEG stream" * 8])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(tmp_path / "broken.dcm", enforce_file_format=True)
+    with pytest.raises(ImageReadError) as caught:
+        read_image(tmp_path / "broken.dcm")
+    message = str(caught.value)
+    assert message.startswith("broken.dcm: DICOM pixel data cannot be decoded (transfer syntax JPEG Baseline")
+    assert "every decoder failed: " in message and "pillow: " in message and "\n" not in message
+    assert not message.rstrip().endswith(":")
+    truncated = get_testdata_file("MR_truncated.dcm", download=False)  # in pydicom's wheel
+    with pytest.raises(ImageReadError) as caught:
+        read_image(truncated)
+    message = str(caught.value)
+    assert message.startswith("MR_truncated.dcm: ") and "(8130 vs 8192 bytes)" in message
+    assert message.endswith("or the transfer syntax may be incorrect") and "\n" not in message
+
+
+def test_the_readers_do_not_import_each_other() -> None:
+    """No import cycle: `dicom` and `io` share what they need through `image`, and `dicom` never imports `io`."""
+    import bonefrac
+
+    def imports(module: str) -> set[str]:
+        tree = ast.parse((Path(bonefrac.__file__).parent / f"{module}.py").read_text())
+        found = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                found |= {node.module} if node.module else {a.name for a in node.names}
+        return found
+
+    assert "image" in imports("dicom") and "io" not in imports("dicom")
+    assert not imports("image") & {"io", "dicom"}
