@@ -12,7 +12,7 @@ from _models import FIXTURES
 
 from bonefrac import FractureDetector
 from bonefrac.checkpoint import sha256_file
-from bonefrac.detector import bundled_model_path
+from bonefrac.checkpoint import bundled_model_path
 
 WEIGHTS = bundled_model_path().parent
 EXAMPLES = WEIGHTS.parent / "examples"

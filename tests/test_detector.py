@@ -275,3 +275,17 @@ def test_onnx_export_carries_the_model_metadata_and_the_cache_key_changes_with_t
     monkeypatch.setattr(export, "EXPORT_SETTINGS", export.EXPORT_SETTINGS + ";other")
     monkeypatch.setattr(export, "__version__", __import__("bonefrac").__version__)
     assert export.cache_key(det.sha256) != key
+
+
+def test_the_modality_rule_guards_every_prediction(det: FractureDetector) -> None:
+    from pydicom.data import get_testdata_file
+
+    from bonefrac.errors import NotARadiographError
+
+    ct = get_testdata_file("CT_small.dcm")
+    with pytest.raises(NotARadiographError, match="CT_small.dcm: modality CT"):
+        det.predict(ct)
+    refused, ok = det.predict_many([ct, FIXTURE_IMAGES[0]])
+    assert isinstance(refused, PredictionError) and "modality CT" in refused.error and isinstance(ok, Prediction)
+    anyway = det.predict(ct, any_modality=True)  # the researcher's override: a prediction, with the warning
+    assert 0 <= anyway.probability <= 1 and any("modality CT" in w for w in anyway.warnings)

@@ -3,6 +3,7 @@ average for pixels already in memory): the same model input either way, full-siz
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +13,10 @@ from PIL import Image
 
 from bonefrac import FractureDetector, read_image
 from bonefrac.data import DecodeCache
-from bonefrac.io import reduction_factor
 from bonefrac.spec import ModelSpec
-from bonefrac.transforms import letterbox, letterbox_image, normalize, preprocess
+from bonefrac.transforms import letterbox, letterbox_image, normalize, preprocess, read_for_model, reduction_factor
+
+FOR_64 = partial(reduction_factor, size=64)  # how a 64 px model reads its files
 
 
 def big_jpeg(path: Path, scale: int = 4, orientation: int = 1) -> Path:
@@ -49,22 +51,22 @@ def test_the_reduction_rule_travels_with_the_model() -> None:
     # a rule that is neither the default nor the legacy one survives the checkpoint's round trip
     assert ModelSpec.from_dict(ModelSpec(image_size=64, reduce_from=2).to_dict()).reduce_from == 2
     path = FIXTURE_IMAGES[0]  # 454 px: 7x a 64 px input
-    assert read_image(path, 64, legacy.reduce_from).meta.get("reduced_by", 1) == 1
-    assert read_image(path, 64, 4).meta["reduced_by"] == 2
+    assert read_for_model(path, legacy).meta.get("reduced_by", 1) == 1
+    assert read_for_model(path, ModelSpec(image_size=64)).meta["reduced_by"] == 2
     whole = normalize(letterbox(read_image(path).pixels, 64, reduce_from=8)[0][None], legacy)
-    assert np.abs(preprocess(read_image(path, 64, legacy.reduce_from), legacy)[0] - whole).max() < 1e-6
+    assert np.abs(preprocess(read_for_model(path, legacy), legacy)[0] - whole).max() < 1e-6
 
 
 def test_reduced_read_keeps_the_full_size_in_meta(tmp_path: Path) -> None:
     path = big_jpeg(tmp_path / "big.jpg")
-    whole, reduced = read_image(path), read_image(path, reduce_for=64)
+    whole, reduced = read_image(path), read_image(path, FOR_64)
     assert whole.pixels.shape == (1816, 1492) and "reduced_by" not in whole.meta
     assert reduced.meta["reduced_by"] == 8 and reduced.pixels.shape == (227, 187)
     assert (reduced.meta["height"], reduced.meta["width"]) == (1816, 1492)
     # libjpeg's 1/8 scale is the 8 x 8 block mean: the same picture as averaging the whole image
     boxed = np.asarray(Image.fromarray(whole.pixels, mode="F").reduce(8))
     assert np.abs(boxed - reduced.pixels).mean() < 2 / 255
-    rotated = read_image(big_jpeg(tmp_path / "rot.jpg", orientation=6), reduce_for=64)
+    rotated = read_image(big_jpeg(tmp_path / "rot.jpg", orientation=6), FOR_64)
     assert rotated.pixels.shape == (187, 227) and (rotated.meta["height"], rotated.meta["width"]) == (1492, 1816)
 
 
@@ -73,36 +75,35 @@ def test_path_and_image_give_the_same_prediction_on_the_full_image(det: Fracture
     by_path = det.predict(path)
     by_image = det.predict(read_image(path))
     assert abs(by_path.probability - by_image.probability) < 0.01
-    assert by_path.heatmap.shape == (1816, 1492) and by_path.image.pixels.shape == (1816, 1492)
+    assert by_path.heatmap.shape == (1600, 1315)  # display size: the long side at most DISPLAY_SIDE
     assert (by_path.width, by_path.height) == (1492, 1816)
     for x0, y0, x1, y1, _ in by_path.candidate_boxes:
         assert 0 <= x0 < x1 <= 1492 and 0 <= y0 < y1 <= 1816
-    reduced = det.predict(read_image(path, reduce_for=64))  # a reduced read handed in: overlays re-read its file
+    reduced = det.predict(read_image(path, FOR_64), heatmap="full")  # a reduced read handed in
     assert reduced.probability == pytest.approx(by_path.probability, abs=1e-6)
-    assert reduced.heatmap.shape == (1816, 1492) and reduced.image.pixels.shape == (1816, 1492)
+    assert reduced.heatmap.shape == (1816, 1492)  # the full resolution, because it was asked for
     streamed = next(iter(det.predict_many([path])))
-    assert streamed.probability == pytest.approx(by_path.probability, abs=1e-6) and streamed.image is None
+    assert streamed.probability == pytest.approx(by_path.probability, abs=1e-6) and streamed.heatmap is None
 
 
 def test_small_images_are_untouched_and_the_cache_uses_the_same_reduced_read(tmp_path: Path) -> None:
-    small = read_image(FIXTURE_IMAGES[0], reduce_for=256)
+    small = read_image(FIXTURE_IMAGES[0], partial(reduction_factor, size=256))
     assert "reduced_by" not in small.meta
-    assert small.grey8 is not None  # 8-bit: prepared from the Pillow image, the same input as from the array
     assert np.abs(letterbox_image(small, 256)[0] - letterbox(read_image(FIXTURE_IMAGES[0]).pixels, 256)[0]).max() < 1e-6
     path = str(big_jpeg(tmp_path / "big.jpg"))
     cache = DecodeCache(tmp_path / "cache", size=64)
     assert cache.build([path], workers=1, progress=False) == {}
-    expected = np.round(letterbox_image(read_image(path, reduce_for=64), 64)[0] * 255).astype(np.uint8)
+    expected = np.round(letterbox_image(read_image(path, FOR_64), 64)[0] * 255).astype(np.uint8)
     assert np.array_equal(cache.load(path), expected)
     assert (cache.geometry(path).height, cache.geometry(path).width) == (1816, 1492)
 
 
 def test_a_truncated_large_jpeg_is_read_reduced_with_its_warning(tmp_path: Path) -> None:
-    from bonefrac.io import ImageReadWarning
+    from bonefrac.image import ImageReadWarning
 
     data = big_jpeg(tmp_path / "big.jpg").read_bytes()
     (tmp_path / "cut.jpg").write_bytes(data[: int(len(data) * 0.8)])
     with pytest.warns(ImageReadWarning, match="truncated"):
-        image = read_image(tmp_path / "cut.jpg", reduce_for=64)
+        image = read_image(tmp_path / "cut.jpg", FOR_64)
     assert image.meta["reduced_by"] == 8 and image.meta["truncated"] and image.pixels.shape == (227, 187)
     assert 0.05 < image.meta["truncated_missing_fraction"] < 0.5

@@ -34,7 +34,7 @@ from server_helpers import (
 
 from bonefrac import FractureDetector, read_image
 from bonefrac.io import ImageReadWarning
-from bonefrac.overlay import overlay_png_bytes
+from bonefrac.overlay import render_overlay
 from bonefrac.server import bundled_model_card, create_app, sanitize_filename
 from bonefrac.server_middleware import TokenAuth, UploadLimit
 from bonefrac.server_settings import TOKEN_ENV, ServerSettings, ServerSettingsError
@@ -127,7 +127,7 @@ def test_predict_jpeg_is_the_detectors_prediction(
     assert max(heat.size) == 256 and abs(heat.size[0] / heat.size[1] - image.size[0] / image.size[1]) < 0.01
     assert image.mode == "L" and heat.mode == "RGBA" and overlay.mode == "RGB"
     assert heat.getextrema()[3][1] > 0  # alpha follows the heat: somewhere the model looks
-    cli_overlay = Image.open(io.BytesIO(overlay_png_bytes(read_image(fracture_jpeg), det.predict(fracture_jpeg))))
+    cli_overlay = render_overlay(read_image(fracture_jpeg), det.predict(fracture_jpeg))
     assert overlay.tobytes() == cli_overlay.tobytes()  # the same picture as `predict --overlay-dir`
 
 
@@ -531,3 +531,16 @@ def test_predict_does_not_import_the_server(model_path: Path, fracture_jpeg: Pat
     assert server_side | ({"bonefrac.server", "bonefrac.server_middleware"} & imported) == set()
     code = "import logging, bonefrac.server; print(len(logging.getLogger().handlers), logging.getLogger().level)"
     assert bonefrac("-c", code).stdout.split() == ["0", str(logging.WARNING)]
+
+
+def test_an_upload_that_is_not_a_radiograph_is_refused_unless_the_server_allows_any_modality(
+    det: FractureDetector,
+) -> None:
+    from pydicom.data import get_testdata_file
+
+    ct = Path(get_testdata_file("CT_small.dcm"))
+    status, body = post(TestClient(create_app(det)), ct.name, ct.read_bytes())
+    assert status == 415 and "modality CT" in body["error"]
+    allowing = TestClient(create_app(det, ServerSettings(any_modality=True)))
+    status, body = post(allowing, ct.name, ct.read_bytes(), images="false")
+    assert status == 200 and any("modality CT" in w for w in body["warnings"])

@@ -35,6 +35,7 @@ class PredictOptions:
     batch_size: int = DEFAULT_BATCH_SIZE
     workers: int | None = None
     progress: bool = True
+    any_modality: bool = False
 
 
 def csv_row(res: Prediction | PredictionError) -> dict[str, str]:
@@ -72,6 +73,7 @@ def stream(det: FractureDetector, files: list[Path], opts: PredictOptions) -> It
         workers=opts.workers,
         operating_point=opts.operating_point,
         heatmap=bool(opts.overlay_dir),
+        any_modality=opts.any_modality,
     )
     if not (opts.progress and distributed.is_main() and len(files) > 1):
         yield from results

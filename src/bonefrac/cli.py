@@ -11,23 +11,16 @@ import sys
 import warnings
 from pathlib import Path
 
+from .backends import DEFAULT_BATCH_SIZE
 from .errors import BonefracError
-from .io import REDUCE_FROM
-from .runtime import DEFAULT_BATCH_SIZE
 from .server_settings import TOKEN_ENV, ServerSettings
-
-#: Set by the commands whose process has nothing left to do once they return (a single-process predict,
-#: the demo): `run` then ends it without Python's teardown, which spends ~50 ms destroying the onnxruntime
-#: sessions and their memory arenas and ~60 ms more on the interpreter's own, against ~0.25 s for the
-#: whole of a one-image `bonefrac predict`.
-_skip_teardown = False
 
 
 def _train(args: argparse.Namespace) -> int:
     from . import distributed
-    from .train import TrainConfig, fit
+    from .run_folder import resume_command
+    from .train_config import TrainConfig, check_start
 
-    distributed.init_from_env()
     cfg = TrainConfig(
         dataset=args.dataset,
         out=args.out,
@@ -49,8 +42,16 @@ def _train(args: argparse.Namespace) -> int:
         warmup_epochs=args.warmup_epochs,
         progress=not args.no_progress,
     )
+    check_start(cfg, args.resume, args.overwrite)  # before torch is imported: bad settings answer at once
+    from .train import fit
+
+    distributed.init_from_env()
     try:
-        fit(cfg, resume=args.resume)
+        fit(cfg, resume=args.resume, overwrite=args.overwrite)
+    except KeyboardInterrupt:
+        if distributed.is_main():
+            print(f"bonefrac: interrupted; to continue: {resume_command(sys.argv[1:])}", file=sys.stderr)
+        return 130
     finally:
         distributed.cleanup()
     return 0
@@ -58,10 +59,10 @@ def _train(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from . import distributed
+    from .batch import PredictOptions, run_predict
     from .detector import FractureDetector
-    from .predict import PredictOptions, run_predict
 
-    single_process = not distributed.init_from_env()
+    distributed.init_from_env()
     try:
         with distributed.node_first():  # one ONNX export per node, not one per process
             det = FractureDetector.load(args.model, backend=args.backend)
@@ -73,13 +74,11 @@ def _predict(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             workers=args.workers,
             progress=not args.no_progress,
+            any_modality=args.any_modality,
         )
-        code = run_predict(det, args.paths, opts)
+        return run_predict(det, args.paths, opts)
     finally:
         distributed.cleanup()
-    global _skip_teardown
-    _skip_teardown = single_process  # (torchrun ranks leave through the usual exit)
-    return code
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -102,21 +101,16 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    import numpy as np
+    from .export import export_model
 
-    from .checkpoint import load_model
-    from .detector import bundled_model_path
-    from .export import export_onnx, parity
-    from .io import read_image
-    from .transforms import preprocess
-
-    model, spec, _ = load_model(args.model or bundled_model_path())
-    path = export_onnx(model, spec, args.out)
-    examples = sorted((Path(__file__).parent / "examples").glob("*.jpg"))
-    if examples:
-        x = np.stack([preprocess(read_image(p), spec)[0] for p in examples])
-        print(f"torch/onnxruntime parity on {len(examples)} example images: max |dp| = {parity(model, path, x):.2e}")
-    print(f"exported {spec.arch} ({spec.image_size}px, dynamic batch, outputs: logit, cam) to {path}")
+    report = export_model(args.model, args.out)
+    if report.parity_images:
+        print(
+            f"torch/onnxruntime parity on {report.parity_images} example images: "
+            f"max |dp| = {report.max_probability_difference:.2e}"
+        )
+    spec = report.spec
+    print(f"exported {spec.arch} ({spec.image_size}px, dynamic batch, outputs: logit, cam) to {report.path}")
     return 0
 
 
@@ -134,6 +128,7 @@ def _serve(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         token=args.token or os.environ.get(TOKEN_ENV) or None,
         insecure_no_token=args.insecure_no_token,
+        any_modality=args.any_modality,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     serve(FractureDetector.load(args.model, backend=args.backend), settings)
@@ -141,8 +136,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from .batch import PredictOptions, run_predict
     from .detector import FractureDetector
-    from .predict import PredictOptions, run_predict
 
     examples = Path(__file__).parent / "examples"
     out = Path(args.out)
@@ -151,9 +146,28 @@ def _demo(args: argparse.Namespace) -> int:
     code = run_predict(det, [str(examples)], PredictOptions(overlay_dir=str(out), progress=False))
     print(f"\noverlays (heatmap + boxes + verdict) written to {out.resolve()}/")
     print("next: `bonefrac predict YOUR_IMAGES --overlay-dir out/`, `bonefrac serve`, or see README.md")
-    global _skip_teardown
-    _skip_teardown = True
     return code
+
+
+def _dicom_node(args: argparse.Namespace) -> int:
+    import logging
+
+    from .detector import FractureDetector
+    from .dicom_node import Destination, DicomNode, NodeConfig
+
+    send_to = Destination.parse(args.send_to) if args.send_to else None  # before the model loads: fail fast
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s bonefrac dicom-node: %(message)s", stream=sys.stderr)
+    config = NodeConfig(
+        port=args.port,
+        out=Path(args.out),
+        ae_title=args.ae_title,
+        host=args.host,
+        send_to=send_to,
+        operating_point=args.operating_point,
+        study_idle=args.study_idle,
+        max_pending=args.max_pending,
+    )
+    return DicomNode(FractureDetector.load(args.model, backend=args.backend), config).run()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,56 +182,111 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per input on stdout")
     p.add_argument("--csv", help="also write results to this CSV file")
     p.add_argument("--overlay-dir", help="write a heatmap + boxes overlay PNG per input here")
-    p.add_argument("--operating-point", default="default", help="default | high_sensitivity | high_specificity")
+    p.add_argument(
+        "--operating-point",
+        default="default",
+        help="the model's threshold to decide at: default | high_sensitivity | high_specificity (default %(default)s)",
+    )
+    p.add_argument(
+        "--any-modality",
+        action="store_true",
+        help="also predict on images that are not projection radiographs (CT, MR, US, ... or tiny images), which "
+        "are refused by default: the model was not trained on them and its output means nothing there",
+    )
     _model_args(p)
     p.set_defaults(func=_predict)
 
-    e = sub.add_parser("evaluate", help="metrics, plots and results.txt on a labelled dataset")
+    e = sub.add_parser(
+        "evaluate",
+        help="metrics, plots and results.txt on a labelled dataset",
+        description="Evaluate a model on a labelled dataset: AUC with its CI, the model's operating points, "
+        "per body region, localisation, plots. Images the model was trained or validated on are counted "
+        "and the unseen images' figures come first.",
+    )
     e.add_argument("dataset", help="FracAtlas-style folder, fractured/ + not_fractured/ folders, or a CSV")
-    e.add_argument("--out", required=True, help="report folder")
-    e.add_argument("--split", help="a training run's split.json: evaluate only one subset of it")
-    e.add_argument("--subset", default="val", help="with --split: which subset (default val)")
+    e.add_argument("--out", required=True, help="report folder (metrics.json, results.txt, predictions.csv, plots)")
+    e.add_argument(
+        "--split", help="a training run's split.json: evaluate only one subset of it (default: none, every image)"
+    )
+    e.add_argument(
+        "--subset", default="val", choices=["train", "val"], help="with --split: which subset (default %(default)s)"
+    )
     _model_args(e)
     e.set_defaults(func=_evaluate)
 
-    t = sub.add_parser("train", help="train a fracture classifier on a labelled dataset")
+    from .train_config import ARCHS, TrainConfig
+
+    t = sub.add_parser(
+        "train",
+        help="train a fracture classifier on a labelled dataset",
+        description="Train a fracture classifier. Settings that cannot work are refused before anything is "
+        "decoded or written; a finished run folder needs --resume (same settings) or --overwrite.",
+    )
     t.add_argument("dataset", help="FracAtlas-style folder, fractured/ + not_fractured/ folders, or a CSV")
     t.add_argument("--out", required=True, help="run folder (checkpoints, logs, split)")
+    t.add_argument("--arch", default=TrainConfig.arch, help=f"{' | '.join(ARCHS)} (default %(default)s)")
+    t.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="at most this many (default %(default)s)")
     t.add_argument(
-        "--arch",
-        default="efficientnet_lite0",
-        help="efficientnet_lite0 | efficientnet_lite0_scratch | seed_cnn",
+        "--image-size", type=int, default=TrainConfig.image_size, help="model input side, pixels (default %(default)s)"
     )
-    t.add_argument("--epochs", type=int, default=12)
-    t.add_argument("--image-size", type=int, default=256)
     t.add_argument(
         "--reduce-from",
-        type=_at_least_two,
-        default=REDUCE_FROM,
+        type=int,
+        default=TrainConfig.reduce_from,
         metavar="K",
-        help=f"read images with a long side of K x the image size or more reduced by 2, 4 or 8 (JPEGs decoded at "
-        f"that scale: faster), never below 2x the size; recorded in the model (default {REDUCE_FROM}, as the bundled "
+        help="read images with a long side of K x the image size or more reduced by 2, 4 or 8 (JPEGs decoded at "
+        "that scale: faster), never below 2x the size; recorded in the model (default %(default)s, as the bundled "
         "model; 8 reproduces models from before this option)",
     )
-    t.add_argument("--batch-size", type=int, default=32, help="global batch (split across torchrun ranks)")
-    t.add_argument("--lr", type=float, default=6e-4)
-    t.add_argument("--patience", type=int, default=5, help="early stopping: epochs without a better val AUC")
-    t.add_argument("--val-fraction", type=float, default=0.2)
+    t.add_argument(
+        "--batch-size",
+        type=int,
+        default=TrainConfig.batch_size,
+        help="global batch, split across torchrun ranks (default %(default)s)",
+    )
+    t.add_argument("--lr", type=float, default=TrainConfig.lr, help="peak learning rate (default %(default)g)")
+    t.add_argument(
+        "--warmup-epochs",
+        type=float,
+        default=TrainConfig.warmup_epochs,
+        help="linear learning-rate warm-up, then cosine decay (default %(default)g)",
+    )
+    t.add_argument(
+        "--patience",
+        type=int,
+        default=TrainConfig.patience,
+        help="early stopping: epochs without a better val AUC (default %(default)s)",
+    )
+    t.add_argument(
+        "--val-fraction",
+        type=float,
+        default=TrainConfig.val_fraction,
+        help="share held out for validation, above 0 and at most 0.5, rounded to 1 in k (default %(default)g)",
+    )
     t.add_argument(
         "--loc-weight",
         type=float,
-        default=0.5,
-        help="weight of the heatmap box-supervision loss when the dataset has fracture boxes (0 = off)",
+        default=TrainConfig.loc_weight,
+        help="weight of the heatmap box-supervision loss when the dataset has fracture boxes, 0 = off "
+        "(default %(default)g)",
     )
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--init-from", help="fine-tune this checkpoint or run folder instead of starting from ImageNet")
-    t.add_argument("--warmup-epochs", type=float, default=1.0)
-    t.add_argument("--split", help="reuse this split.json instead of making one")
-    t.add_argument("--cache-dir", help="decode cache folder (default ~/.cache/bonefrac or $BONEFRAC_CACHE)")
-    t.add_argument("--threads", type=int, help="torch CPU threads")
+    t.add_argument(
+        "--seed", type=int, default=TrainConfig.seed, help="split, order and augmentation (default %(default)s)"
+    )
+    t.add_argument(
+        "--init-from", help="fine-tune this checkpoint or run folder (default: none, start from ImageNet weights)"
+    )
+    t.add_argument("--split", help="reuse this split.json (default: make one from --val-fraction and --seed)")
+    t.add_argument("--cache-dir", help="decode cache folder (default: $BONEFRAC_CACHE, else ~/.cache/bonefrac)")
+    t.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice, one per core)")
     t.add_argument("--max-train-images", type=int, help=argparse.SUPPRESS)
-    t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    t.add_argument("--no-progress", action="store_true")
+    t.add_argument(
+        "--resume", action="store_true", help="continue OUT from its last.pt, with the same settings (default: off)"
+    )
+    t.add_argument(
+        "--overwrite", action="store_true", help="start again in an OUT that holds a trained run (default: off)"
+    )
+    t.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown)")
     t.set_defaults(func=_train)
 
     x = sub.add_parser("export", help="export the model to ONNX (dynamic batch, heatmap features output)")
@@ -269,22 +338,56 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="serve a non-loopback address without a token: anyone who reaches the port can use it",
     )
+    s.add_argument(
+        "--any-modality",
+        action="store_true",
+        help="also predict on uploads that are not projection radiographs (refused by default)",
+    )
     s.set_defaults(func=_serve)
+    n = sub.add_parser(
+        "dicom-node",
+        help="DICOM node: receive radiographs (C-STORE), predict each study, send SR + overlays back",
+        description="A DICOM storage SCP for CR, DX and Secondary Capture images. A study is predicted once the "
+        "associations that sent it have ended and --study-idle seconds have passed without a new image of it; "
+        "its results (a TID 1500 SR and one overlay per view) are written to --out and sent to --send-to. "
+        "Ctrl-C / SIGTERM finish the study in progress and drop the rest. See README, Connecting to PACS.",
+    )
+    n.add_argument("--port", type=int, required=True, help="TCP port to listen on (104 and 11112 are usual)")
+    n.add_argument("--ae-title", default="BONEFRAC", help="the node's AE title (default %(default)s)")
+    n.add_argument("--host", default="0.0.0.0", help="interface to listen on (default %(default)s: all)")
+    n.add_argument("--send-to", metavar="AET@HOST:PORT", help="C-STORE the results here (default: --out only)")
+    n.add_argument("--out", default="dicom-results", help="results folder, a subfolder per study (default %(default)s)")
+    n.add_argument(
+        "--operating-point",
+        default="default",
+        help="default | high_sensitivity | high_specificity (default %(default)s)",
+    )
+    n.add_argument(
+        "--study-idle",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="a study is complete this long after its last image, its associations ended (default %(default)g)",
+    )
+    n.add_argument(
+        "--max-pending",
+        type=int,
+        default=500,
+        help="images waiting at most; beyond, C-STORE answers 'out of resources' (default %(default)d)",
+    )
+    n.add_argument("--model", help="checkpoint file or training run folder (default: the bundled model)")
+    n.add_argument(
+        "--backend", default="auto", choices=["auto", "onnx", "torch"], help="default auto = onnx when available"
+    )
+    n.set_defaults(func=_dicom_node)
     return parser
-
-
-def _at_least_two(text: str) -> int:
-    value = int(text) if text.strip().isdigit() else 0
-    if value < 2:
-        raise argparse.ArgumentTypeError(
-            f"must be an integer of at least 2 (reduced images stay >= 2x the input), not {text}"
-        )
-    return value
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="checkpoint file or training run folder (default: the bundled model)")
-    p.add_argument("--backend", default="auto", choices=["auto", "onnx", "torch"], help="auto = onnx when available")
+    p.add_argument(
+        "--backend", default="auto", choices=["auto", "onnx", "torch"], help="default auto = onnx when available"
+    )
     p.add_argument(
         "--batch-size",
         type=int,
@@ -296,7 +399,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
         type=int,
         help="threads, each taking batches through read, model and heatmap (default: one per core, at most 8)",
     )
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (default: a bar on stderr)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -305,27 +408,28 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from .io import ImageReadWarning
 
-    # Reader warnings (truncated JPEGs, extra frames) are reported per file in the output instead.
-    warnings.filterwarnings("ignore", category=ImageReadWarning)
-    warnings.formatwarning = lambda message, *_args, **_kw: f"bonefrac: warning: {message}\n"  # one line
-    try:
-        return args.func(args)
-    except BonefracError as e:
-        print(f"bonefrac: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("bonefrac: interrupted", file=sys.stderr)
-        return 130
+    # For this command only (restored on return, so an in-process caller keeps its own settings): reader
+    # warnings (truncated JPEGs, extra frames) are reported per file in the output, others in one line.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=ImageReadWarning)
+        warnings.showwarning = _one_line_warning
+        try:
+            return args.func(args)
+        except BonefracError as e:
+            print(f"bonefrac: error: {e}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("bonefrac: interrupted", file=sys.stderr)
+            return 130
+
+
+def _one_line_warning(message: Warning | str, *_args: object, **_kwargs: object) -> None:
+    print(f"bonefrac: warning: {message}", file=sys.stderr)
 
 
 def run() -> None:
-    """The `bonefrac` console script and `python -m bonefrac`: `main`, then the exit."""
-    code = main()
-    if _skip_teardown:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)  # every output file is written and closed by now; see `_skip_teardown`
-    sys.exit(code)
+    """The `bonefrac` console script and `python -m bonefrac`."""
+    sys.exit(main())
 
 
 if __name__ == "__main__":

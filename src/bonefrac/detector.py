@@ -25,6 +25,7 @@ from .backends import DEFAULT_BATCH_SIZE, Backend, OnnxBackend, onnxruntime_avai
 from .checkpoint import bundled_model_path, load_model, resolve_checkpoint, verified_digest
 from .errors import BonefracError
 from .io import XrayImage
+from .modality import check_radiograph
 from .postprocess import HeatmapOption, Prediction, PredictionError, predictions
 from .spec import ModelSpec
 from .transforms import Geometry, preprocess, read_for_model
@@ -140,14 +141,20 @@ class FractureDetector:
 
     # ------------------------------------------------------------------ single images
     def predict(
-        self, source: str | Path | XrayImage, operating_point: str = "default", heatmap: HeatmapOption = True
+        self,
+        source: str | Path | XrayImage,
+        operating_point: str = "default",
+        heatmap: HeatmapOption = True,
+        any_modality: bool = False,
     ) -> Prediction:
-        """Predict one file or `XrayImage`. Raises `BonefracError` for unreadable files.
+        """Predict one file or `XrayImage`. Raises `BonefracError` for unreadable files, and
+        `NotARadiographError` for images that are not projection radiographs (`modality.check_radiograph`)
+        unless `any_modality`.
 
         `heatmap`: True for a heatmap at display resolution (long side at most `postprocess.DISPLAY_SIDE`),
         "full" for one at the image's full resolution, False for none."""
         self.check_operating_point(operating_point)
-        return self._run([self._prepare(source)], self.backend, operating_point, heatmap)[0]
+        return self._run([self._prepare(source, any_modality)], self.backend, operating_point, heatmap)[0]
 
     # ------------------------------------------------------------------ many files
     def predict_many(
@@ -157,8 +164,10 @@ class FractureDetector:
         workers: int | None = None,
         operating_point: str = "default",
         heatmap: HeatmapOption = False,
+        any_modality: bool = False,
     ) -> Iterator[Prediction | PredictionError]:
-        """Stream results in input order; unreadable files come out as `PredictionError`.
+        """Stream results in input order; unreadable files (and, unless `any_modality`, images that are not
+        projection radiographs) come out as `PredictionError`.
 
         Each of `workers` threads (default: one per core of this process, at most `MAX_WORKERS`) takes a batch
         through read -> preprocess -> model -> heatmap and boxes, so one worker decodes while another runs
@@ -174,7 +183,9 @@ class FractureDetector:
         inflight: deque[Future[list[Prediction | PredictionError]]] = deque()
         try:
             for batch in _chunks(paths, batch_size, workers):
-                inflight.append(pool.submit(self._predict_batch, batch, backend, operating_point, heatmap))
+                inflight.append(
+                    pool.submit(self._predict_batch, batch, backend, operating_point, heatmap, any_modality)
+                )
                 # Every worker busy and as many batches queued: memory stays bounded, and a worker that
                 # finishes while the oldest batch is still running finds the next one waiting.
                 if len(inflight) >= 2 * workers:
@@ -185,27 +196,33 @@ class FractureDetector:
             pool.shutdown(wait=True, cancel_futures=True)
 
     def _predict_batch(
-        self, paths: list[str | Path], backend: Backend, operating_point: str, heatmap: HeatmapOption
+        self,
+        paths: list[str | Path],
+        backend: Backend,
+        operating_point: str,
+        heatmap: HeatmapOption,
+        any_modality: bool,
     ) -> list[Prediction | PredictionError]:
-        pending = [self._try_prepare(p) for p in paths]
+        pending = [self._try_prepare(p, any_modality) for p in paths]
         ready = [p for p in pending if isinstance(p, _Prepared)]
         results = iter(self._run(ready, backend, operating_point, heatmap) if ready else [])
         return [next(results) if isinstance(p, _Prepared) else p for p in pending]
 
-    def _try_prepare(self, path: str | Path) -> _Prepared | PredictionError:
+    def _try_prepare(self, path: str | Path, any_modality: bool) -> _Prepared | PredictionError:
         try:
-            return self._prepare(path)
+            return self._prepare(path, any_modality)
         except BonefracError as e:
             return PredictionError(str(path), str(e))
         except Exception as e:  # never let one hostile file take the batch down
             return PredictionError(str(path), f"{Path(path).name}: unexpected error: {type(e).__name__}: {e}")
 
     # ------------------------------------------------------------------ internals
-    def _prepare(self, source: str | Path | XrayImage) -> _Prepared:
+    def _prepare(self, source: str | Path | XrayImage, any_modality: bool = False) -> _Prepared:
         image = source if isinstance(source, XrayImage) else read_for_model(source, self.spec)
+        notes = check_radiograph(image, allow_any=any_modality)  # the one rule: only what the model is for
         tensor, geometry = preprocess(image, self.spec)
         path = image.path if isinstance(source, XrayImage) else str(source)
-        return _Prepared(path, tensor, geometry, list(image.meta.get("warnings", [])))
+        return _Prepared(path, tensor, geometry, [*image.meta.get("warnings", []), *notes])
 
     def _run(
         self, items: list[_Prepared], backend: Backend, operating_point: str, heatmap: HeatmapOption

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
 import anyio
-import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, File, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPBearer
@@ -34,8 +33,10 @@ from pydantic import BaseModel
 from . import __version__
 from .detector import FractureDetector, Prediction
 from .errors import BonefracError, ImageReadError, ImageTooLargeError
-from .jsonable import jsonable
-from .overlay import MAX_SIDE, PNG_COMPRESS_LEVEL, colormap, render_overlay
+from .io import XrayImage
+from .metadata import jsonable
+from .overlay import PNG_COMPRESS_LEVEL, display_grey, heatmap_rgba, read_for_display, render_overlay
+from .postprocess import display_shape, rounded_boxes
 from .server_middleware import TokenAuth, UploadLimit, add_error_handlers, json_error
 from .server_settings import ServerSettings
 
@@ -51,9 +52,6 @@ PAGE_CSP = (
 # The heatmap is smooth (upsampled from the model's feature grid): 256 px carries all of it, and the browser
 # scales it onto the radiograph. Colouring and encoding it at 3000 px would cost more than the model.
 HEATMAP_SIDE = 256
-# Training-config keys that are paths on the training machine: not a fact about the model, not for the web.
-_PRIVATE_CONFIG_KEYS = {"out", "cache_dir"}
-_PATH_CONFIG_KEYS = {"dataset", "split_file"}
 _UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]")
 # Declares the token in the OpenAPI schema, so /docs offers "Authorize"; TokenAuth has checked it already.
 _BEARER = HTTPBearer(auto_error=False, description="the server's access token (`--token` or $BONEFRAC_TOKEN)")
@@ -131,6 +129,7 @@ async def model_info(detector: DetectorDep) -> dict[str, Any]:
     summary="Fracture probability, decision, boxes and heatmap pictures for one radiograph",
 )
 async def predict(
+    request: Request,
     detector: DetectorDep,
     limiter: LimiterDep,
     file: Annotated[UploadFile, File(description="a JPEG, PNG or DICOM radiograph (sniffed by content)")],
@@ -145,7 +144,14 @@ async def predict(
         # Decoding, the model and PNG encoding all block: run them in a worker thread, at most
         # `concurrency` at once, so the event loop stays free for /healthz and new connections.
         body = await anyio.to_thread.run_sync(
-            _predict_upload, detector, file.file, name, operating_point, images, limiter=limiter
+            _predict_upload,
+            detector,
+            file.file,
+            name,
+            operating_point,
+            images,
+            request.app.state.settings.any_modality,
+            limiter=limiter,
         )
     except ImageTooLargeError as e:  # before ImageReadError: it is a subclass
         return _refused(413, name, e)
@@ -159,82 +165,46 @@ async def predict(
 
 # ---------------------------------------------------------------- the work, in a worker thread
 def _predict_upload(
-    detector: FractureDetector, upload: BinaryIO, name: str, operating_point: str, images: bool
+    detector: FractureDetector,
+    upload: BinaryIO,
+    name: str,
+    operating_point: str,
+    images: bool,
+    any_modality: bool = False,
 ) -> dict[str, Any]:
-    thresholds = detector.operating_points
     # read_image takes a path; the upload keeps its (sanitised) name so error messages name the user's file.
     with tempfile.TemporaryDirectory(prefix="bonefrac-upload-") as tmp:
         path = Path(tmp) / name
         with open(path, "wb") as f:
             shutil.copyfileobj(upload, f, 1 << 20)
-        pred = detector.predict(path, operating_point=operating_point, heatmap=True)
-    pred.path = name
+        pred = detector.predict(path, operating_point=operating_point, heatmap=images, any_modality=any_modality)
+        pred = replace(pred, path=name)
+        shown = read_for_display(path) if images else None
     body = pred.to_dict()
-    body["thresholds"] = thresholds
+    body["thresholds"] = detector.operating_points
     # The heatmap's boxes whatever the decision, so the page can re-decide at another point without a re-upload.
-    body["candidate_boxes"] = replace(pred, boxes=pred.candidate_boxes).to_dict()["boxes"]
-    if images:
-        body.update(pictures(pred))
+    body["candidate_boxes"] = rounded_boxes(pred.candidate_boxes)
+    if shown is not None:
+        body.update(pictures(shown, pred))
     return jsonable(body)
 
 
-def pictures(pred: Prediction) -> dict[str, str]:
-    """Base64 PNGs for the page to layer with CSS: the plain radiograph (at the overlay's display size) and
-    the heatmap alone (RGBA, alpha = heat, same aspect); plus the full overlay, as `--overlay-dir` draws it."""
-    image, heat = pred.image, pred.heatmap
-    if image is None or heat is None:
-        raise RuntimeError("pictures need a prediction made with heatmap=True")
-    grey = Image.fromarray((np.clip(image.pixels, 0, 1) * 255).astype(np.uint8))
-    heat_im = Image.fromarray(np.ascontiguousarray(heat, dtype=np.float32))
-    grey = grey.resize(_fit(grey.size, MAX_SIDE), Image.BILINEAR) if max(grey.size) > MAX_SIDE else grey
-    heat_im = heat_im.resize(_fit(heat_im.size, HEATMAP_SIDE), Image.BILINEAR)
-    h = np.clip(np.asarray(heat_im), 0, 1)
-    rgba = np.dstack([colormap(h), (h * 255).astype(np.uint8)])  # the overlay's colours
+def pictures(image: XrayImage, pred: Prediction) -> dict[str, str]:
+    """Base64 PNGs for the page to layer with CSS: the plain radiograph and the heatmap alone (RGBA, alpha =
+    heat) at display size; plus the overlay exactly as `--overlay-dir` draws it."""
+    if pred.heatmap is None:
+        raise RuntimeError("pictures need a prediction made with a heatmap")
+    grey = display_grey(image, display_shape(pred.height, pred.width))
     return {
-        "image_png": _b64(_png(grey)),
-        "heatmap_png": _b64(_png(Image.fromarray(rgba))),
-        # render_overlay is what overlay_png_bytes draws (the --overlay-dir picture), encoded faster.
+        "image_png": _b64(_png(Image.fromarray(grey))),
+        "heatmap_png": _b64(_png(heatmap_rgba(pred.heatmap, HEATMAP_SIDE))),
         "overlay_png": _b64(_png(render_overlay(image, pred))),
     }
 
 
-def _fit(size: tuple[int, int], side: int) -> tuple[int, int]:
-    scale = side / max(size)
-    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
-
-
 def model_facts(detector: FractureDetector) -> dict[str, Any]:
-    """What `/api/model` shows. `detector.info` comes from whatever trained the checkpoint: any key may
-    be missing or oddly typed, so every field is read defensively."""
-    info = detector.info if isinstance(detector.info, dict) else {}
-    config = info.get("config") if isinstance(info.get("config"), dict) else None
-    if config is not None:
-        config = {
-            k: (_basename(v) if k in _PATH_CONFIG_KEYS else v)
-            for k, v in config.items()
-            if k not in _PRIVATE_CONFIG_KEYS
-        }
-    return jsonable(
-        {
-            "version": detector.version,
-            "arch": detector.spec.arch,
-            "image_size": detector.spec.image_size,
-            "backend": getattr(detector.backend, "name", None),
-            "sha256": detector.sha256,
-            "operating_points": detector.operating_points,
-            "training": {
-                "dataset": _basename(info.get("dataset")),
-                "n_train": info.get("n_train"),
-                "n_val": info.get("n_val"),
-                "trained_epochs": info.get("trained_epochs"),
-                "bonefrac_version": info.get("bonefrac_version"),
-                "config": config,
-            },
-            "validation": info.get("validation") if isinstance(info.get("validation"), dict) else None,
-            "model_card": bundled_model_card(detector.sha256),
-            "bonefrac_version": __version__,
-        }
-    )
+    """What `/api/model` shows: the detector's facts, and the model card when it is the bundled model."""
+    return {**detector.facts(), "model_card": bundled_model_card(detector.sha256), "bonefrac_version": __version__}
 
 
 def bundled_model_card(sha256: str, weights: Path | None = None) -> str | None:
@@ -258,10 +228,6 @@ def sanitize_filename(filename: str | None) -> str:
         suffix = Path(name).suffix[:16]
         name = name[: 120 - len(suffix)] + suffix
     return name or "upload"
-
-
-def _basename(value: Any) -> str | None:
-    return Path(str(value)).name if value else None
 
 
 def _png(im: Image.Image) -> bytes:

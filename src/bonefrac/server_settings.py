@@ -50,6 +50,7 @@ class ServerSettings:
         token: when set, every request but the page, /healthz and the API docs must send
             `Authorization: Bearer <token>` (on any host). Never shown in a repr or a log.
         insecure_no_token: serve a non-loopback host without a token (the caller was warned).
+        any_modality: predict on uploads that are not projection radiographs too (refused by default).
     """
 
     host: str = "127.0.0.1"
@@ -58,6 +59,7 @@ class ServerSettings:
     concurrency: int = 2
     token: str | None = field(default=None, repr=False)
     insecure_no_token: bool = False
+    any_modality: bool = False
 
     def __post_init__(self) -> None:
         if not self.max_upload_mb > 0:
