@@ -1,21 +1,32 @@
-"""Training on the real fixture radiographs: outputs, determinism, and kill-then-resume."""
+"""Training on the real fixture radiographs: outputs, determinism, kill-then-resume, and the refusals that come
+before any work (bad settings, a finished run folder, a resume with other settings)."""
 
 from __future__ import annotations
 
 import csv
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from _models import FIXTURES
 
 from bonefrac import FractureDetector
+from bonefrac.augment import Augment
+from bonefrac.data import content_digest
+from bonefrac.errors import BonefracError
+from bonefrac.models import MODELS
+from bonefrac.run_folder import resume_command
+from bonefrac.train import fit
+from bonefrac.train_config import ARCHS, ConfigError, TrainConfig
 
 ARGS = [
     "--arch",
@@ -30,25 +41,41 @@ ARGS = [
 ]
 
 
+def train_args(out: Path, cache: Path, *extra: str) -> list[str]:
+    return ["train", str(FIXTURES), "--out", str(out), "--cache-dir", str(cache), *ARGS, *extra]
+
+
 def train(out: Path, cache: Path, *extra: str, wait: bool = True) -> subprocess.Popen[str]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "bonefrac",
-        "train",
-        str(FIXTURES),
-        "--out",
-        str(out),
-        "--cache-dir",
-        str(cache),
-        *ARGS,
-        *extra,
-    ]
+    cmd = [sys.executable, "-m", "bonefrac", *train_args(out, cache, *extra)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if wait:
         output, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, output
     return proc
+
+
+def refused(out: Path, cache: Path, *extra: str) -> str:
+    """Run a `bonefrac train` that must be refused at once; returns its one-line message.
+
+    At once: before torch is imported (which alone takes a second or more), so under a second on any
+    machine where Python starts; and before anything is written (no run folder, no split, no cache).
+    """
+    before = _files(out), _files(cache)
+    cmd = [sys.executable, "-X", "importtime", "-m", "bonefrac", *train_args(out, cache, *extra)]
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    seconds = time.perf_counter() - t0
+    imports = [line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")]
+    lines = [line for line in r.stderr.splitlines() if not line.startswith("import time:")]
+    assert r.returncode == 1 and len(lines) == 1 and lines[0].startswith("bonefrac: error: "), r.stderr[-2000:]
+    assert "torch" not in imports, "refused only after importing torch"
+    assert seconds < 10, seconds  # generous for a loaded test machine; the import check above is the real bound
+    assert (_files(out), _files(cache)) == before  # nothing written: no run folder, split, or decoded image
+    return lines[0]
+
+
+def _files(folder: Path) -> list[Path] | None:
+    return sorted(folder.rglob("*")) if folder.exists() else None
 
 
 def _state(run: Path) -> dict[str, torch.Tensor]:
@@ -76,13 +103,20 @@ def test_train_writes_a_loadable_run(tmp_path: Path) -> None:
     # duplicate groups never straddle the split
     assert split["IMG0001763.jpg"] == split["IMG0002615.jpg"]
     info = json.loads((run / "run.json").read_text())
-    assert info["versions"]["torch"] == torch.__version__ and "train" in info["command"]
+    assert info["versions"]["torch"] == torch.__version__
+    [only] = info["invocations"]
+    assert only["command"][1:3] == ["train", str(FIXTURES)] and only["first_epoch"] == 1 and only["time"]
     det = FractureDetector.load(run, backend="torch")
     assert det.spec.arch == "seed_cnn" and det.spec.image_size == 64 and det.spec.reduce_from == 2
     assert info["config"]["reduce_from"] == 2
     v = det.info["validation"]
     assert set(v["operating_points"]) == {"default", "high_sensitivity", "high_specificity"}
     assert det.operating_points["default"] == v["operating_points"]["default"]["threshold"]
+    # What the model saw, by content: the digests of exactly the images of each side of the split.
+    digests = det.info["image_digests"]
+    images = FIXTURES / "images"
+    assert sorted(digests["train"]) == sorted(content_digest(images / k) for k, v in split.items() if v == "train")
+    assert sorted(digests["validation"]) == sorted(content_digest(images / k) for k, v in split.items() if v == "val")
 
 
 @pytest.mark.slow
@@ -100,8 +134,14 @@ def test_kill_mid_run_then_resume_matches_uninterrupted(tmp_path: Path) -> None:
     proc0.wait()
     assert (killed / "last.pt").exists()
     done_before = len(list(csv.DictReader(open(killed / "history.csv"))))
+    # A resume with other settings is refused, naming them; so is a restart without --resume.
+    message = refused(killed, cache, "--epochs", "4", "--resume", "--image-size", "96", "--lr", "0.001")
+    assert "--image-size 96 (run: 64)" in message and "--lr 0.001 (run: 0.0006)" in message
+    assert "--resume" in refused(killed, cache, "--epochs", "4")
     proc = train(killed, cache, "--epochs", "4", "--resume")
     assert proc.returncode == 0
+    commands = [i["command"] for i in json.loads((killed / "run.json").read_text())["invocations"]]
+    assert len(commands) == 2 and "--resume" not in commands[0] and "--resume" in commands[1]
     history = list(csv.DictReader(open(killed / "history.csv")))
     assert [int(h["epoch"]) for h in history] == [1, 2, 3, 4]
     assert done_before >= 1
@@ -122,6 +162,162 @@ def test_init_from_starts_at_the_given_weights(tmp_path: Path) -> None:
     # lr 0: the weights are exactly the checkpoint's (BatchNorm running statistics still move)
     weights = [k for k in start if k.endswith("weight")]
     assert weights and all(torch.equal(start[k], after[k]) for k in weights)
-    proc = train(tmp_path / "bad", cache, "--epochs", "1", "--init-from", str(first), "--image-size", "96", wait=False)
+    bad = tmp_path / "bad"
+    proc = train(bad, cache, "--epochs", "1", "--init-from", str(first), "--image-size", "96", wait=False)
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == 1 and "seed_cnn at 64px" in output and "Traceback" not in output
+    assert not (bad / "split.json").exists()  # refused before the data was split or decoded
+
+    # A finished run folder is kept unless asked: --overwrite starts it again (a new split, a new run.json).
+    assert "--overwrite" in refused(first, cache, "--epochs", "1")
+    train(first, cache, "--epochs", "1", "--overwrite", "--seed", "1")
+    assert len(json.loads((first / "run.json").read_text())["invocations"]) == 1
+    assert json.loads((first / "run.json").read_text())["config"]["seed"] == 1
+    assert len(list(csv.DictReader(open(first / "history.csv")))) == 1
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_how_to_resume_and_that_command_finishes_the_run(tmp_path: Path) -> None:
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    proc = train(run, cache, "--epochs", "6", wait=False)  # interrupted after the first of six epochs
+    deadline = time.time() + 120
+    while not (run / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, output
+    last = output.strip().splitlines()[-1]
+    assert last.startswith("bonefrac: interrupted; to continue: bonefrac train ") and "Traceback" not in output
+    command = shlex.split(last.split("to continue: ", 1)[1])
+    assert command[1:] == [*train_args(run, cache, "--epochs", "6"), "--resume"]
+    r = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert [int(h["epoch"]) for h in csv.DictReader(open(run / "history.csv"))] == [1, 2, 3, 4, 5, 6]
+
+
+# ---------------------------------------------------------------- refusals before any work
+@pytest.mark.parametrize(
+    ("option", "value", "says"),
+    [
+        ("--arch", "resnet50", "--arch resnet50: unknown; choose one of efficientnet_lite0"),
+        ("--epochs", "0", "--epochs 0: must be a whole number of at least 1"),
+        ("--val-fraction", "0", "--val-fraction 0.0: must be above 0 and at most 0.5"),
+        ("--val-fraction", "1", "--val-fraction 1.0: must be above 0 and at most 0.5"),
+        ("--image-size", "-5", "--image-size -5: must be a whole number of at least 32"),
+        ("--lr", "-1", "--lr -1.0: must be a number of at least 0"),
+        ("--batch-size", "0", "--batch-size 0: must be a whole number of at least 1"),
+        ("--patience", "0", "--patience 0: must be a whole number of at least 1"),
+        ("--warmup-epochs", "-1", "--warmup-epochs -1.0: must be a number of at least 0"),
+        ("--reduce-from", "1", "--reduce-from 1: must be a whole number of at least 2"),
+    ],
+)
+def test_bad_settings_are_refused_at_once_with_one_line(tmp_path: Path, option: str, value: str, says: str) -> None:
+    assert refused(tmp_path / "run", tmp_path / "cache", option, value).startswith(f"bonefrac: error: {says}")
+
+
+def test_a_finished_run_folder_needs_resume_or_overwrite(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.pt").write_bytes(b"a finished run's model")
+    message = refused(run, tmp_path / "cache")
+    assert "already holds a trained run (model.pt)" in message and "--resume" in message and "--overwrite" in message
+    assert "choose one" in refused(run, tmp_path / "cache", "--resume", "--overwrite")
+
+
+def test_resume_with_other_settings_is_refused_and_says_which(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    saved = asdict(TrainConfig(str(FIXTURES), str(run), arch="seed_cnn", image_size=224, batch_size=4))
+    (run / "run.json").write_text(json.dumps({"config": {**saved, "val_fraction": 0.34, "epochs": 3}}))
+    message = refused(run, tmp_path / "cache", "--resume")  # ARGS: 64 px, and 12 epochs (may change)
+    assert message == f"bonefrac: error: --resume: {run} was trained with other settings: --image-size 64 (run: 224)"
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"val_fraction": 0.7}, "--val-fraction 0.7"),
+        ({"loc_weight": -0.5}, "--loc-weight -0.5"),
+        ({"lr": float("nan")}, "--lr nan"),
+        ({"ema_decay": 1.0}, "--ema-decay 1.0"),
+        ({"threads": 0}, "--threads 0"),
+        ({"seed": -1}, "--seed -1"),
+        ({"max_train_images": 0}, "--max-train-images 0"),
+        ({"epochs": 2.5}, "--epochs 2.5"),
+        ({"dataset": "/no/such/dataset"}, "/no/such/dataset: no such dataset"),
+        ({"split_file": "/no/such/split.json"}, "--split /no/such/split.json: no such file"),
+        ({"init_from": "/no/such/model.pt"}, "--init-from /no/such/model.pt: no such file"),
+    ],
+)
+def test_config_check_names_the_setting(tmp_path: Path, change: dict[str, object], says: str) -> None:
+    good = TrainConfig(str(FIXTURES), str(tmp_path / "run"))
+    assert good.check() is good
+    with pytest.raises(BonefracError) as e:
+        replace(good, **change).check()
+    assert str(e.value).startswith(says) and "\n" not in str(e.value)
+
+
+def test_fit_refuses_bad_settings_before_writing_anything(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--epochs 0"):  # today's loop would have said "model written"
+        fit(TrainConfig(str(FIXTURES), str(tmp_path / "run"), epochs=0, cache_dir=str(tmp_path / "cache")))
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_arch_names_are_the_model_registry() -> None:
+    assert set(ARCHS) == set(MODELS)
+
+
+def test_resume_differences_ignore_run_length_and_equal_paths(tmp_path: Path) -> None:
+    cfg = TrainConfig(str(FIXTURES), str(tmp_path / "run"), epochs=20, patience=9, threads=1)
+    saved = asdict(TrainConfig(os.path.relpath(FIXTURES), "elsewhere", epochs=12, patience=5))
+    assert cfg.differences(saved) == []
+    assert cfg.differences({**saved, "image_size": 128, "seed": 3}) == [
+        "--image-size 256 (run: 128)",
+        "--seed 0 (run: 3)",
+    ]
+
+
+def test_resume_command_repeats_the_command_with_resume() -> None:
+    argv = ["train", "data dir", "--out", "runs/a", "--overwrite", "--epochs", "3"]
+    assert resume_command(argv) == "bonefrac train 'data dir' --out runs/a --epochs 3 --resume"
+    assert resume_command([*argv[:4], "--resume"]) == "bonefrac train 'data dir' --out runs/a --resume"
+
+
+# ---------------------------------------------------------------- pieces of the loop
+def test_augment_apply_always_returns_images_and_masks() -> None:
+    aug = Augment()
+    x = torch.rand(3, 1, 32, 32)
+    params = aug.sample(3, torch.Generator().manual_seed(0))
+    images, masks = aug.apply(x, params)
+    assert masks is None and images.shape == x.shape
+    with_masks, warped = aug.apply(x, params, torch.ones(3, 1, 32, 32))
+    assert torch.equal(with_masks, images) and warped is not None and warped.shape == x.shape
+
+
+def test_resume_state_carries_the_cuda_generator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU, dropout draws from the device's generator: last.pt saves it and `restore` puts it back."""
+    from bonefrac import train as train_module
+
+    cuda_state = torch.arange(16, dtype=torch.uint8)
+    restored: list[tuple[torch.Tensor, torch.device]] = []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: cuda_state)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append((state, device)))
+    model = torch.nn.Linear(2, 1)
+    run = SimpleNamespace(
+        out=tmp_path,
+        device=torch.device("cuda", 0),  # only compared: nothing is moved there
+        model=model,
+        ema=train_module.EMA(model, 0.9),
+        opt=torch.optim.AdamW(model.parameters()),
+        best_auc=0.7,
+        stale=0,
+        history=[{"epoch": 1}],
+        first_epoch=0,
+    )
+    state = train_module.resume_state(run, epoch=0)
+    assert torch.equal(state["cuda_rng"], cuda_state)
+    torch.save(state, tmp_path / "last.pt")
+    train_module.restore(run)
+    assert run.first_epoch == 1 and len(restored) == 1 and torch.equal(restored[0][0], cuda_state)
+    run.device = torch.device("cpu")
+    assert "cuda_rng" not in train_module.resume_state(run, epoch=0)  # nothing to save on the CPU

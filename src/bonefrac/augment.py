@@ -29,7 +29,7 @@ class Augment:
     contrast: float = 0.15
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.apply(x, self.sample(x.shape[0], generator))
+        return self.apply(x, self.sample(x.shape[0], generator))[0]
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Random parameters for `n` images, (n, 7): angle (rad), scale, flip, tx, ty, gamma, contrast.
@@ -51,9 +51,11 @@ class Augment:
 
     def apply(
         self, x: torch.Tensor, params: torch.Tensor, masks: torch.Tensor | None = None
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Augment (N, 1, S, S) in [0, 1] with (N, 7) parameters from `sample`. With `masks` (N, 1, S, S),
-        fracture-box masks get the same geometric warp (not the intensity changes) and are returned too."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Augment (N, 1, S, S) in [0, 1] with (N, 7) parameters from `sample`; returns (images, masks).
+
+        Fracture-box `masks` (N, 1, S, S) get the same geometric warp (not the intensity changes); without
+        masks the second item is None."""
         n = x.shape[0]
         angle, scale, flip, tx, ty, gamma, contrast = params.unbind(1)
         cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
@@ -67,4 +69,4 @@ class Augment:
         c = contrast.view(n, 1, 1, 1)
         mean = x.mean(dim=(2, 3), keepdim=True)
         x = ((x - mean) * c + mean).clamp(0, 1)
-        return x if masks is None else (x, both[:, 1:])
+        return x, (None if masks is None else both[:, 1:])

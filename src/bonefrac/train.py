@@ -1,23 +1,23 @@
 """The fit loop: class-balanced loss, radiograph augmentation, AdamW + warmup/cosine, EMA weights,
 best checkpoint by validation AUC, early stopping, and resume from the last finished epoch.
 
-Under torchrun the same loop runs data-parallel (see `distributed`): `batch_size` is the global batch, split
-across ranks; only rank 0 writes files, logs and shows progress; validation is sharded and gathered.
+`fit` is a short loop over named steps: `set_up`, `restore`, `train_one_epoch`, `validate`,
+`select_and_save`. Under torchrun the same loop runs data-parallel (see `distributed`): `batch_size` is the
+global batch, split across ranks; only rank 0 writes files, logs and shows progress; validation is sharded
+and gathered.
 
-Outputs in the run folder: model.pt (best, with operating points chosen on validation), last.pt (resume
-state), history.csv, learning_curve.png, split.json, run.json (command line, versions, config).
+Outputs in the run folder: model.pt (best, with operating points chosen on validation and the digests of
+the images it was trained and validated on), last.pt (resume state), history.csv, learning_curve.png,
+split.json, run.json (every command that trained the run, versions, config).
 """
 
 from __future__ import annotations
 
 import copy
-import csv
-import json
 import math
-import platform
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,40 +26,18 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import __version__, distributed, distributed_model
+from . import __version__, distributed, distributed_model, run_folder
 from .augment import Augment
+from .box_supervision import box_targets, load_box_masks, localization_loss
 from .checkpoint import atomic_save, load_model, save_model
-from .data import DecodeCache, Record, load_dataset, load_split, save_split, split_dataset
-from .errors import BonefracError, DatasetError
-from .io import REDUCE_FROM
-from .metrics import auc, auc_ci, choose_operating_points, operating_point_stats
+from .data import DecodeCache, Record, content_digest, load_dataset, load_split, save_split, split_dataset
+from .errors import DatasetError
+from .metrics import auc, choose_operating_points, discrimination
 from .models import ModelSpec, build_model
-from .transforms import box_mask, normalize
+from .train_config import ConfigError, TrainConfig, check_start
+from .transforms import normalize
 
-
-@dataclass
-class TrainConfig:
-    dataset: str
-    out: str
-    arch: str = "efficientnet_lite0"
-    epochs: int = 12
-    image_size: int = 256
-    reduce_from: int = REDUCE_FROM  # preprocessing: images this many times the input size are read reduced
-    batch_size: int = 32
-    lr: float = 6e-4
-    weight_decay: float = 0.02
-    warmup_epochs: float = 1.0
-    ema_decay: float = 0.995
-    patience: int = 5
-    val_fraction: float = 0.2
-    seed: int = 0
-    split_file: str | None = None
-    cache_dir: str | None = None
-    threads: int | None = None
-    loc_weight: float = 0.5  # box supervision of the heatmap, where the dataset has fracture boxes
-    init_from: str | None = None  # start from this checkpoint's weights instead of ImageNet
-    max_train_images: int | None = None  # for smoke tests only
-    progress: bool = True
+__all__ = ["TrainConfig", "fit"]
 
 
 class EMA:
@@ -94,39 +72,6 @@ def load_batch(cache: DecodeCache, records: list[Record], idx: list[int]) -> tup
     x = torch.from_numpy(np.stack([cache.load(records[i].path) for i in idx]))[:, None].float().div_(255)
     y = torch.tensor([records[i].label for i in idx], dtype=torch.float32)
     return x, y
-
-
-def load_box_masks(cache: DecodeCache, records: list[Record], idx: list[int]) -> torch.Tensor:
-    """(N, 1, S, S) fracture-box masks on the cached grid; all zero for images without boxes."""
-    masks = [
-        box_mask(records[i].boxes, cache.geometry(records[i].path))
-        if records[i].boxes
-        else np.zeros((cache.size, cache.size), np.float32)
-        for i in idx
-    ]
-    return torch.from_numpy(np.stack(masks))[:, None]
-
-
-def box_targets(cam: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The share of each heatmap cell covered by boxes (N, h*w), and which images have any box (N,)."""
-    target = F.adaptive_avg_pool2d(masks, cam.shape[-2:]).flatten(1)
-    return target, target.sum(1) > 1e-6
-
-
-def localization_loss(cam: torch.Tensor, masks: torch.Tensor, n_boxed: int | None = None) -> torch.Tensor:
-    """Cross-entropy between the heatmap's spatial softmax and the share of each cell covered by boxes.
-
-    It shapes only *where* the heatmap is high, relative to the rest of the image, so it does not fight
-    the image-level logit (the heatmap's mean). Images without boxes (negatives) contribute nothing. The
-    mean is over the boxed images here, or over `n_boxed` images: under DDP the global batch's count, so
-    that the ranks' losses add up to the loss one process computes on the whole batch.
-    """
-    target, keep = box_targets(cam, masks)
-    if not keep.any():
-        return cam.sum() * 0.0  # keeps every parameter in the graph (DistributedDataParallel needs that)
-    target = target[keep] / target[keep].sum(1, keepdim=True)
-    per_image = -(target * F.log_softmax(cam[keep].flatten(1), dim=1)).sum(1)
-    return per_image.mean() if n_boxed is None else per_image.sum() / n_boxed
 
 
 @torch.no_grad()
@@ -174,225 +119,265 @@ def prepare_data(cfg: TrainConfig, spec: ModelSpec, out: Path) -> tuple[list[Rec
     return train, val, cache
 
 
-def validation_report(y: np.ndarray, p: np.ndarray, points: dict[str, float]) -> dict[str, Any]:
-    return {
-        "n": int(len(y)),
-        "n_positive": int(y.sum()),
-        "auc": auc(y, p),
-        "auc_ci95": auc_ci(y, p),
-        "operating_points": {k: operating_point_stats(y, p, t) for k, t in points.items()},
-    }
+# ---------------------------------------------------------------- the loop and its steps
+@dataclass
+class Run:
+    """What the loop works on: built by `set_up`, moved forward by `restore` and every epoch."""
+
+    cfg: TrainConfig
+    out: Path
+    device: torch.device
+    spec: ModelSpec
+    train: list[Record]
+    val: list[Record]
+    cache: DecodeCache
+    image_digests: dict[str, list[str]]  # {"train": [...], "validation": [...]}, on rank 0
+    model: torch.nn.Module  # the plain module: its state_dict is what is saved
+    step_model: torch.nn.Module  # what a step calls: DistributedDataParallel around `model` under torchrun
+    ema: EMA
+    opt: torch.optim.Optimizer
+    pos_weight: torch.Tensor
+    steps_per_epoch: int
+    use_boxes: bool
+    augment: Augment = field(default_factory=Augment)
+    first_epoch: int = 0
+    best_auc: float = -1.0
+    stale: int = 0  # epochs since the best validation AUC (early stopping)
+    history: list[dict[str, float]] = field(default_factory=list)
 
 
-def fit(cfg: TrainConfig, resume: bool = False) -> Path:
-    """Train a model as configured; returns the run folder. With `resume`, continue from last.pt.
+def fit(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Path:
+    """Train a model as configured; returns the run folder. With `resume`, continue from last.pt; with
+    `overwrite`, start again in a folder that holds a finished run (otherwise refused).
 
     Under torchrun every rank runs this; rank 0 alone writes the run folder, and the others receive its
     decisions (split, resume state), so only rank 0 needs the folder.
     """
-    out = Path(cfg.out)
-    main = distributed.is_main()
-    world = distributed.world_size()
+    check_start(cfg, resume, overwrite)  # bad settings fail here, before anything is decoded or written
+    run = set_up(cfg, overwrite)
+    if resume:
+        restore(run)
+    if distributed.is_main():
+        run_folder.record_invocation(run.out, cfg, len(run.train), len(run.val), run.first_epoch)
+    for epoch in range(run.first_epoch, cfg.epochs):
+        if run.stale >= cfg.patience:
+            break  # early stopping
+        t0 = time.time()
+        train_loss, loc_loss = train_one_epoch(run, epoch)
+        train_seconds = time.time() - t0
+        y, p = validate(run)
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            "val_loss": float(F.binary_cross_entropy(torch.tensor(p).clamp(1e-6, 1 - 1e-6), torch.tensor(y).float())),
+            "val_auc": auc(y, p),
+            "loc_loss": loc_loss,
+            "lr": run.opt.param_groups[0]["lr"],
+            "seconds": time.time() - t0,
+            "train_images_per_s": min(run.steps_per_epoch * cfg.batch_size, len(run.train)) / train_seconds,
+        }
+        select_and_save(run, epoch, row, y, p)
+        distributed.barrier()  # ranks leave the epoch together, after rank 0's checkpoint is on disk
+    if distributed.is_main():
+        print(f"best validation AUC {run.best_auc:.4f}; model written to {run.out / 'model.pt'}")
+    return run.out
+
+
+def set_up(cfg: TrainConfig, overwrite: bool) -> Run:
+    """The run folder, the model, its EMA and optimiser, and the data (split, decode cache, digests)."""
+    out, world = Path(cfg.out), distributed.world_size()
     if cfg.batch_size < world:
-        raise BonefracError(f"--batch-size {cfg.batch_size} is the global batch: it needs at least {world}")
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
+        raise ConfigError(f"--batch-size {cfg.batch_size} is the global batch: it needs at least {world}")
     torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     dev = distributed.device()
     spec = ModelSpec(arch=cfg.arch, image_size=cfg.image_size, reduce_from=cfg.reduce_from)
+    # Built first: a wrong --init-from fails before any writing or decoding (no torch RNG is drawn in between).
+    model = initial_model(cfg, spec).to(dev, memory_format=torch.channels_last)
+    if distributed.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            run_folder.clear(out)
     train, val, cache = prepare_data(cfg, spec, out)
     if len(train) < world:
         raise DatasetError(f"{len(train)} training images cannot be shared by {world} processes")
-    if cfg.init_from:
-        # Fine-tune a trained model (e.g. add box supervision to a classifier): its weights, this run's recipe.
-        model, init_spec, _ = load_model(cfg.init_from)
-        if (init_spec.arch, init_spec.image_size) != (spec.arch, spec.image_size):
-            raise BonefracError(
-                f"--init-from {cfg.init_from} is {init_spec.arch} at {init_spec.image_size}px; "
-                f"this run is {spec.arch} at {spec.image_size}px"
-            )
-    else:
-        model = build_model(spec)
-    model = model.to(dev, memory_format=torch.channels_last)
-    ema = EMA(model, cfg.ema_decay)
-    ddp_model = distributed_model.wrap(model)  # `model` stays the plain module: its state_dict is what we save
-    decay, no_decay = [], []
-    for p in model.parameters():
-        (no_decay if p.ndim <= 1 else decay).append(p)
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
-    )
+    decay = [p for p in model.parameters() if p.ndim > 1]  # no weight decay on biases and norms
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     n_pos = sum(r.label for r in train)
-    pos_weight = torch.tensor((len(train) - n_pos) / max(n_pos, 1), device=dev)  # balance the classes
-    # The same steps and the same global batches whatever the number of processes.
-    steps_per_epoch = len(train) // cfg.batch_size or 1
-    total_steps = steps_per_epoch * cfg.epochs
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
-    augment = Augment()
-    use_boxes = cfg.loc_weight > 0 and any(r.boxes for r in train)
-    start_epoch, best_auc, stale, history = 0, -1.0, 0, []
-    last_path = out / "last.pt"
-    state = (
-        torch.load(last_path, map_location="cpu", weights_only=True)
-        if resume and main and last_path.is_file()
-        else None
+    return Run(
+        cfg=cfg,
+        out=out,
+        device=dev,
+        spec=spec,
+        train=train,
+        val=val,
+        cache=cache,
+        image_digests=image_digests(train, val) if distributed.is_main() else {},
+        model=model,
+        ema=EMA(model, cfg.ema_decay),
+        step_model=distributed_model.wrap(model),  # `model` keeps its identity and parameters
+        opt=torch.optim.AdamW(groups, lr=cfg.lr),
+        pos_weight=torch.tensor((len(train) - n_pos) / max(n_pos, 1), device=dev),  # balance the classes
+        # The same steps and the same global batches whatever the number of processes.
+        steps_per_epoch=len(train) // cfg.batch_size or 1,
+        use_boxes=cfg.loc_weight > 0 and any(r.boxes for r in train),
     )
-    state = distributed.broadcast_object(state)  # every rank resumes from rank 0's last.pt
-    if state is not None:
-        model.load_state_dict(state["model"])
-        ema.module.load_state_dict(state["ema"])
-        ema.updates = state["ema_updates"]
-        opt.load_state_dict(state["optimizer"])
-        start_epoch, best_auc, stale = state["epoch"] + 1, state["best_auc"], state["stale"]
-        torch.set_rng_state(state["torch_rng"])  # dropout / stochastic depth continue as if never stopped
-        history = state["history"]
-        if main:
-            print(f"resuming after epoch {state['epoch'] + 1} (best val AUC so far {best_auc:.4f})")
-    if main:
-        write_run_info(out, cfg, len(train), len(val))
-    for epoch in range(start_epoch, cfg.epochs):
-        if stale >= cfg.patience:
-            break
-        t0 = time.time()
-        # Seeded per epoch, identical on every rank, so a resumed or distributed run sees the same order
-        # and the same augmentation (drawn for the global batch, each rank keeping its rows).
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)).tolist()
-        gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch + 1)
-        model.train()
-        losses, loc_losses = [], []
-        bar = tqdm(
-            range(steps_per_epoch),
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            disable=not (cfg.progress and main),
+
+
+def initial_model(cfg: TrainConfig, spec: ModelSpec) -> torch.nn.Module:
+    """ImageNet weights (or random ones), or a trained model to fine-tune (e.g. to add box supervision to a
+    classifier): its weights, this run's recipe."""
+    if not cfg.init_from:
+        return build_model(spec)
+    model, init_spec, _ = load_model(cfg.init_from)
+    if (init_spec.arch, init_spec.image_size) != (spec.arch, spec.image_size):
+        raise ConfigError(
+            f"--init-from {cfg.init_from} is {init_spec.arch} at {init_spec.image_size}px; "
+            f"this run is {spec.arch} at {spec.image_size}px"
         )
-        for step in bar:
-            glob = epoch * steps_per_epoch + step
-            for g in opt.param_groups:
-                g["lr"] = lr_at(glob, total_steps, warmup, cfg.lr)
-            batch = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            params = augment.sample(len(batch), gen)
-            idx = distributed.shard(batch)
-            x, y = load_batch(cache, train, idx)
-            masks = load_box_masks(cache, train, idx) if use_boxes else None
-            x, masks = (
-                augment.apply(x, distributed.shard(params), masks)
-                if use_boxes
-                else (
-                    augment.apply(x, distributed.shard(params)),
-                    None,
-                )
-            )
-            x = normalize(x, spec).to(dev).contiguous(memory_format=torch.channels_last)
-            y = y.to(dev)
-            # This rank's mean, weighted by its share of the global batch (1.0 for equal shards and in one
-            # process): DDP's average over ranks is then exactly the global batch's mean loss and gradient.
-            share = len(idx) * world / len(batch)
-            distributed_model.set_global_batch(model, len(batch))
-            if use_boxes:
-                logits, cam = ddp_model(x, return_cam=True)
-                masks = masks.to(dev)
-                # Ranks hold different numbers of boxed images: divide by the global batch's count, times
-                # world for DDP's average (in one process: the plain mean, times 1).
-                n_boxed = distributed.sum_int(int(box_targets(cam, masks)[1].sum())) if world > 1 else None
-                loc = localization_loss(cam, masks, n_boxed) * world
-                loc_losses.append(loc.item())
-            else:
-                logits, loc = ddp_model(x), 0.0
-            bce = F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight)
-            loss = bce * share + cfg.loc_weight * loc
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            ema.update(model)  # weights are identical on every rank after the step, so every EMA is too
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")  # rank 0's share: a noisy estimate
-        train_time = time.time() - t0
-        # The global batches' losses (each rank's terms are scaled so that their mean is the global one).
-        losses = distributed.mean_over_ranks(losses)
-        loc_losses = distributed.mean_over_ranks(loc_losses) if loc_losses else []
-        p = distributed.gather_predictions(lambda recs: predict_cached(ema.module, spec, cache, recs), val)
-        y = np.array([r.label for r in val])
-        val_auc = auc(y, p)
-        val_loss = float(F.binary_cross_entropy(torch.tensor(p).clamp(1e-6, 1 - 1e-6), torch.tensor(y).float()))
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": float(np.mean(losses)),
-            "val_loss": val_loss,
-            "val_auc": val_auc,
-            "loc_loss": float(np.mean(loc_losses)) if loc_losses else float("nan"),
-            "lr": opt.param_groups[0]["lr"],
-            "seconds": time.time() - t0,
-            "train_images_per_s": min(steps_per_epoch * cfg.batch_size, len(train)) / train_time,
-        }
-        history.append(row)
-        # Every rank holds the same gathered predictions, hence takes the same best / early-stop decisions.
-        improved = val_auc > best_auc
-        best_auc, stale = (val_auc, 0) if improved else (best_auc, stale + 1)
+    return model
+
+
+def image_digests(train: list[Record], val: list[Record]) -> dict[str, list[str]]:
+    """Content digests of the images the model learns from and is chosen on, stored in model.pt so that
+    `evaluate` can tell how many of its images the model has seen (however they are named)."""
+    return {"train": [content_digest(r.path) for r in train], "validation": [content_digest(r.path) for r in val]}
+
+
+def restore(run: Run) -> None:
+    """Continue from rank 0's last.pt (every rank receives it): weights, EMA, optimiser, RNG, history."""
+    path = run.out / "last.pt"
+    main = distributed.is_main()
+    state = torch.load(path, map_location="cpu", weights_only=True) if main and path.is_file() else None
+    state = distributed.broadcast_object(state)
+    if state is None:
         if main:
-            if improved:
-                spec.operating_points = choose_operating_points(y, p)
-                info = {
-                    "bonefrac_version": __version__,
-                    "trained_epochs": epoch + 1,
-                    "config": asdict(cfg),
-                    "dataset": str(cfg.dataset),
-                    "n_train": len(train),
-                    "n_val": len(val),
-                    "validation": validation_report(y, p, spec.operating_points),
-                }
-                save_model(ema.module, spec, out / "model.pt", info)
-            tqdm.write(
-                f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}  val loss {val_loss:.4f}  "
-                f"val AUC {val_auc:.4f}{' *' if improved else ''}  {row['train_images_per_s']:.1f} img/s"
-            )
-            write_history(out, history)
-            atomic_save(
-                {
-                    "model": model.state_dict(),
-                    "ema": ema.module.state_dict(),
-                    "ema_updates": ema.updates,
-                    "optimizer": opt.state_dict(),
-                    "epoch": epoch,
-                    "best_auc": best_auc,
-                    "stale": stale,
-                    "history": history,
-                    "torch_rng": torch.get_rng_state(),
-                },
-                last_path,
-            )
-        distributed.barrier()  # ranks leave the epoch together, after rank 0's checkpoint is on disk
+            print(f"nothing to resume in {run.out} (no last.pt): starting from the first epoch")
+        return
+    run.model.load_state_dict(state["model"])
+    run.ema.module.load_state_dict(state["ema"])
+    run.ema.updates = state["ema_updates"]
+    run.opt.load_state_dict(state["optimizer"])
+    run.first_epoch, run.best_auc, run.stale = state["epoch"] + 1, state["best_auc"], state["stale"]
+    run.history = state["history"]
+    # Dropout and stochastic depth continue as if never stopped: they draw from the device's generator.
+    torch.set_rng_state(state["torch_rng"])
+    if run.device.type == "cuda" and "cuda_rng" in state:
+        torch.cuda.set_rng_state(state["cuda_rng"], run.device)
     if main:
-        print(f"best validation AUC {best_auc:.4f}; model written to {out / 'model.pt'}")
-    return out
+        print(f"resuming after epoch {run.first_epoch} (best val AUC so far {run.best_auc:.4f})")
 
 
-def write_history(out: Path, history: list[dict[str, float]]) -> None:
-    with open(out / "history.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(history[0]))
-        w.writeheader()
-        w.writerows(history)
-    from .report import plot_learning_curve
+def train_one_epoch(run: Run, epoch: int) -> tuple[float, float]:
+    """One pass over the training images; returns the mean loss and box loss (nan without boxes)."""
+    cfg = run.cfg
+    # Seeded per epoch, identical on every rank, so a resumed or distributed run sees the same order
+    # and the same augmentation (drawn for the global batch, each rank keeping its rows).
+    order = torch.randperm(len(run.train), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)).tolist()
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch + 1)
+    total, warmup = run.steps_per_epoch * cfg.epochs, int(cfg.warmup_epochs * run.steps_per_epoch)
+    run.model.train()
+    losses, loc_losses = [], []
+    show = cfg.progress and distributed.is_main()
+    with tqdm(range(run.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show) as bar:
+        for step in bar:
+            for g in run.opt.param_groups:
+                g["lr"] = lr_at(epoch * run.steps_per_epoch + step, total, warmup, cfg.lr)
+            batch = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            loss, loc = train_step(run, batch, run.augment.sample(len(batch), gen))
+            losses.append(loss)
+            if loc is not None:
+                loc_losses.append(loc)
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")  # rank 0's share: a noisy estimate
+    # The global batches' losses (each rank's terms are scaled so that their mean is the global one).
+    losses = distributed.mean_over_ranks(losses)
+    loc_losses = distributed.mean_over_ranks(loc_losses) if loc_losses else []
+    return float(np.mean(losses)), float(np.mean(loc_losses)) if loc_losses else float("nan")
 
-    plot_learning_curve(history, out / "learning_curve.png")
+
+def train_step(run: Run, batch: list[int], params: torch.Tensor) -> tuple[float, float | None]:
+    """One optimiser step on this rank's share of the global `batch`, augmented with `params` (drawn for
+    the whole batch). Returns this rank's loss and box loss (None without boxes)."""
+    world, dev = distributed.world_size(), run.device
+    idx = distributed.shard(batch)
+    x, y = load_batch(run.cache, run.train, idx)
+    masks = load_box_masks(run.cache, run.train, idx) if run.use_boxes else None
+    x, masks = run.augment.apply(x, distributed.shard(params), masks)
+    x = normalize(x, run.spec).to(dev).contiguous(memory_format=torch.channels_last)
+    y = y.to(dev)
+    # This rank's mean, weighted by its share of the global batch (1.0 for equal shards and in one
+    # process): DDP's average over ranks is then exactly the global batch's mean loss and gradient.
+    share = len(idx) * world / len(batch)
+    distributed_model.set_global_batch(run.model, len(batch))
+    loc: torch.Tensor | float = 0.0
+    if masks is not None:
+        logits, cam = run.step_model(x, return_cam=True)
+        masks = masks.to(dev)
+        # Ranks hold different numbers of boxed images: divide by the global batch's count, times
+        # world for DDP's average (in one process: the plain mean, times 1).
+        n_boxed = distributed.sum_int(int(box_targets(cam, masks)[1].sum())) if world > 1 else None
+        loc = localization_loss(cam, masks, n_boxed) * world
+    else:
+        logits = run.step_model(x)
+    bce = F.binary_cross_entropy_with_logits(logits, y, pos_weight=run.pos_weight)
+    loss = bce * share + run.cfg.loc_weight * loc
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    run.opt.step()
+    run.ema.update(run.model)  # weights are identical on every rank after the step, so every EMA is too
+    return loss.item(), loc.item() if isinstance(loc, torch.Tensor) else None
 
 
-def write_run_info(out: Path, cfg: TrainConfig, n_train: int, n_val: int) -> None:
-    info = {
-        "command": sys.argv,
-        "config": asdict(cfg),
-        "n_train": n_train,
-        "n_val": n_val,
-        "versions": {
-            "bonefrac": __version__,
-            "torch": torch.__version__,
-            "numpy": np.__version__,
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
-        "threads": torch.get_num_threads(),
-        "world_size": distributed.world_size(),
+def validate(run: Run) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and the EMA model's probabilities on the validation images, the same on every rank (so that
+    every rank takes the same best-epoch and early-stopping decisions)."""
+    p = distributed.gather_predictions(lambda recs: predict_cached(run.ema.module, run.spec, run.cache, recs), run.val)
+    return np.array([r.label for r in run.val]), p
+
+
+def select_and_save(run: Run, epoch: int, row: dict[str, float], y: np.ndarray, p: np.ndarray) -> None:
+    """Keep the epoch's figures; on a better validation AUC save model.pt; always save last.pt (rank 0)."""
+    run.history.append(row)
+    improved = row["val_auc"] > run.best_auc
+    run.best_auc, run.stale = (row["val_auc"], 0) if improved else (run.best_auc, run.stale + 1)
+    if not distributed.is_main():
+        return
+    if improved:
+        run.spec.operating_points = choose_operating_points(y, p)
+        info = {
+            "bonefrac_version": __version__,
+            "trained_epochs": epoch + 1,
+            "config": asdict(run.cfg),
+            "dataset": str(run.cfg.dataset),
+            "n_train": len(run.train),
+            "n_val": len(run.val),
+            "validation": discrimination(y, p, run.spec.operating_points),
+            "image_digests": run.image_digests,
+        }
+        save_model(run.ema.module, run.spec, run.out / "model.pt", info)
+    tqdm.write(
+        f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  "
+        f"val AUC {row['val_auc']:.4f}{' *' if improved else ''}  {row['train_images_per_s']:.1f} img/s"
+    )
+    run_folder.write_history(run.out, run.history)
+    atomic_save(resume_state(run, epoch), run.out / "last.pt")
+
+
+def resume_state(run: Run, epoch: int) -> dict[str, Any]:
+    """What `restore` needs to continue after `epoch` exactly as if the run had never stopped."""
+    state = {
+        "model": run.model.state_dict(),
+        "ema": run.ema.module.state_dict(),
+        "ema_updates": run.ema.updates,
+        "optimizer": run.opt.state_dict(),
+        "epoch": epoch,
+        "best_auc": run.best_auc,
+        "stale": run.stale,
+        "history": run.history,
+        "torch_rng": torch.get_rng_state(),
     }
-    (out / "run.json").write_text(json.dumps(info, indent=2))
+    if run.device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(run.device)
+    return state
