@@ -14,7 +14,8 @@ import pytest
 import torch
 
 import bonefrac.data as data
-from bonefrac.data import DecodeCache, Record, load_dataset, load_split, save_split, split_dataset
+from bonefrac.cache import cache_dir
+from bonefrac.data import DecodeCache, Record, content_digest, load_dataset, load_split, save_split, split_dataset
 from bonefrac.errors import DatasetError
 from bonefrac.io import read_image
 from bonefrac.transforms import letterbox_image
@@ -204,6 +205,35 @@ def test_split_is_reproducible_for_a_seed(tmp_path: Path) -> None:
     assert split_dataset(records, seed=4) != a
     save_split(a, tmp_path / "split.json")
     assert load_split(tmp_path / "split.json") == a
+
+
+def test_split_refuses_a_fraction_too_small_for_the_dataset(fixtures_dir: Path) -> None:
+    with pytest.raises(DatasetError, match=r"--val-fraction 0.01 holds out 1 in 100: too few images"):
+        split_dataset(load_dataset(fixtures_dir), val_fraction=0.01)
+
+
+def test_content_digest_names_the_bytes_not_the_file(fixtures_dir: Path, tmp_path: Path) -> None:
+    original = fixtures_dir / "images" / "IMG0000505.jpg"
+    digest = content_digest(original)
+    assert len(digest) == 16 and int(digest, 16) >= 0
+    (tmp_path / "elsewhere").mkdir()
+    copy = Path(shutil.copy(original, tmp_path / "elsewhere" / "renamed.jpeg"))
+    assert content_digest(copy) == digest  # another name and folder: the same image
+    changed = bytearray(copy.read_bytes())
+    changed[len(changed) // 2] ^= 1
+    copy.write_bytes(bytes(changed))
+    assert content_digest(copy) != digest  # one bit of the content: another image
+    assert content_digest(fixtures_dir / "images" / "IMG0001271.jpg") != digest
+
+
+def test_cache_dir_is_read_from_the_environment_at_each_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BONEFRAC_CACHE", str(tmp_path / "a"))
+    assert cache_dir() == tmp_path / "a" and DecodeCache().root == tmp_path / "a"
+    monkeypatch.setenv("BONEFRAC_CACHE", str(tmp_path / "b"))
+    assert cache_dir() == tmp_path / "b"
+    monkeypatch.delenv("BONEFRAC_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir() == tmp_path / "home" / ".cache" / "bonefrac"
 
 
 @pytest.mark.dataset
