@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import highdicom as hd
 import pydicom
 import pytest
 from _models import make_checkpoint
@@ -81,24 +82,30 @@ def test_a_study_comes_back_as_one_sr_and_an_overlay_per_view(
     assoc = scu(node.port, [Verification])
     assert int(assoc.send_c_echo().Status) == 0
     assoc.release()
-    assert _store(node.port, views) == [0, 0]
+    assert _store(node.port, views[::-1]) == [0, 0]  # sent last view first
     got = pacs.wait_for(3)
     assert sorted(ds.Modality for ds in got) == ["OT", "OT", "SR"]
     study_uid = pydicom.dcmread(views[0], stop_before_pixels=True).StudyInstanceUID
     assert {ds.StudyInstanceUID for ds in got} == {study_uid}
     (sr,) = [ds for ds in got if ds.Modality == "SR"]
+    uids = [str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in views]
     expected = [detector.predict(read_image(p)).probability for p in views]
     assert report_probabilities(sr) == pytest.approx(
-        {"study": max(expected), "view 1": expected[0], "view 2": expected[1]}, abs=1e-9
+        {"study": max(expected), uids[0]: expected[0], uids[1]: expected[1]}, abs=1e-9
     )
+    # The report lists the views in acquisition order (instance number), not in the order they came in.
+    groups = hd.sr.ComprehensiveSR.from_dataset(sr).content.get_image_measurement_groups()
+    assert [(g.tracking_identifier, g.source_images[0].referenced_sop_instance_uid) for g in groups[1:]] == [
+        ("view 1", uids[0]),
+        ("view 2", uids[1]),
+    ]
     written = sorted(p.name.split("_")[0] for p in (node.config.out / study_digest(study_uid)).iterdir())
     assert written == ["OT", "OT", "SR"]
     assert not list(node.incoming.iterdir())  # the received images are deleted once predicted
     # The log names the study by its digest; no patient identifier and no UID ever.
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert study_digest(study_uid) in text and "sent 3 objects" in text
-    uids = {study_uid} | {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in views}
-    assert not [s for s in (*IDENTIFIERS, *uids) if s in text]
+    assert not [s for s in (*IDENTIFIERS, study_uid, *uids) if s in text]
 
 
 def test_dcmtk_echo_store_refused_ct_and_corrupt_file(

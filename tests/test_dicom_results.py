@@ -72,8 +72,9 @@ def test_sr_carries_study_and_view_probabilities_decision_model_and_boxes(result
     preds = results["preds"]
     sr = hd.sr.srread(results["sr"])
     probabilities = report_probabilities(sr)
+    uids = [str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in results["views"]]
     assert probabilities == pytest.approx(
-        {"study": max(p.probability for p in preds), "view 1": preds[0].probability, "view 2": preds[1].probability},
+        {"study": max(p.probability for p in preds), uids[0]: preds[0].probability, uids[1]: preds[1].probability},
         abs=1e-12,
     )
     groups = sr.content.get_image_measurement_groups()

@@ -350,19 +350,30 @@ class DicomNode:
         finally:
             self._warming.clear()
 
+    def _headers(self, study: _Study) -> list[tuple[Dataset, Path]]:
+        from .dicom_results import read_source_header
+
+        out = []
+        for path in study.files.values():
+            try:
+                out.append((read_source_header(path), path))
+            except BonefracError as e:
+                log.warning("study %s: a view left out: %s", study.digest, str(e).split(": ", 1)[-1])
+        return out
+
     def _process(self, study: _Study) -> None:
-        from .dicom_results import StudyResults, read_source_header, save_dataset
+        from .dicom_results import StudyResults, save_dataset
         from .io import read_image
 
         started = time.monotonic()
         results = StudyResults(self.model_name)
         out_dir = self.config.out / study.digest
         written: list[Dataset] = []
-        for path in study.files.values():
+        for source, path in sorted(self._headers(study), key=lambda h: _view_order(h[0])):
             try:
                 image = read_image(path)
                 pred = self.detector.predict(image, operating_point=self.config.operating_point, heatmap=True)
-                written.append(results.add_view(read_source_header(path), image, pred))
+                written.append(results.add_view(source, image, pred))
             except BonefracError as e:
                 log.warning("study %s: a view left out: %s", study.digest, str(e).split(": ", 1)[-1])
         if not results.views:
@@ -420,6 +431,18 @@ def _check_readable(path: Path) -> None:
     from .io import read_image
 
     read_image(path)
+
+
+def _view_order(ds: Dataset) -> tuple[int, int, str]:
+    """Views in the order of the acquisition (series, then instance number), whatever order they came in."""
+
+    def number(keyword: str) -> int:
+        try:
+            return int(ds.get(keyword, 0) or 0)
+        except (TypeError, ValueError):
+            return 0
+
+    return number("SeriesNumber"), number("InstanceNumber"), str(ds.SOPInstanceUID)
 
 
 def _status(code: int, comment: str) -> Any:

@@ -314,12 +314,14 @@ def report_instance(views: list[_View], study: StudyResult, model_name: str, ser
 
 
 def report_probabilities(sr: Dataset) -> dict[str, float]:
-    """Read the probabilities back from one of our SRs: {"study": p, "view 1": p, ...} (tests, tools)."""
+    """Read the probabilities back from one of our SRs: {"study": p, <view's SOP Instance UID>: p, ...}."""
     report = hd.sr.ComprehensiveSR.from_dataset(sr)  # (a report built here holds its content unparsed)
     out = {}
     for group in report.content.get_image_measurement_groups():
+        sources = group.source_images
+        key = "study" if group.tracking_identifier == "study" else str(sources[0].referenced_sop_instance_uid)
         for m in group.get_measurements(name=codes.DCM.Probability):
-            out[str(group.tracking_identifier)] = float(m.value)
+            out[key] = float(m.value)
     return out
 
 
