@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.bonefrac-installed
 
-.PHONY: install constraints demo test lint format browser bench clean
+.PHONY: install constraints demo test lint format browser dicom-tools bench clean
 
 # pyproject.toml states the compatible ranges; constraints.txt pins the versions the project is tested with.
 $(STAMP): pyproject.toml constraints.txt
@@ -28,11 +28,15 @@ demo: install
 browser:
 	@bash .ci/install-chromium.sh
 
+# Debian's Orthanc, dcmtk and dicom3tools for the DICOM node and results tests (skipped with a reason without).
+dicom-tools:
+	@bash .ci/install-dicom-tools.sh
+
 lint: install
 	$(BIN)/ruff check src tests bench tools
 	$(BIN)/ruff format --check src tests bench tools
 
-test: install browser lint
+test: install browser dicom-tools lint
 	$(BIN)/python -m pytest -q
 
 format: install
