@@ -14,14 +14,19 @@ FRACATLAS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fr
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _cache_outside_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def _caches_outside_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """No test writes to the user's home: bonefrac's cache (decode cache, ONNX exports) goes to a temporary
-    folder. Session-scoped so that module-scoped detectors (set up before any function fixture) use it too;
-    os.environ, so the subprocesses the CLI tests start inherit it. Tests that need an empty cache set their own."""
+    folder, and so do the caches that libraries keep under ~/.cache and ~/.config (onnxruntime's device id,
+    matplotlib's font list, Chromium's dconf). Session-scoped so that module-scoped detectors (set up before
+    any function fixture) use it too; os.environ, so the subprocesses the CLI tests start inherit it. Tests
+    that need an empty bonefrac cache set their own."""
+    root = tmp_path_factory.mktemp("home")
+    folders = {"BONEFRAC_CACHE": "bonefrac", "XDG_CACHE_HOME": "cache", "XDG_CONFIG_HOME": "config"}
     with pytest.MonkeyPatch.context() as mp:
-        folder = tmp_path_factory.mktemp("bonefrac-cache")
-        mp.setenv("BONEFRAC_CACHE", str(folder))
-        yield folder
+        for name, folder in folders.items():
+            (root / folder).mkdir()
+            mp.setenv(name, str(root / folder))
+        yield root / "bonefrac"
 
 
 @pytest.fixture(scope="session")
