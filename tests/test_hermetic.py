@@ -1,0 +1,21 @@
+"""The test run keeps to itself: bonefrac's cache and the libraries' caches point outside the user's home, in
+this process and in the subprocesses that the CLI tests start (conftest's `_caches_outside_home`)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from bonefrac.cache import cache_dir
+
+
+def test_caches_are_outside_home_here_and_in_subprocesses(_caches_outside_home: Path) -> None:
+    home = Path.home().resolve()
+    here = [cache_dir(), Path(os.environ["XDG_CACHE_HOME"]), Path(os.environ["XDG_CONFIG_HOME"])]
+    assert cache_dir() == _caches_outside_home
+    assert not any(path.resolve().is_relative_to(home) for path in here), (home, here)
+    probe = "from bonefrac.cache import cache_dir; print(cache_dir())"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60)
+    assert Path(out.stdout.strip()) == _caches_outside_home
