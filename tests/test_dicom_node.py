@@ -171,6 +171,12 @@ def test_the_queue_is_bounded_and_stop_drops_waiting_studies(
     assert not node.incoming.exists() and not node.processed
 
 
+def test_the_warm_up_builds_real_results(detector: FractureDetector, tmp_path: Path) -> None:
+    """The node pays its one-time costs on a synthetic study before the first real one (a silent failure
+    there would only show as a slow first study)."""
+    assert DicomNode(detector, NodeConfig(port=0, out=tmp_path))._warm()
+
+
 def test_destination_syntax_is_checked() -> None:
     assert Destination.parse("ORTHANC@pacs.example:4242") == Destination("ORTHANC", "pacs.example", 4242)
     for bad in ("ORTHANC@pacs.example", "pacs.example:4242", "@h:1", "A@h:0", "A@h:port", "SEVENTEEN_CHARS_X@h:1"):

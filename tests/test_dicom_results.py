@@ -157,6 +157,19 @@ def test_a_dicom_file_without_study_uid_is_refused_by_name(tmp_path: Path) -> No
         read_source_header(path)
 
 
+def test_a_source_without_patient_attributes_still_gets_results(detector: FractureDetector, tmp_path: Path) -> None:
+    """Type 2 patient/study attributes missing from the source are written empty (highdicom needs them)."""
+    path = radiograph_study(tmp_path)[0]
+    ds = pydicom.dcmread(path)
+    for keyword in ("PatientID", "PatientName", "PatientBirthDate", "AccessionNumber", "ReferringPhysicianName"):
+        delattr(ds, keyword)
+    ds.save_as(path)
+    study = StudyResults("bonefrac seed_cnn")
+    study.add_view(read_source_header(path), read_image(path), detector.predict(read_image(path)))
+    report = study.report()
+    assert report.PatientID == "" and report.StudyInstanceUID == ds.StudyInstanceUID
+
+
 def test_results_name_no_identifier_outside_the_copied_modules(results: dict) -> None:
     """The patient's data is where DICOM puts it (the copied modules), never in bonefrac's own text."""
     sr = pydicom.dcmread(results["sr"])

@@ -325,28 +325,34 @@ class DicomNode:
                 for path in study.files.values():
                     path.unlink(missing_ok=True)
 
-    def _warm(self) -> None:
+    def _warm(self) -> bool:
         """Predict and build the results of a synthetic image once, while waiting for the first study: the
         one-time costs (imports, highdicom's tables of the standard, the model's first run: ~4 s on 2 cores)
         are then not paid by the first study."""
         import numpy as np
         from pydicom.dataset import Dataset
 
-        from .dicom_results import StudyResults
+        from .dicom_results import StudyResults, with_type2_attributes
         from .io import XrayImage
 
         self._warming.set()
-        image = XrayImage(np.tile(np.linspace(0, 1, 256, dtype=np.float32), (256, 1)), {"format": "dicom"})
+        meta = {"format": "dicom", "modality": "DX", "sop_class_uid": DX_FOR_PRESENTATION}
+        image = XrayImage(np.tile(np.linspace(0, 1, 256, dtype=np.float32), (256, 1)), meta)
         source = Dataset()
-        source.StudyInstanceUID, source.SOPInstanceUID, source.SOPClassUID = "1.2.3", "1.2.3.4", DX_FOR_PRESENTATION
-        source.Modality = "DX"
+        source.StudyInstanceUID, source.SeriesInstanceUID, source.SOPInstanceUID = "1.2.3", "1.2.3.4", "1.2.3.4.5"
+        source.SOPClassUID = DX_FOR_PRESENTATION
+        source.Modality, source.Rows, source.Columns, source.SamplesPerPixel = "DX", 256, 256, 1
+        source.PhotometricInterpretation, source.BitsAllocated = "MONOCHROME2", 8
+        with_type2_attributes(source)
         try:
             pred = self.detector.predict(image, operating_point=self.config.operating_point, heatmap=True)
             results = StudyResults(self.model_name)
             results.add_view(source, image, pred)
             results.report()
+            return True
         except Exception as e:  # only a warm-up: the first study pays instead, and reports any real problem
             log.debug("warm-up failed: %s", type(e).__name__)
+            return False
         finally:
             self._warming.clear()
 
@@ -427,10 +433,12 @@ def send(datasets: list[Dataset], dest: Destination, ae_title: str, label: str) 
 
 
 def _check_readable(path: Path) -> None:
-    """Read the image as the worker will: a corrupt or unsupported one is refused now, with a status."""
+    """Read the image as the worker will, and apply the modality rule: a corrupt, unsupported or
+    non-radiograph image is refused now, with a status, rather than dropped later without one."""
     from .io import read_image
+    from .modality import check_radiograph
 
-    read_image(path)
+    check_radiograph(read_image(path))
 
 
 def _view_order(ds: Dataset) -> tuple[int, int, str]:

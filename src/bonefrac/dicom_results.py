@@ -51,7 +51,20 @@ NOT_FOR_DIAGNOSIS = "NOT FOR DIAGNOSTIC USE"
 SR_SERIES_NUMBER = 9901
 SC_SERIES_NUMBER = 9902
 #: Attributes a result needs from its source: without them it cannot join the study or reference the image.
-REQUIRED_SOURCE = ("StudyInstanceUID", "SOPInstanceUID", "SOPClassUID")
+REQUIRED_SOURCE = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+#: Type 2 attributes (present, possibly empty) of the patient and study modules that the results copy: a
+#: source that lacks one gets it empty, as DICOM allows, rather than no results (highdicom needs them all).
+TYPE2_COPIED = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
 
 
 def is_dicom_file(path: str | Path) -> bool:
@@ -75,6 +88,14 @@ def read_source_header(path: str | Path) -> Dataset:
     missing = [k for k in REQUIRED_SOURCE if not str(ds.get(k, "") or "").strip()]
     if missing:
         raise ImageReadError(f"{name}: DICOM header lacks {', '.join(missing)}: no DICOM results for it")
+    return with_type2_attributes(ds)
+
+
+def with_type2_attributes(ds: Dataset) -> Dataset:
+    """`ds` with every attribute of `TYPE2_COPIED` present (the missing ones empty)."""
+    for keyword in TYPE2_COPIED:
+        if keyword not in ds:
+            setattr(ds, keyword, "")
     return ds
 
 
