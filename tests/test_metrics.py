@@ -5,9 +5,11 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from bonefrac.metrics import (
+    MIN_PER_CLASS,
     auc,
     auc_ci,
     choose_operating_points,
+    discrimination,
     localization_scores,
     operating_point_stats,
 )
@@ -86,3 +88,39 @@ def test_named_points_never_cross_the_default() -> None:
     for name in ("high_sensitivity", "high_specificity"):
         s = operating_point_stats(y, p, points[name])
         assert s["sensitivity"] >= 0.9 and s["specificity"] >= 0.9
+
+
+def test_discrimination_is_the_one_summary() -> None:
+    """Counts, AUC, CI and every operating point's statistics, each equal to its own function's answer."""
+    y, p = _scores(300, seed=2)
+    points = {"default": 0.45, "high_sensitivity": 0.3}
+    d = discrimination(y, p, points)
+    assert (d["n"], d["n_positive"]) == (300, int(y.sum()))
+    assert d["auc"] == pytest.approx(roc_auc_score(y, p)) and d["auc_ci95"] == auc_ci(y, p)
+    assert d["operating_points"] == {k: operating_point_stats(y, p, t) for k, t in points.items()}
+    assert d["caveat"] is None  # ~60 fractures and ~240 without
+
+
+@pytest.mark.parametrize(
+    ("n_pos", "n_neg", "expected"),
+    [
+        (MIN_PER_CLASS, MIN_PER_CLASS, None),
+        (MIN_PER_CLASS - 1, 50, "too few fractures (n=9) for a stable AUC; 95% CI "),
+        (3, 4, "too few fractures (n=3) and images without a fracture (n=4) for a stable AUC; 95% CI "),
+        (1, 50, "too few fractures (n=1) for a stable AUC; no CI with under 2 of a class"),
+        (0, 50, "no fractured images: AUC undefined"),
+        (20, 0, "no images without a fracture: AUC undefined"),
+    ],
+)
+def test_small_groups_carry_a_caveat_with_their_ci(n_pos: int, n_neg: int, expected: str | None) -> None:
+    """A group with fewer than MIN_PER_CLASS images of a class is never a bare "AUC 1.000"."""
+    y = np.array([1] * n_pos + [0] * n_neg)
+    p = np.concatenate([np.linspace(0.6, 1.0, n_pos), np.linspace(0.0, 0.5, n_neg)])  # perfectly separated
+    d = discrimination(y, p, {"default": 0.55})
+    if expected is None:
+        assert d["caveat"] is None
+    else:
+        assert d["caveat"].startswith(expected), d["caveat"]
+    if expected and expected.endswith("95% CI "):  # the CI in the caveat is the one reported beside it
+        lo, hi = d["auc_ci95"]
+        assert d["caveat"].endswith(f"{lo:.2f}-{hi:.2f}") and d["auc"] == 1.0
