@@ -6,6 +6,9 @@ rank walks the same seeded order, takes the same global batch and keeps every `w
 (`shard`). Whatever is random per image (augmentation, dropout masks) is drawn for the whole global batch
 with the same RNG state on every rank and cut to this rank's rows, and BatchNorm statistics are
 computed over the whole global batch (`SyncBatchNorm2d`), so each image is treated as in one process.
+
+This module is the process side (ranks, sharding, collectives) and imports torch only when called, for
+`bonefrac predict`; the model side (those layers, and the DistributedDataParallel wrap) is `distributed_model`.
 """
 
 from __future__ import annotations
