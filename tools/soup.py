@@ -19,9 +19,9 @@ import torch
 from bonefrac import __version__
 from bonefrac.checkpoint import load_checkpoint, save_model, sha256_file
 from bonefrac.data import DecodeCache, load_dataset, load_split
-from bonefrac.metrics import choose_operating_points
+from bonefrac.metrics import choose_operating_points, discrimination
 from bonefrac.models import ModelSpec, build_model
-from bonefrac.train import predict_cached, validation_report
+from bonefrac.train import predict_cached
 
 
 def main() -> None:
@@ -70,8 +70,13 @@ def main() -> None:
         "dataset": str(args.dataset),
         "n_train": a["info"].get("n_train"),
         "n_val": len(val),
-        "validation": validation_report(y, p, spec.operating_points),
+        "validation": discrimination(y, p, spec.operating_points),
     }
+    seen = [c["info"].get("image_digests") for c in (a, b)]
+    if all(isinstance(d, dict) for d in seen):  # the soup has seen what either ingredient saw
+        train = set().union(*(d.get("train", []) for d in seen))
+        val = set().union(*(d.get("validation", []) for d in seen)) - train
+        info["image_digests"] = {"train": sorted(train), "validation": sorted(val)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     digest = save_model(model, spec, args.out, info)
     v = info["validation"]
