@@ -18,6 +18,10 @@ def fmt(x: float | None, d: int = 3) -> str:
     return "n/a" if x is None else f"{x:.{d}f}"
 
 
+def ci_text(ci: list[float | None]) -> str:
+    return f"{fmt(ci[0])}-{fmt(ci[1])}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
@@ -85,9 +89,12 @@ def main() -> None:
         "high_specificity: 90% specificity), so these sensitivities and specificities are optimistic; expect "
         "somewhat lower on new data.",
         "",
-        "| body region | n | fractured | AUC |",
-        "|---|---|---|---|",
-        *[f"| {k} | {r['n']} | {r['n_positive']} | {fmt(r['auc'])} |" for k, r in m["per_region"].items()],
+        "| body region | n | fractured | AUC | 95% CI, or caveat |",
+        "|---|---|---|---|---|",
+        *[
+            f"| {k} | {r['n']} | {r['n_positive']} | {fmt(r['auc'])} | {r.get('caveat') or ci_text(r['auc_ci95'])} |"
+            for k, r in m["per_region"].items()
+        ],
         "",
     ]
     if "auc_without_hardware" in m:

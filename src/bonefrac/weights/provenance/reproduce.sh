@@ -11,5 +11,8 @@ bonefrac train ../shared/data/fracatlas --out runs/lite0-256-box --arch efficien
 # 3. weight average, 0.3 x (2a) + 0.7 x (2b); operating points chosen on the validation split
 python tools/soup.py runs/lite0-256-finetune runs/lite0-256-box --weight 0.3 --dataset ../shared/data/fracatlas \
     --split runs/lite0-256-nobox/split.json --out src/bonefrac/weights/model.pt
+# 4. list the training and validation images' content digests in the checkpoint (weights unchanged)
+python tools/stamp_digests.py src/bonefrac/weights/model.pt --split runs/lite0-256-nobox/split.json \
+    --dataset ../shared/data/fracatlas
 # validation report (the figures below; provenance/results.txt)
 bonefrac evaluate ../shared/data/fracatlas --out runs/bundled-val --split src/bonefrac/weights/split.json --subset val
