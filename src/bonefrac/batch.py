@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from . import distributed
 from .backends import DEFAULT_BATCH_SIZE
@@ -22,6 +22,10 @@ from .detector import FractureDetector
 from .errors import BonefracError
 from .io import find_images
 from .postprocess import Prediction, PredictionError
+from .studies import STUDY_CSV_COLUMNS, group_studies, study_csv_row, study_key, study_line, without_heatmap
+
+if TYPE_CHECKING:
+    from .dicom_results import DicomResultsWriter
 
 CSV_COLUMNS = ["path", "probability", "fractured", "threshold", "boxes", "error"]
 
@@ -36,6 +40,8 @@ class PredictOptions:
     workers: int | None = None
     progress: bool = True
     any_modality: bool = False
+    dicom_out: str | None = None  # an SR per study + an overlay per view, for DICOM inputs (dicom_results)
+    by_study: bool = False  # study lines after the image lines (studies: DICOM by Study Instance UID, else folder)
 
 
 def csv_row(res: Prediction | PredictionError) -> dict[str, str]:
@@ -72,7 +78,7 @@ def stream(det: FractureDetector, files: list[Path], opts: PredictOptions) -> It
         batch_size=opts.batch_size,
         workers=opts.workers,
         operating_point=opts.operating_point,
-        heatmap=bool(opts.overlay_dir),
+        heatmap=bool(opts.overlay_dir or opts.dicom_out),
         any_modality=opts.any_modality,
     )
     if not (opts.progress and distributed.is_main() and len(files) > 1):
@@ -105,6 +111,7 @@ def run_predict(det: FractureDetector, inputs: list[str], opts: PredictOptions, 
         raise BonefracError(f"{opts.csv}: the folder for the CSV does not exist")  # now, not after predicting
     if opts.overlay_dir:
         Path(opts.overlay_dir).mkdir(parents=True, exist_ok=True)
+    dicom = _dicom_writer(det, opts)
     mine = distributed.shard(list(enumerate(files)))
     # One process streams its lines as they come; ranks hold theirs (no heatmaps, a few hundred bytes per
     # file) for rank 0 to print in input order, so lines of different ranks never interleave.
@@ -116,30 +123,44 @@ def run_predict(det: FractureDetector, inputs: list[str], opts: PredictOptions, 
         _print(header, out)
     lines: list[tuple[int, str]] = []
     rows: list[tuple[int, dict[str, str]]] = []
-    for (index, _), res in zip(mine, stream(det, [f for _, f in mine], opts), strict=True):
+    keyed: list[tuple[int, str, Prediction | PredictionError]] = []  # --by-study: (index, study, result)
+    for (index, path), res in zip(mine, stream(det, [f for _, f in mine], opts), strict=True):
         n_failed += isinstance(res, PredictionError)
-        line = json.dumps(res.to_dict()) if opts.json else _table_line(res, width)
+        key = study_key(path) if opts.by_study else None
+        keyed += [(index, key, without_heatmap(res))] if key is not None else []
+        study_keys = {"level": "image", "study": key} if key is not None else {}
+        line = json.dumps(res.to_dict() | study_keys) if opts.json else _table_line(res, width)
         if stream_lines:
             _print(line, out)
         else:
             lines.append((index, line))
         if opts.csv:
-            rows.append((index, csv_row(res)))
+            rows.append((index, csv_row(res) | study_keys))
         if opts.overlay_dir and isinstance(res, Prediction):
             write_overlay(res, Path(opts.overlay_dir), index)
+        if dicom is not None and isinstance(res, Prediction):
+            dicom.add_prediction(res)
     lines = sorted(distributed.gather_to_main(lines))
     rows = sorted(distributed.gather_to_main(rows), key=lambda r: r[0])
+    keyed = sorted(distributed.gather_to_main(keyed), key=lambda r: r[0])
     n_failed = distributed.sum_int(n_failed)
     if distributed.is_main():
         if lines:
             print("\n".join(([] if opts.json else [header]) + [line for _, line in lines]), file=out)
+        studies = group_studies((key, res) for _, key, res in keyed)
+        if studies:
+            print("\n".join(study_line(s, opts.json, width) for s in studies), file=out)
         if opts.csv:
-            write_csv(Path(opts.csv), [row for _, row in rows])
+            columns = CSV_COLUMNS + (STUDY_CSV_COLUMNS if opts.by_study else [])
+            write_csv(Path(opts.csv), [row for _, row in rows] + [study_csv_row(s) for s in studies], columns)
         n = len(files)
         where = f"; overlays in {opts.overlay_dir}" if opts.overlay_dir else ""
         where += f"; CSV in {opts.csv}" if opts.csv else ""
         out.flush()  # the table first, then the summary, also when both go to one terminal
         print(f"{n - n_failed} of {n} images predicted, {n_failed} failed{where}", file=sys.stderr)
+        if dicom is not None:
+            dicom.close()
+            print("\n".join(dicom.summary()), file=sys.stderr)
     # torchrun stops the other ranks as soon as one exits non-zero: nobody leaves before rank 0 has written.
     distributed.barrier()
     return 1 if n_failed else 0
@@ -154,11 +175,23 @@ def write_overlay(pred: Prediction, folder: Path, index: int) -> None:
     picture.save(folder / overlay_name(pred.path, index), compress_level=PNG_COMPRESS_LEVEL)
 
 
-def write_csv(csv_path: Path, rows: list[dict[str, str]]) -> None:
+def _dicom_writer(det: FractureDetector, opts: PredictOptions) -> DicomResultsWriter | None:
+    """--dicom-out's writer (highdicom imported only then). One process only: a study's report needs all of
+    its views, which torchrun would spread over ranks."""
+    if not opts.dicom_out:
+        return None
+    if distributed.is_dist():
+        raise BonefracError("--dicom-out runs in one process, not under torchrun (a study's SR needs all its views)")
+    from .dicom_results import DicomResultsWriter
+
+    return DicomResultsWriter(opts.dicom_out, f"bonefrac {det.spec.arch}")
+
+
+def write_csv(csv_path: Path, rows: list[dict[str, str]], columns: list[str] = CSV_COLUMNS) -> None:
     """Write the results CSV atomically: a killed run never leaves a truncated file that looks complete."""
     tmp = csv_path.with_name(f".{csv_path.name}.tmp")
     with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        w = csv.DictWriter(f, fieldnames=columns)
         w.writeheader()
         w.writerows(rows)
     tmp.replace(csv_path)

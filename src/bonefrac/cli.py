@@ -75,6 +75,8 @@ def _predict(args: argparse.Namespace) -> int:
             workers=args.workers,
             progress=not args.no_progress,
             any_modality=args.any_modality,
+            dicom_out=args.dicom_out,
+            by_study=args.by_study,
         )
         return run_predict(det, args.paths, opts)
     finally:
@@ -182,6 +184,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per input on stdout")
     p.add_argument("--csv", help="also write results to this CSV file")
     p.add_argument("--overlay-dir", help="write a heatmap + boxes overlay PNG per input here")
+    p.add_argument(
+        "--dicom-out",
+        metavar="DIR",
+        help="for DICOM inputs, write DICOM results here: a Structured Report per study and a Secondary Capture "
+        "overlay per image, in the source's study (default: none; other inputs get none)",
+    )
+    p.add_argument(
+        "--by-study",
+        action="store_true",
+        help="also give one line per study (DICOM: by Study Instance UID; other files: by folder): the maximum "
+        "over its views, decided at the same threshold (default: image lines only)",
+    )
     p.add_argument(
         "--operating-point",
         default="default",

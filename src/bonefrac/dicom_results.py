@@ -192,6 +192,32 @@ class DicomResultsWriter:
         self.model_name = model_name
         self.studies: dict[str, StudyResults] = {}
         self.written: list[Path] = []
+        self.not_dicom: list[str] = []
+        self.problems: list[str] = []
+
+    def add_prediction(self, pred: Prediction) -> None:
+        """`add` for `bonefrac predict`: the file read again at display size for the overlay; a non-DICOM file
+        is noted (for `summary`), a DICOM file whose results cannot be made is noted with its reason."""
+        from .errors import BonefracError
+        from .overlay import read_for_display
+
+        assert pred.path is not None
+        if not is_dicom_file(pred.path):
+            self.not_dicom.append(pred.path)
+            return
+        try:
+            self.add(pred.path, read_for_display(pred.path), pred)
+        except BonefracError as e:
+            self.problems.append(str(e))
+
+    def summary(self) -> list[str]:
+        """Lines for stderr after `close`: where the results are, non-DICOM inputs (said once), problems."""
+        n_sr = sum(p.name.startswith("SR_") for p in self.written)
+        lines = [f"DICOM results: {n_sr} reports and {len(self.written) - n_sr} overlays in {self.out_dir}"]
+        if self.not_dicom:
+            example = ", ".join(Path(p).name for p in self.not_dicom[:3]) + (", ..." if len(self.not_dicom) > 3 else "")
+            lines.append(f"{len(self.not_dicom)} inputs are not DICOM ({example}): no DICOM results for them")
+        return lines + self.problems
 
     def add(self, path: str | Path, image: XrayImage, pred: Prediction) -> bool:
         """The overlay of one predicted file; False (nothing written) when the file is not DICOM.

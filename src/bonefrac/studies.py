@@ -15,14 +15,17 @@ otherwise.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .detector import Prediction, PredictionError
+from .postprocess import Prediction, PredictionError
 
 STUDY_RULE = "maximum over views"
+#: The CSV columns `bonefrac predict --by-study` adds: each row's level ("image" or "study") and study key.
+STUDY_CSV_COLUMNS = ["level", "study"]
 
 
 @dataclass
@@ -103,3 +106,35 @@ def group_studies(results: Iterable[tuple[str, Prediction | PredictionError]]) -
         else:
             failed[key].append(res.path)
     return [study_result(key, views[key], failed[key]) for key in views]
+
+
+# ---------------------------------------------------------------- `bonefrac predict --by-study` output
+def without_heatmap(res: Prediction | PredictionError) -> Prediction | PredictionError:
+    """What a study line needs of a result (kept for every input until the end, or sent between ranks)."""
+    return replace(res, heatmap=None) if isinstance(res, Prediction) else res
+
+
+def study_line(study: StudyResult, as_json: bool, width: int) -> str:
+    """One study's line: a JSON object, or a table row under the image rows (`width` = the path column)."""
+    if as_json:
+        return json.dumps(study.to_dict())
+    label = f"study {study.study}"
+    if study.probability is None:
+        return f"{label:<{width}}  ERROR  no view of this study could be predicted"
+    verdict = "FRACTURE" if study.fractured else "no fracture"
+    return f"{label:<{width}}  {study.probability:11.3f}  {verdict:<11}  ({len(study.views)} views, {STUDY_RULE})"
+
+
+def study_csv_row(study: StudyResult) -> dict[str, str]:
+    """One study's CSV row, in the columns of the image rows plus `STUDY_CSV_COLUMNS`."""
+    d = study.to_dict()
+    return {
+        "path": "",
+        "probability": "" if study.probability is None else f"{d['probability']:.6f}",
+        "fractured": "" if study.probability is None else str(int(study.fractured)),
+        "threshold": "" if study.probability is None else f"{d['threshold']:.6f}",
+        "boxes": "",
+        "error": d.get("error", ""),
+        "level": "study",
+        "study": study.study,
+    }
