@@ -3,6 +3,7 @@ before any work (bad settings, a finished run folder, a resume with other settin
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -321,3 +322,16 @@ def test_resume_state_carries_the_cuda_generator(tmp_path: Path, monkeypatch: py
     assert run.first_epoch == 1 and len(restored) == 1 and torch.equal(restored[0][0], cuda_state)
     run.device = torch.device("cpu")
     assert "cuda_rng" not in train_module.resume_state(run, epoch=0)  # nothing to save on the CPU
+
+
+def test_train_help_shows_every_default() -> None:
+    from bonefrac.cli import build_parser
+
+    subparsers = next(a for a in build_parser()._actions if a.dest == "command")
+    train_parser = subparsers.choices["train"]
+    for action in train_parser._actions:
+        if action.dest in ("help", "dataset", "out") or action.help == argparse.SUPPRESS:
+            continue  # nothing to default: the help flag, and the two things every run must name
+        assert action.help and "default" in action.help, action.option_strings
+        if action.default not in (None, False):
+            assert "%(default)" in action.help or str(action.default) in action.help, action.option_strings
