@@ -95,14 +95,14 @@ def need(tool: str) -> str:
 class StoreCollector:
     """A storage SCP standing in for the PACS: accepts SR and Secondary Capture, keeps what it receives."""
 
-    def __init__(self, ae_title: str = "PACS") -> None:
+    def __init__(self, ae_title: str = "PACS", sop_classes: tuple[str, ...] = (SR_STORAGE, SC_STORAGE)) -> None:
         from pynetdicom import AE, evt
 
         self.ae_title = ae_title
         self.received: list[Any] = []
         self.got = threading.Event()
         ae = AE(ae_title=ae_title)
-        for sop_class in (SR_STORAGE, SC_STORAGE):
+        for sop_class in sop_classes:
             ae.add_supported_context(sop_class)
         self._server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)])
         self.port = int(self._server.server_address[1])

@@ -19,9 +19,11 @@ import pytest
 from _models import make_checkpoint
 from dicom_helpers import (
     IDENTIFIERS,
+    SC_STORAGE,
     StoreCollector,
     corrupt_radiograph,
     ct_small,
+    free_port,
     need,
     radiograph_study,
     scu,
@@ -169,6 +171,34 @@ def test_the_queue_is_bounded_and_stop_drops_waiting_studies(
         node.stop()
     assert "dropped 1 unfinished studies (1 images" in caplog.text
     assert not node.incoming.exists() and not node.processed
+
+
+def test_results_the_pacs_refuses_or_cannot_take_stay_on_disk_and_are_logged(
+    detector: FractureDetector, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    views = radiograph_study(tmp_path / "in", images=("IMG0001271.jpg",))
+    no_sr = StoreCollector(sop_classes=(SC_STORAGE,))  # a PACS that takes no Structured Report
+    node = _node(detector, tmp_path / "a", no_sr)
+    try:
+        assert _store(node.port, views) == [0]
+        assert [ds.Modality for ds in no_sr.wait_for(1)] == ["OT"]  # the overlay is sent all the same
+    finally:
+        node.stop()
+        no_sr.close()
+    assert "PACS@127.0.0.1" in caplog.text and "refused SR (SOP class not accepted)" in caplog.text
+    node = _node(detector, tmp_path / "b")
+    node.config.send_to = Destination("PACS", "127.0.0.1", free_port())  # nobody listens there
+    try:
+        assert _store(node.port, views) == [0]
+        deadline = time.monotonic() + 30
+        while not node.processed and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        node.stop()
+    assert "could not associate with PACS@127.0.0.1" in caplog.text
+    for out in (tmp_path / "a", tmp_path / "b"):
+        assert sorted(p.name[:2] for p in out.rglob("*.dcm")) == ["OT", "SR"]  # kept on disk
 
 
 def test_the_warm_up_builds_real_results(detector: FractureDetector, tmp_path: Path) -> None:

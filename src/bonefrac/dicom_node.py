@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .dicom_results import study_digest
+from .dicom_send import Destination, NodeConfigError, send
 from .errors import BonefracError
 
 if TYPE_CHECKING:
@@ -65,30 +66,6 @@ OUT_OF_RESOURCES = 0xA700
 DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 CANNOT_DECODE = 0xC210
-
-
-class NodeConfigError(BonefracError):
-    """A `bonefrac dicom-node` option that cannot work (destination syntax, port)."""
-
-
-@dataclass(frozen=True)
-class Destination:
-    """Where results go: a DICOM storage SCP (the PACS), from `AET@HOST:PORT`."""
-
-    ae_title: str
-    host: str
-    port: int
-
-    @classmethod
-    def parse(cls, text: str) -> Destination:
-        aet, at, rest = text.partition("@")
-        host, colon, port = rest.rpartition(":")
-        if not (at and colon and aet and host and port.isdigit() and 0 < int(port) < 65536 and len(aet) <= 16):
-            raise NodeConfigError(f"--send-to {text!r}: expected AET@HOST:PORT, e.g. ORTHANC@pacs.example:4242")
-        return cls(aet, host, int(port))
-
-    def __str__(self) -> str:
-        return f"{self.ae_title}@{self.host}:{self.port}"
 
 
 @dataclass
@@ -403,33 +380,6 @@ class DicomNode:
         self.processed.append(study.digest)
         if self.config.send_to is not None:
             send(written, self.config.send_to, self.config.ae_title, study.digest)
-
-
-def send(datasets: list[Dataset], dest: Destination, ae_title: str, label: str) -> bool:
-    """C-STORE `datasets` to `dest` on one association; logs the outcome. True when all were stored."""
-    from pynetdicom import AE
-
-    ae = AE(ae_title=ae_title)
-    for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
-        ae.add_requested_context(sop_class, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
-    if not assoc.is_established:
-        log.error("study %s: could not associate with %s; results kept on disk only", label, dest)
-        return False
-    failed = []
-    try:
-        for ds in datasets:
-            status = assoc.send_c_store(ds)
-            code = int(status.Status) if status and "Status" in status else None
-            if code not in (0x0000, 0xB000, 0xB007, 0xB006):  # success, or a warning: stored
-                failed.append(f"{ds.Modality} status {'none' if code is None else hex(code)}")
-    finally:
-        assoc.release()
-    if failed:
-        log.error("study %s: %s refused %s", label, dest, ", ".join(failed))
-        return False
-    log.info("study %s: sent %d objects to %s", label, len(datasets), dest)
-    return True
 
 
 def _check_readable(path: Path) -> None:
