@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -152,6 +153,8 @@ def test_a_peer_that_aborts_mid_association_leaves_the_node_serving(
     assoc = scu(node.port, [DigitalXRayImageStorageForPresentation])
     assert int(assoc.send_c_store(pydicom.dcmread(first)).Status) == 0
     assoc.abort()
+    with socket.create_connection(("127.0.0.1", node.port)) as raw:  # and a peer that speaks no DICOM at all
+        raw.sendall(b"\x01\x00" + os.urandom(300))
     echo = scu(node.port, [Verification])
     assert int(echo.send_c_echo().Status) == 0
     echo.release()
