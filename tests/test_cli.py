@@ -77,8 +77,8 @@ def test_usage_errors_exit_2(model: Path) -> None:
     assert run("predict").returncode == 2
     assert run("predict", "x.jpg", "--backend", "tensorflow").returncode == 2
     assert run("frobnicate").returncode == 2
-    bad = run("train", "data", "--out", "x", "--reduce-from", "1")
-    assert bad.returncode == 2 and "at least 2" in bad.stderr
+    bad = run("train", "data", "--out", "x", "--reduce-from", "1")  # a value argparse reads but training refuses
+    assert bad.returncode == 1 and "at least 2" in bad.stderr and bad.stderr.count("\n") == 1
 
 
 def test_user_errors_are_one_line(tmp_path: Path) -> None:
@@ -153,3 +153,19 @@ def test_predict_with_an_unwritable_cache_still_uses_onnx_and_says_so_in_one_lin
     warning = [line for line in r.stderr.splitlines() if "warning" in line]
     assert len(warning) == 1 and "ONNX cache" in warning[0] and "BONEFRAC_CACHE" in warning[0]
     assert 0.0 <= json.loads(r.stdout)["probability"] <= 1.0
+
+
+def test_a_bad_operating_point_fails_before_any_image_is_read(model: Path, tmp_path: Path) -> None:
+    r = run("predict", str(FIXTURES / "images"), "--model", str(model), "--operating-point", "lenient")
+    assert r.returncode == 1 and r.stdout == ""  # no table header, no progress bar, no result line
+    assert r.stderr.startswith("bonefrac: error: unknown operating point 'lenient'") and r.stderr.count("\n") == 1
+
+
+def test_the_cli_leaves_warning_filters_as_it_found_them(model: Path) -> None:
+    import warnings
+
+    from bonefrac.cli import main
+
+    before = list(warnings.filters)
+    assert main(["predict", str(FIXTURE_IMAGES[0]), "--model", str(model), "--backend", "torch"]) == 0
+    assert warnings.filters == before
