@@ -96,18 +96,34 @@ def test_augment_moves_masks_with_the_image_but_not_their_values() -> None:
     assert torch.allclose(m0, masks, atol=1e-5)
 
 
-def test_the_inference_graph_upsamples_the_cam_like_torch_bicubic() -> None:
-    from bonefrac.models import LogitAndCam, ModelSpec, build_model
+def test_the_inference_graph_upsamples_the_cam_bicubic_onto_the_input() -> None:
+    """A 4 x 4 CAM with one hot cell, upsampled onto a 64 px input: the peak sits at the centre of that cell's
+    16 x 16 block (not at its corner, as nearest or align_corners=True would put it), bicubic rings below zero
+    beside it (bilinear never does), and a flat map stays flat."""
+    from torch import nn
 
-    model = build_model(ModelSpec(arch="seed_cnn", image_size=64), pretrained=False).eval()
-    torch.nn.init.normal_(model.head.fc.weight)
-    x = torch.rand(2, 1, 64, 64)
+    from bonefrac.models import ClassifierHead, FractureNet, LogitAndCam
+
+    class GivenMap(FractureNet):  # forward_features returns the map; the head copies it: CAM = the map
+        def __init__(self, cam: torch.Tensor) -> None:
+            super().__init__()
+            self.cam = cam
+            self.head = ClassifierHead(1, 0.0)
+            nn.init.ones_(self.head.fc.weight)
+
+        def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+            return self.cam.expand(x.shape[0], 1, *self.cam.shape)
+
+    hot = torch.zeros(4, 4)
+    hot[1, 2] = 1.0  # rows 16-31, columns 32-47 of the input: centre (23.5, 39.5)
+    x = torch.zeros(2, 1, 64, 64)
     with torch.no_grad():
-        logits, up = LogitAndCam(model)(x)
-        _, cam = model(x, return_cam=True)
-    expected = torch.nn.functional.interpolate(cam[:, None], size=(64, 64), mode="bicubic", align_corners=False)
-    assert up.shape == (2, 64, 64) and torch.allclose(up, expected[:, 0])
-    assert torch.allclose(cam.mean(dim=(1, 2)), logits, atol=1e-5)  # CAM: the map's mean is the logit
+        logits, up = LogitAndCam(GivenMap(hot).eval())(x)
+        _, flat = LogitAndCam(GivenMap(torch.full((4, 4), 0.3)).eval())(x)
+    assert up.shape == (2, 64, 64) and torch.allclose(logits, torch.full((2,), 1 / 16))  # the map's mean
+    assert divmod(int(up[0].argmax()), 64) == (23, 39) and torch.isclose(up[0, 23, 39], up[0, 24, 40])
+    assert up.min() < -0.05 and 0.9 < up.max() <= 1.0
+    assert torch.allclose(flat, torch.full_like(flat, 0.3))
 
 
 def test_heatmap_on_the_full_image_is_bilinear_upsampling() -> None:
