@@ -13,13 +13,17 @@ FIXTURES = Path(__file__).parent / "fixtures"
 FIXTURE_IMAGES = sorted((FIXTURES / "images").glob("*.jpg"))
 
 
-def make_checkpoint(path: Path, arch: str = "seed_cnn", image_size: int = 64, seed: int = 0) -> Path:
-    """A randomly initialised (non-zero head) model saved as a bonefrac checkpoint."""
+def make_checkpoint(
+    path: Path, arch: str = "seed_cnn", image_size: int = 64, seed: int = 0, **spec_fields: float
+) -> Path:
+    """A randomly initialised (non-zero head) model saved as a bonefrac checkpoint; `spec_fields` (mean, std,
+    ...) override the ModelSpec's defaults."""
     torch.manual_seed(seed)
     spec = ModelSpec(
         arch=arch,
         image_size=image_size,
         operating_points={"default": 0.5, "high_sensitivity": 0.2, "high_specificity": 0.8},
+        **spec_fields,
     )
     model = build_model(spec, pretrained=False)
     torch.nn.init.normal_(model.head.fc.weight, std=0.5)  # a zero head would give p = 0.5 everywhere

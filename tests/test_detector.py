@@ -263,9 +263,10 @@ def test_onnx_export_carries_the_model_metadata_and_the_cache_key_changes_with_t
     from bonefrac import export
 
     monkeypatch.setenv("BONEFRAC_CACHE", str(tmp_path / "cache"))
-    det = FractureDetector.load(make_checkpoint(tmp_path / "model.pt"), backend="onnx")
+    # mean and std differ from the defaults and from each other: the metadata must carry this model's
+    det = FractureDetector.load(make_checkpoint(tmp_path / "model.pt", mean=0.4, std=0.3), backend="onnx")
     props = {p.key: p.value for p in onnx.load(det.backend.path).metadata_props}
-    assert props["image_size"] == "64" and float(props["mean"]) == 0.5 and float(props["std"]) == 0.5
+    assert props["image_size"] == "64" and float(props["mean"]) == 0.4 and float(props["std"]) == 0.3
     assert json.loads(props["operating_points"]) == {"default": 0.5, "high_sensitivity": 0.2, "high_specificity": 0.8}
     assert props["model_version"] == "test-seed_cnn-64" and props["checkpoint_sha256"] == det.sha256
     assert props["bonefrac_version"] and "min-max" in props["preprocessing"] and "sigmoid" in props["outputs"]
