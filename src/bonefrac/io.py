@@ -232,10 +232,11 @@ def _to_unit_grey(im: Image.Image, name: str) -> tuple[np.ndarray, int]:
         im = im.convert("L")  # ITU-R 601 luma; X-ray content in RGB files is grey anyway
     if im.mode != "L":
         raise ImageReadError(f"{name}: unsupported pixel mode {mode}")
-    # asarray(im, dtype=float32) / 255 gives the same values, an order of magnitude slower (5.4 -> 0.36 ms
-    # for 1024 x 819): numpy's dtype conversion of a Pillow image goes element by element. The result is a
-    # new array: no reference to the file or a memory map of it is kept.
-    return np.divide(np.asarray(im), np.float32(255), dtype=np.float32), 8
+    # np.asarray(im) takes 1.2 ms for 1024 x 842 where tobytes() takes 0.1 (numpy reads Pillow's array
+    # interface slowly), and asarray(im, dtype=float32) goes element by element: 5 ms. The result is a new
+    # array: no reference to the file or a memory map of it is kept.
+    grey = np.frombuffer(im.tobytes(), dtype=np.uint8).reshape(im.height, im.width)
+    return np.divide(grey, np.float32(255), dtype=np.float32), 8
 
 
 def _png_significant_bits(im: Image.Image) -> int | None:
