@@ -146,6 +146,14 @@ def test_bad_datasets_get_failure_statuses_and_the_node_goes_on(node: DicomNode,
     assert statuses == [0xA900, 0xC000, 0x0000]
 
 
+def test_an_image_sent_twice_is_one_view(node: DicomNode, pacs: StoreCollector, tmp_path: Path) -> None:
+    view, *_ = radiograph_study(tmp_path / "in", images=("IMG0001271.jpg",))
+    assert _store(node.port, [view, view]) == [0, 0]
+    (sr,) = [ds for ds in pacs.wait_for(2) if ds.Modality == "SR"]
+    assert len(report_probabilities(sr)) == 2  # the study and its one view
+    assert node._n_pending == 0 and not list(node.incoming.iterdir())
+
+
 def test_a_peer_that_aborts_mid_association_leaves_the_node_serving(
     node: DicomNode, pacs: StoreCollector, tmp_path: Path
 ) -> None:

@@ -123,6 +123,7 @@ class DicomNode:
         self._studies: dict[str, _Study] = {}
         self._ready: deque[_Study] = deque()
         self._n_pending = 0
+        self._n_received = 0
         self._stopping = threading.Event()
         self._warming = threading.Event()
         self._wake = threading.Condition(self._lock)
@@ -240,7 +241,8 @@ class DicomNode:
                 log.warning("refused a %s from %s: %d images already waiting", kind, calling, self._n_pending)
                 return _status(OUT_OF_RESOURCES, "too many images waiting")
             self._n_pending += 1  # reserved now, so that parallel associations cannot overshoot the bound
-        path = self.incoming / f"{_digest(study_uid)}-{_digest(sop_uid)}.dcm"
+            self._n_received += 1  # (in the name: an image sent again never overwrites one being predicted)
+            path = self.incoming / f"{_digest(study_uid)}-{_digest(sop_uid)}-{self._n_received}.dcm"
         try:
             path.write_bytes(event.encoded_dataset())
             _check_readable(path)
@@ -255,6 +257,7 @@ class DicomNode:
             study = self._studies.setdefault(study_uid, _Study(study_uid))
             if sop_uid in study.files:
                 self._n_pending -= 1  # the same image again: the newer copy replaces it
+                study.files[sop_uid].unlink(missing_ok=True)
             study.files[sop_uid] = path
             study.open_associations.add(id(event.assoc))
             study.last_received = time.monotonic()
@@ -295,7 +298,8 @@ class DicomNode:
             try:
                 self._process(study)
             except Exception as e:  # a failed study is logged; the node goes on with the next
-                log.error("study %s: failed (%s: %s)", study.digest, type(e).__name__, e)
+                # (the exception's type only: a message from pydicom or highdicom may quote element values)
+                log.error("study %s: failed (%s); nothing sent", study.digest, type(e).__name__)
             finally:
                 with self._lock:
                     self._n_pending -= len(study.files)
