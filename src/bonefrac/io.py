@@ -187,8 +187,8 @@ def _configure_decoder(im: Image.Image, reduce: int = 1) -> None:
 
     Luma is the ITU-R 601 grey that converting RGB to L computes, so radiographs stored as RGB give the
     same pixels (bit-identical on all 2,707 RGB FracAtlas files) without the chroma upsampling and
-    colour conversion: 0.85 -> 0.39 ms per 373 x 454 file. In a truly coloured JPEG, saturated colour
-    (an annotation) can differ, since the RGB route clips it: measured up to 28 levels on 1% of pixels."""
+    colour conversion (about half the decoding time: bench/README.md). In a truly coloured JPEG, saturated
+    colour (an annotation) can differ, since the RGB route clips it: measured up to 28 levels on 1% of pixels."""
     if im.format != "JPEG" or (reduce == 1 and im.mode != "RGB"):
         return
     size = (max(1, im.width // reduce), max(1, im.height // reduce))  # Pillow picks the scale from this
@@ -232,11 +232,9 @@ def _to_unit_grey(im: Image.Image, name: str) -> tuple[np.ndarray, int]:
         im = im.convert("L")  # ITU-R 601 luma; X-ray content in RGB files is grey anyway
     if im.mode != "L":
         raise ImageReadError(f"{name}: unsupported pixel mode {mode}")
-    # np.asarray(im) takes 1.2 ms for 1024 x 842 where tobytes() takes 0.1 (numpy reads Pillow's array
-    # interface slowly), and asarray(im, dtype=float32) goes element by element: 5 ms. The result is a new
-    # array: no reference to the file or a memory map of it is kept.
-    grey = np.frombuffer(im.tobytes(), dtype=np.uint8).reshape(im.height, im.width)
-    return np.divide(grey, np.float32(255), dtype=np.float32), 8
+    # Not asarray(im, dtype=float32): numpy converts a Pillow image element by element (bench/README.md).
+    # The result is a new array: no reference to the file or a memory map of it is kept.
+    return np.divide(np.asarray(im), np.float32(255), dtype=np.float32), 8
 
 
 def _png_significant_bits(im: Image.Image) -> int | None:
