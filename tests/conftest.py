@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,20 +16,43 @@ from make_variants import BASE_IMAGE, FIXTURES
 FRACATLAS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fracatlas"
 
 
+#: Where libraries keep caches and settings under the home folder by default (onnxruntime's device id,
+#: matplotlib's font list, Chromium's dconf and crash reports, the notebook kernel's IPython profile).
+LIBRARY_HOME_DIRS = ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "IPYTHONDIR")
+_saved_environ: dict[str, str | None] = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """No test writes to the user's home. The libraries' folders are moved here, before collection: importing
+    a test module imports matplotlib, which settles its cache folder there and then."""
+    root = Path(tempfile.mkdtemp(prefix="bonefrac-tests-home-"))
+    _saved_environ.update({name: os.environ.get(name) for name in LIBRARY_HOME_DIRS})
+    _saved_environ["_root"] = str(root)
+    for name in LIBRARY_HOME_DIRS:
+        (root / name.lower()).mkdir()
+        os.environ[name] = str(root / name.lower())
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    root = _saved_environ.pop("_root", None)
+    for name, value in _saved_environ.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    if root:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _caches_outside_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """No test writes to the user's home: bonefrac's cache (decode cache, ONNX exports) goes to a temporary
-    folder, and so do the caches that libraries keep under ~/.cache and ~/.config (onnxruntime's device id,
-    matplotlib's font list, Chromium's dconf). Session-scoped so that module-scoped detectors (set up before
-    any function fixture) use it too; os.environ, so the subprocesses the CLI tests start inherit it. Tests
-    that need an empty bonefrac cache set their own."""
-    root = tmp_path_factory.mktemp("home")
-    folders = {"BONEFRAC_CACHE": "bonefrac", "XDG_CACHE_HOME": "cache", "XDG_CONFIG_HOME": "config"}
+    """bonefrac's cache (decode cache, ONNX exports) in a temporary folder, not ~/.cache/bonefrac.
+    Session-scoped so that module-scoped detectors (set up before any function fixture) use it too;
+    os.environ, so the subprocesses the CLI tests start inherit it. Tests that need an empty cache set their own."""
     with pytest.MonkeyPatch.context() as mp:
-        for name, folder in folders.items():
-            (root / folder).mkdir()
-            mp.setenv(name, str(root / folder))
-        yield root / "bonefrac"
+        folder = tmp_path_factory.mktemp("bonefrac-cache")
+        mp.setenv("BONEFRAC_CACHE", str(folder))
+        yield folder
 
 
 @pytest.fixture(scope="session")

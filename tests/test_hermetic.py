@@ -1,5 +1,5 @@
 """The test run keeps to itself: bonefrac's cache and the libraries' caches point outside the user's home, in
-this process and in the subprocesses that the CLI tests start (conftest's `_caches_outside_home`)."""
+this process and in the subprocesses that the CLI tests start (conftest: `pytest_configure`, `_caches_outside_home`)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import LIBRARY_HOME_DIRS
+
 from bonefrac.cache import cache_dir
 
 
 def test_caches_are_outside_home_here_and_in_subprocesses(_caches_outside_home: Path) -> None:
     home = Path.home().resolve()
-    here = [cache_dir(), Path(os.environ["XDG_CACHE_HOME"]), Path(os.environ["XDG_CONFIG_HOME"])]
+    here = [cache_dir(), *(Path(os.environ[name]) for name in LIBRARY_HOME_DIRS)]
     assert cache_dir() == _caches_outside_home
     assert not any(path.resolve().is_relative_to(home) for path in here), (home, here)
     probe = "from bonefrac.cache import cache_dir; print(cache_dir())"
