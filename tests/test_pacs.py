@@ -26,7 +26,7 @@ import pytest
 from _models import make_checkpoint
 from dicom_helpers import free_port, radiograph_study
 
-from bonefrac import cli
+from bonefrac.batch import PredictOptions, run_predict
 from bonefrac.detector import FractureDetector
 from bonefrac.dicom_node import Destination, DicomNode, NodeConfig
 from bonefrac.dicom_results import report_probabilities
@@ -130,9 +130,7 @@ def _start_node_command(model: Path, port: int, orthanc: Orthanc, out: Path) -> 
     return proc
 
 
-def test_orthanc_stores_the_study_to_the_node_and_gets_sr_and_overlays_back(
-    model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_orthanc_stores_the_study_to_the_node_and_gets_sr_and_overlays_back(model: Path, tmp_path: Path) -> None:
     node_port = free_port()
     orthanc = Orthanc(tmp_path / "orthanc", node_port)
     node = None
@@ -148,16 +146,12 @@ def test_orthanc_stores_the_study_to_the_node_and_gets_sr_and_overlays_back(
         (sr,) = [orthanc.dataset(i) for i in instances if orthanc.modality(i) == "SR"]
         source = pydicom.dcmread(views[0], stop_before_pixels=True)
         assert sr.StudyInstanceUID == source.StudyInstanceUID and sr.PatientID == source.PatientID
-        # `bonefrac predict --json` on the same files (in this process: the same entry point, without a
-        # second interpreter start).
-        assert (
-            cli.main(
-                ["predict", "--json", "--no-progress", "--model", str(model), "--backend", "torch"]
-                + [str(p) for p in views]
-            )
-            == 0
-        )
-        lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        # What `bonefrac predict --json` prints for the same files (its writer, in this process: no second
+        # interpreter start).
+        out = io.StringIO()
+        detector = FractureDetector.load(model, backend="torch")
+        assert run_predict(detector, [str(p) for p in views], PredictOptions(json=True, progress=False), out) == 0
+        lines = [json.loads(line) for line in out.getvalue().splitlines()]
         uid = {str(p): str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in views}
         expected = {uid[d["path"]]: d["probability"] for d in lines}  # each view by its SOP Instance UID
         expected["study"] = max(expected.values())
