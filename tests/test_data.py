@@ -17,8 +17,8 @@ import bonefrac.data as data
 from bonefrac.cache import cache_dir
 from bonefrac.data import DecodeCache, Record, content_digest, load_dataset, load_split, save_split, split_dataset
 from bonefrac.errors import DatasetError
-from bonefrac.io import read_image
-from bonefrac.transforms import letterbox_image
+from bonefrac.spec import ModelSpec
+from bonefrac.transforms import letterbox_image, read_for_model
 
 
 def write_csv(path: Path, header: list[str], rows: list[list[str]], bom: bool = False) -> Path:
@@ -278,7 +278,7 @@ def test_cache_builds_letterboxed_uint8(fixtures_dir: Path, tmp_path: Path) -> N
     for p in paths:
         arr = cache.load(p)
         assert arr.dtype == np.uint8 and arr.shape == (64, 64)
-        predict_input = letterbox_image(read_image(p, reduce_for=64), 64)[0]  # what predict feeds the model
+        predict_input = letterbox_image(read_for_model(p, ModelSpec(image_size=64)), 64)[0]  # what predict feeds
         assert np.array_equal(arr, np.round(predict_input * 255).astype(np.uint8))
         # and what training feeds it (train.load_batch), bit for bit: thresholds chosen on cached validation
         # predictions hold for predict
@@ -334,7 +334,8 @@ def test_cache_redecodes_a_changed_file(fixtures_dir: Path, tmp_path: Path, coun
     assert cache.build(paths, workers=1, progress=False) == {}
     assert sorted(counted_decodes) == sorted(paths[:2])
     after = cache.load(paths[0])
-    expected = np.round(letterbox_image(read_image(paths[0], reduce_for=64), 64)[0] * 255).astype(np.uint8)
+    image = read_for_model(paths[0], ModelSpec(image_size=64))
+    expected = np.round(letterbox_image(image, 64)[0] * 255).astype(np.uint8)
     assert np.array_equal(after, expected) and not np.array_equal(after, before)
 
 

@@ -23,6 +23,11 @@ if TYPE_CHECKING:  # torch is imported when a checkpoint is read or written, not
 FORMAT = "bonefrac-checkpoint-v1"
 
 
+def bundled_model_path() -> Path:
+    """The default model shipped inside the package."""
+    return Path(__file__).parent / "weights" / "model.pt"
+
+
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
