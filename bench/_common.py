@@ -20,8 +20,7 @@ def real_images(n: int) -> list[Path]:
 
 def bundled_or_fresh(tmp: Path, image_size: int = 256) -> Path:
     """The bundled model when it exists; otherwise an untrained Lite0 of the same shape (same speed)."""
-    from bonefrac.checkpoint import save_model
-    from bonefrac.checkpoint import bundled_model_path
+    from bonefrac.checkpoint import bundled_model_path, save_model
     from bonefrac.models import ModelSpec, build_model
 
     if bundled_model_path().is_file():

@@ -11,8 +11,7 @@ import pytest
 from _models import FIXTURES
 
 from bonefrac import FractureDetector
-from bonefrac.checkpoint import sha256_file
-from bonefrac.checkpoint import bundled_model_path
+from bonefrac.checkpoint import bundled_model_path, sha256_file
 
 WEIGHTS = bundled_model_path().parent
 EXAMPLES = WEIGHTS.parent / "examples"

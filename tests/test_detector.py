@@ -167,8 +167,8 @@ def test_cached_export_predicts_without_importing_torch(tmp_path: Path) -> None:
 def test_cached_export_keeps_the_torch_model_at_hand_and_the_digest_checked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from bonefrac.errors import ModelLoadError
     from bonefrac.backends import TorchBackend
+    from bonefrac.errors import ModelLoadError
     from bonefrac.export import onnx_cache_path
 
     monkeypatch.setenv("BONEFRAC_CACHE", str(tmp_path / "cache"))
@@ -213,8 +213,8 @@ def test_workers_share_the_cores_and_agree(tmp_path: Path, monkeypatch: pytest.M
 def test_the_onnx_session_is_made_ahead_and_a_broken_one_reported_by_the_batch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from bonefrac.detector import _warm_quietly
     from bonefrac.backends import OnnxBackend
+    from bonefrac.detector import _warm_quietly
 
     monkeypatch.setenv("BONEFRAC_CACHE", str(tmp_path / "cache"))
     det = FractureDetector.load(make_checkpoint(tmp_path / "model.pt", arch="efficientnet_lite0", image_size=96))

@@ -101,8 +101,10 @@ def _print(line: str, out: IO[str]) -> None:
     tqdm.write(line, file=out)
 
 
-def run_predict(det: FractureDetector, inputs: list[str], opts: PredictOptions, out: IO[str] = sys.stdout) -> int:
-    """Predict every image under `inputs`; returns the exit code (0 all predicted, 1 some failed)."""
+def run_predict(det: FractureDetector, inputs: list[str], opts: PredictOptions, out: IO[str] | None = None) -> int:
+    """Predict every image under `inputs`, writing to `out` (default: stdout at call time); returns the exit
+    code (0 all predicted, 1 some failed)."""
+    out = out or sys.stdout
     det.check_operating_point(opts.operating_point)  # before anything starts, not after the progress bar
     files = find_images(inputs)
     if not files:
