@@ -308,7 +308,7 @@ class DicomNode:
 
     def _warm(self) -> bool:
         """Predict and build the results of a synthetic image once, while waiting for the first study: the
-        one-time costs (imports, highdicom's tables of the standard, the model's first run: ~4 s on 2 cores)
+        one-time costs (imports, highdicom's tables of the standard, the model's first run: seconds on a small machine)
         are then not paid by the first study."""
         import numpy as np
         from pydicom.dataset import Dataset

@@ -210,7 +210,7 @@ def _to_unit_grey(im: Image.Image, name: str) -> tuple[np.ndarray, int]:
     """Map any Pillow mode onto greyscale float32 in [0, 1] without losing 16-bit precision."""
     mode = im.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        arr = np.asarray(im).astype(np.float32)  # asarray(im, dtype=...) converts pixel by pixel: 15x slower
+        arr = np.asarray(im).astype(np.float32)  # (asarray(im, dtype=...) converts pixel by pixel: far slower)
         bits = _png_significant_bits(im) or 16
         return arr / float(2**bits - 1), bits
     if mode == "I":  # 32-bit signed; Pillow also uses it for some 16-bit PNGs

@@ -17,7 +17,7 @@ from .io import XrayImage, read_image
 from .postprocess import DISPLAY_SIDE, Prediction, display_shape
 from .transforms import float_image, reduction_factor
 
-PNG_COMPRESS_LEVEL = 1  # zlib level 6 (the default) costs several times more for ~10% smaller files
+PNG_COMPRESS_LEVEL = 1  # zlib's default level 6 costs far more time for a slightly smaller file (bench/README.md)
 
 
 def read_for_display(path: str | Path) -> XrayImage:

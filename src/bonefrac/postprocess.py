@@ -198,7 +198,7 @@ def boxes_from_heatmap(heat: np.ndarray, probability: float, threshold: float = 
     """4-connected regions of `heat >= threshold * max` as [x0, y0, x1, y1, score] in the heatmap's pixels."""
     if heat.size == 0 or float(heat.max()) <= 0:
         return []
-    from scipy import ndimage  # lazy: ~0.2 s of import that `bonefrac predict --help` need not pay
+    from scipy import ndimage  # lazy: an import that `bonefrac predict --help` need not pay (bench/README.md)
 
     mask = heat >= threshold * float(heat.max())
     labels, n = ndimage.label(mask)

@@ -28,7 +28,7 @@ class ServerSettingsError(BonefracError, ValueError):
 def is_loopback(host: str) -> bool:
     """True when `host` accepts connections from this machine only. A host name other than localhost may
     resolve to any interface, so it counts as exposed."""
-    import ipaddress  # here, not at the top: 2 ms that every `bonefrac` command would pay for `serve`
+    import ipaddress  # here, not at the top: only `serve` needs it, not every `bonefrac` command
 
     if host.strip().lower() == "localhost":
         return True
