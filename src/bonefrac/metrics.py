@@ -1,4 +1,4 @@
-"""Discrimination, operating points and localisation scores (scikit-learn where it has them)."""
+"""Discrimination, operating points, calibration and localisation scores (scikit-learn where it has them)."""
 
 from __future__ import annotations
 
@@ -98,6 +98,27 @@ def discrimination(y: np.ndarray, p: np.ndarray, operating_points: Mapping[str, 
         "operating_points": {k: operating_point_stats(y, p, t) for k, t in operating_points.items()},
         "caveat": small_sample_caveat(int(y.sum()), int(len(y) - y.sum()), ci),
     }
+
+
+#: Equal-width probability bins of the expected calibration error (the common choice since Guo et al. 2017).
+ECE_BINS = 15
+
+
+def calibration(y: np.ndarray, p: np.ndarray, bins: int = ECE_BINS) -> dict[str, Any]:
+    """How far the probabilities `p` are from the observed frequencies of `y`:
+
+    - ece: expected calibration error, sum over `bins` equal-width bins of [0, 1] of (share of images in the
+      bin) x |fraction fractured - mean probability| (the last bin includes 1.0; empty bins count nothing);
+    - brier: mean squared difference between probability and label (scikit-learn's Brier score).
+    """
+    from sklearn.metrics import brier_score_loss
+
+    y, p = np.asarray(y).astype(int), np.asarray(p, dtype=np.float64)
+    if not len(y):
+        return {"ece": float("nan"), "brier": float("nan"), "bins": bins, "n": 0}
+    which = np.minimum((p * bins).astype(int), bins - 1)
+    ece = sum(abs(y[which == b].mean() - p[which == b].mean()) * (which == b).mean() for b in np.unique(which))
+    return {"ece": float(ece), "brier": float(brier_score_loss(y, p, pos_label=1)), "bins": bins, "n": int(len(y))}
 
 
 def small_sample_caveat(n_positive: int, n_negative: int, ci: Sequence[float]) -> str | None:
