@@ -21,11 +21,12 @@ import numpy as np
 from . import __version__
 from .backends import DEFAULT_BATCH_SIZE
 from .data import Record, content_digest, load_dataset, load_split
+from .detection_metrics import detection_scores
 from .detector import FractureDetector, Prediction
 from .errors import DatasetError
 from .metadata import jsonable
-from .metrics import discrimination, localization_scores
-from .report import write_plots, write_results_txt
+from .metrics import calibration, discrimination, localization_scores
+from .report import write_froc_plot, write_plots, write_results_txt
 
 #: Overlap groups, in the order they are reported: the unbiased one first.
 GROUPS = ("unseen", "validation", "train")
@@ -103,6 +104,7 @@ def compute_metrics(
             name: discrimination(y[g == name], p[g == name], operating_points) for name in GROUPS if (g == name).any()
         }
     m.update(discrimination(y, p, operating_points))
+    m["calibration"] = calibration(y, p)
     regions: dict[str, list[int]] = {}
     for i, r in enumerate(records):
         regions.setdefault(r.region, []).append(i)
@@ -119,7 +121,20 @@ def compute_metrics(
             [preds[i].boxes for i in boxed],
             [records[i].boxes for i in boxed],
         )
+        # Detection: over the images whose boxes are known, those without a fracture (nothing to find: their
+        # detections are false positives) and the fractured ones with boxes. A fractured image without boxes
+        # is left out (counted): its detections are neither right nor wrong as far as anyone can tell.
+        known = [i for i, r in enumerate(records) if r.boxes or r.label == 0]
+        m["detection"], m["froc_curve"] = detection_scores(
+            [records[i].boxes for i in known], [detections(preds[i]) for i in known]
+        )
+        m["detection"]["n_fractured_without_boxes"] = len(records) - len(known)
     return m
+
+
+def detections(pred: Prediction) -> list[list[float]]:
+    """The model's detections [x0, y0, x1, y1, score], whatever its decision: the heatmap's candidate boxes."""
+    return pred.candidate_boxes
 
 
 def evaluate(
@@ -157,6 +172,7 @@ def evaluate(
         raise DatasetError(f"{dataset}: evaluation needs readable images of both classes")
     groups = overlap_groups(kept, det.info.get("image_digests"))
     metrics = compute_metrics(kept, preds, det.operating_points, groups)
+    froc = metrics.pop("froc_curve", None)  # drawn in froc.png, not written into metrics.json
     metrics["model"] = det.facts()
     metrics["dataset"] = {
         "path": str(dataset),
@@ -177,5 +193,7 @@ def evaluate(
     y = np.array([r.label for r in kept])
     p = np.array([q.probability for q in preds])
     write_plots(y, p, det.operating_points, out)
+    if froc is not None:
+        write_froc_plot(froc, out / "froc.png")
     write_results_txt(metrics, out / "results.txt")
     return metrics

@@ -13,6 +13,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from .detection_metrics import FROC_RATES, FrocCurve
 from .metrics import operating_point_stats
 
 
@@ -100,6 +101,30 @@ def write_plots(y: np.ndarray, p: np.ndarray, operating_points: dict[str, float]
             title=f"{name} (threshold {s['threshold']:.3f})",
         )
         _save(fig, out / f"confusion_{name}.png")
+
+
+def write_froc_plot(froc: FrocCurve, path: Path) -> None:
+    """froc.png: sensitivity against false positives per image (log scale, 1/8 to 8), FROC_RATES marked."""
+    rates = np.geomspace(1 / 8, 8, 200)
+    fig = _figure((5, 5))
+    ax = fig.subplots()
+    ax.plot(rates, [froc.sensitivity_at(r) for r in rates], label="model")
+    for i, r in enumerate(FROC_RATES):
+        s = froc.sensitivity_at(r)
+        ax.plot(r, s, "o", color=f"C{i + 1}", label=f"{r:g} FP/image: {s:.3f}")
+    if 0 < froc.fp_per_image[-1] <= rates[-1]:  # past it the curve is flat: no threshold keeps more boxes
+        ax.axvline(froc.fp_per_image[-1], ls=":", color="grey", label="every detection kept")
+    ax.set_xscale("log")
+    ax.set_xticks([1 / 8, 1 / 4, 1 / 2, 1, 2, 4, 8], ["1/8", "1/4", "1/2", "1", "2", "4", "8"])
+    ax.set_xticks([], minor=True)  # the log scale's own labels would overprint these
+    ax.set(
+        xlabel="false-positive boxes per image",
+        ylabel="sensitivity (fracture boxes found, IoU >= 0.5)",
+        ylim=(0, 1.02),
+        title="FROC",
+    )
+    ax.legend(loc="best")
+    _save(fig, path)
 
 
 # ---------------------------------------------------------------- results.txt
@@ -192,6 +217,31 @@ def _closing_note(m: dict[str, Any]) -> str:
     return " ".join(notes) + " Unseen images (an independent test set) give the unbiased figures."
 
 
+def _calibration_lines(c: dict[str, Any] | None) -> list[str]:
+    if c is None:
+        return []
+    return [
+        "",
+        f"calibration of the probability: ECE {_fmt(c['ece'])} ({c['bins']} equal-width bins), "
+        f"Brier {_fmt(c['brier'])}",
+    ]
+
+
+def _detection_lines(d: dict[str, Any]) -> list[str]:
+    froc = " / ".join(_fmt(v) for v in d["froc"].values())
+    rates = " / ".join(d["froc"])
+    lines = [
+        f"detection over {d['n_images']} images ({d['n_fractured_images']} fractured with "
+        f"{d['n_gt_boxes']} boxes; {d['n_detections']} detections), COCO box AP by pycocotools:",
+        f"  AP@0.5       all images {_fmt(d['ap50'])}   fractured images only {_fmt(d['ap50_fractured'])}",
+        f"  AP@[.5:.95]  all images {_fmt(d['ap50_95'])}   fractured images only {_fmt(d['ap50_95_fractured'])}",
+        f"  FROC sensitivity (IoU>={d['froc_iou']}) at {rates} false positives per image: {froc}",
+    ]
+    if d.get("n_fractured_without_boxes"):
+        lines.append(f"  ({d['n_fractured_without_boxes']} fractured images without boxes left out)")
+    return lines
+
+
 def results_text(m: dict[str, Any]) -> str:
     """The readable summary (the seed project's results.txt, with the numbers that matter clinically)."""
     lines = [
@@ -202,6 +252,7 @@ def results_text(m: dict[str, Any]) -> str:
         *_overlap_lines(m),
         "",
         *_discrimination_lines(m),
+        *_calibration_lines(m.get("calibration")),
         "",
         "per body region:",
     ]
@@ -219,6 +270,8 @@ def results_text(m: dict[str, Any]) -> str:
             f"  boxes at IoU>={loc['iou_threshold']}: precision {_fmt(loc['box_precision'])}, "
             f"recall {_fmt(loc['box_recall'])}",
         ]
+    if "detection" in m:
+        lines += ["", *_detection_lines(m["detection"])]
     lines += ["", _closing_note(m)]
     return "\n".join(lines) + "\n"
 
