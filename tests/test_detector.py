@@ -177,7 +177,9 @@ def test_cached_export_keeps_the_torch_model_at_hand_and_the_digest_checked(
     det = FractureDetector.load(path)
     assert det._model is None  # not loaded: the cached export was enough
     x = det.preprocess(read_image(FIXTURE_IMAGES[1]))[None].numpy()
-    assert abs(TorchBackend(det.model).run(x)[0][0] - det.backend.run(x)[0][0]) < 1e-4  # .model loads it now
+    assert (
+        abs(TorchBackend(det.model, det.spec.image_size).run(x)[0][0] - det.backend.run(x)[0][0]) < 1e-4
+    )  # .model loads it now
     # A stale or foreign cache entry is ignored and rewritten, never trusted.
     meta = onnx_cache_path(det.sha256).with_suffix(".json")
     meta.write_text(meta.read_text().replace(det.sha256, "0" * 64))
@@ -238,15 +240,13 @@ def test_the_constructor_only_stores_and_load_builds_the_backend(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from bonefrac.backends import TorchBackend
+    from bonefrac.models import build_model
     from bonefrac.spec import ModelSpec
 
     monkeypatch.setenv("BONEFRAC_CACHE", str(tmp_path / "cache"))
-    backend = TorchBackend(
-        __import__("bonefrac.models", fromlist=["build_model"]).build_model(
-            ModelSpec(arch="seed_cnn", image_size=64), pretrained=False
-        )
-    )
-    det = FractureDetector(ModelSpec(arch="seed_cnn", image_size=64), backend)
+    spec = ModelSpec(arch="seed_cnn", image_size=64)
+    backend = TorchBackend(build_model(spec, pretrained=False), spec.image_size)
+    det = FractureDetector(spec, backend)
     assert det.backend is backend and det.info == {} and not (tmp_path / "cache").exists()  # no export made
     assert det.version == "seed_cnn-64px-unversioned"
     with pytest.raises(BonefracError, match="unknown backend"):

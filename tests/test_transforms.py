@@ -118,12 +118,14 @@ def test_the_inference_graph_upsamples_the_cam_bicubic_onto_the_input() -> None:
     hot[1, 2] = 1.0  # rows 16-31, columns 32-47 of the input: centre (23.5, 39.5)
     x = torch.zeros(2, 1, 64, 64)
     with torch.no_grad():
-        logits, up = LogitAndCam(GivenMap(hot).eval())(x)
-        _, flat = LogitAndCam(GivenMap(torch.full((4, 4), 0.3)).eval())(x)
+        logits, up = LogitAndCam(GivenMap(hot).eval(), 64)(x)
+        _, flat = LogitAndCam(GivenMap(torch.full((4, 4), 0.3)).eval(), 64)(x)
     assert up.shape == (2, 64, 64) and torch.allclose(logits, torch.full((2,), 1 / 16))  # the map's mean
     assert divmod(int(up[0].argmax()), 64) == (23, 39) and torch.isclose(up[0, 23, 39], up[0, 24, 40])
     assert up.min() < -0.05 and 0.9 < up.max() <= 1.0
     assert torch.allclose(flat, torch.full_like(flat, 0.3))
+    expected = torch.nn.functional.interpolate(hot[None, None], size=(64, 64), mode="bicubic", align_corners=False)
+    assert torch.allclose(up[0], expected[0, 0], atol=1e-6)  # exactly torch's bicubic, as two products
 
 
 def test_heatmap_on_the_full_image_is_bilinear_upsampling() -> None:

@@ -88,10 +88,11 @@ class OnnxBackend:
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, model: FractureNet) -> None:
+    def __init__(self, model: FractureNet, size: int) -> None:
+        """`size`: the side of the model's square input (`ModelSpec.image_size`)."""
         from .models import LogitAndCam
 
-        self.graph = LogitAndCam(model).eval()
+        self.graph = LogitAndCam(model, size).eval()
         # torch already spreads one call over every core; concurrent calls would only oversubscribe them.
         self._lock = threading.Lock()
 

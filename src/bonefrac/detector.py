@@ -97,7 +97,7 @@ class FractureDetector:
             return cls(spec, OnnxBackend(cached_export(model, spec, info)), info, checkpoint, model)
         from .backends import TorchBackend
 
-        return cls(spec, TorchBackend(model), info, checkpoint, model)
+        return cls(spec, TorchBackend(model, spec.image_size), info, checkpoint, model)
 
     @property
     def model(self) -> FractureNet:

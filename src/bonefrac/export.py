@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 ONNX_OPSET = 17
 #: Everything about the export besides the checkpoint that changes the file: part of the cache key.
-EXPORT_SETTINGS = f"opset={ONNX_OPSET};inputs=image;outputs=logit,cam;batch=dynamic;exporter=torchscript"
+EXPORT_SETTINGS = f"opset={ONNX_OPSET};inputs=image;outputs=logit,cam(input grid, bicubic by matmul);batch=dynamic;exporter=torchscript"
 CACHE_FORMAT = "bonefrac-onnx-cache-v2"
 PREPROCESSING = (
     "greyscale radiograph, bone bright; per-image min-max to [0, 1]; long side resized to image_size "
@@ -57,7 +57,7 @@ def export_onnx(model: FractureNet, spec: ModelSpec, path: str | Path, info: dic
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated but needs no onnxscript
         torch.onnx.export(
-            LogitAndCam(model).eval(),
+            LogitAndCam(model, spec.image_size).eval(),
             (dummy,),
             str(tmp),
             input_names=["image"],
@@ -169,6 +169,6 @@ def parity(model: FractureNet, onnx_path: str | Path, x: np.ndarray) -> float:
     from .backends import OnnxBackend, TorchBackend
     from .postprocess import probabilities
 
-    p_torch = probabilities(TorchBackend(model).run(x)[0])
+    p_torch = probabilities(TorchBackend(model, x.shape[-1]).run(x)[0])
     p_onnx = probabilities(OnnxBackend(onnx_path).run(x)[0])
     return float(np.abs(p_torch - p_onnx).max())

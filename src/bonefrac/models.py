@@ -65,20 +65,32 @@ class FractureNet(nn.Module):
 
 class LogitAndCam(nn.Module):
     """The inference graph (the torch backend runs it, `export` writes it as ONNX): logits (N,) and the
-    class-activation maps upsampled onto the (S, S) model input, bicubic.
+    class-activation maps upsampled onto the (size, size) model input, bicubic.
 
     Bicubic, not bilinear: a bilinear surface peaks exactly on a feature-grid point, a bicubic one between
-    points, towards the warmer neighbours. Torch's kernel (a = -0.75) puts the bundled model's peak inside the
-    validation fracture boxes on 0.474 of images, Pillow's (a = -0.5) on 0.456; in the graph it costs little."""
+    points, towards the warmer neighbours. Torch's kernel puts the bundled model's peak inside the validation
+    fracture boxes on 0.474 of images, Pillow's on 0.456. The upsampling is torch's own `interpolate`, applied
+    as two small matrix products (`bicubic_weights`): onnxruntime's cubic Resize costs more than the rest of the
+    post-processing together (bench/README.md)."""
 
-    def __init__(self, model: FractureNet) -> None:
+    def __init__(self, model: FractureNet, size: int) -> None:
         super().__init__()
         self.model = model
+        with torch.no_grad():
+            h, w = model.forward_features(torch.zeros(1, 1, size, size)).shape[-2:]
+        self.register_buffer("rows", bicubic_weights(h, size), persistent=False)
+        self.register_buffer("cols", bicubic_weights(w, size), persistent=False)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, cam = self.model(x, return_cam=True)
-        up = F.interpolate(cam[:, None], size=x.shape[-2:], mode="bicubic", align_corners=False)
-        return logits, up[:, 0]
+        return logits, self.rows @ cam @ self.cols.T
+
+
+def bicubic_weights(n_in: int, n_out: int) -> torch.Tensor:
+    """(n_out, n_in) matrix M with M @ v == interpolate(v, n_out, "bicubic", align_corners=False) for any
+    v: torch's resampling of each basis vector, so that resampling becomes one product."""
+    basis = torch.eye(n_in).reshape(n_in, 1, n_in, 1)  # each basis vector as an (n_in x 1) image
+    return F.interpolate(basis, size=(n_out, 1), mode="bicubic", align_corners=False).reshape(n_in, n_out).T
 
 
 # ---------------------------------------------------------------- EfficientNet-Lite0
