@@ -33,7 +33,10 @@ if TYPE_CHECKING:
 
 ONNX_OPSET = 17
 #: Everything about the export besides the checkpoint that changes the file: part of the cache key.
-EXPORT_SETTINGS = f"opset={ONNX_OPSET};inputs=image;outputs=logit,cam(input grid, bicubic by matmul);batch=dynamic;exporter=torchscript"
+EXPORT_SETTINGS = (
+    f"opset={ONNX_OPSET};inputs=image;outputs=logit,cam (input grid, bicubic by matmul);batch=dynamic;"
+    "exporter=torchscript"
+)
 CACHE_FORMAT = "bonefrac-onnx-cache-v2"
 PREPROCESSING = (
     "greyscale radiograph, bone bright; per-image min-max to [0, 1]; long side resized to image_size "
