@@ -32,7 +32,7 @@ from dicom_helpers import (
 from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation, Verification
 
 from bonefrac.detector import FractureDetector
-from bonefrac.dicom_node import Destination, DicomNode, NodeConfig, NodeConfigError
+from bonefrac.dicom_node import Destination, DicomNode, NodeConfig, NodeConfigError, quiet_dicom_library_logs
 from bonefrac.dicom_results import report_probabilities, study_digest
 from bonefrac.io import read_image
 
@@ -57,6 +57,7 @@ def pacs() -> Iterator[StoreCollector]:
 def _node(detector: FractureDetector, out: Path, pacs: StoreCollector | None = None, **config: object) -> DicomNode:
     send_to = Destination("PACS", "127.0.0.1", pacs.port) if pacs else None
     config = {"study_idle": 0.3, **config}
+    quiet_dicom_library_logs()  # as `bonefrac dicom-node` does: the libraries' INFO lines quote UIDs
     node = DicomNode(detector, NodeConfig(port=0, host="127.0.0.1", out=out, send_to=send_to, **config))  # type: ignore[arg-type]
     node.start()
     return node

@@ -155,10 +155,11 @@ def _dicom_node(args: argparse.Namespace) -> int:
     import logging
 
     from .detector import FractureDetector
-    from .dicom_node import Destination, DicomNode, NodeConfig
+    from .dicom_node import Destination, DicomNode, NodeConfig, quiet_dicom_library_logs
 
     send_to = Destination.parse(args.send_to) if args.send_to else None  # before the model loads: fail fast
     logging.basicConfig(level=logging.INFO, format="%(asctime)s bonefrac dicom-node: %(message)s", stream=sys.stderr)
+    quiet_dicom_library_logs()
     config = NodeConfig(
         port=args.port,
         out=Path(args.out),

@@ -50,6 +50,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bonefrac.dicom_node")
 
+
+def quiet_dicom_library_logs() -> None:
+    """Show only warnings and errors of pynetdicom and highdicom, whose INFO/DEBUG lines quote UIDs and dataset
+    contents, so that a node's log holds no identifier. Process-wide logging is the application's to set:
+    `bonefrac dicom-node` calls this; a program embedding `DicomNode` decides for itself."""
+    for name in ("pynetdicom", "highdicom"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 CR = "1.2.840.10008.5.1.4.1.1.1"
 DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
 DX_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
@@ -138,10 +147,6 @@ class DicomNode:
 
         self.detector.check_operating_point(self.config.operating_point)  # fail before listening
         self.incoming.mkdir(parents=True, exist_ok=True)
-        # pynetdicom's and highdicom's INFO/DEBUG lines quote UIDs and dataset contents: only their warnings
-        # and errors are shown, so that the node's log holds no identifier.
-        for name in ("pynetdicom", "highdicom"):
-            logging.getLogger(name).setLevel(logging.WARNING)
         ae = AE(ae_title=self.config.ae_title)
         ae.require_called_aet = True
         ae.add_supported_context(Verification)
