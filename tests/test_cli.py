@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from _models import FIXTURE_IMAGES, FIXTURES, make_checkpoint
 from PIL import Image
+from terminal import run_on_a_terminal
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -173,31 +174,9 @@ def test_the_cli_leaves_warning_filters_as_it_found_them(model: Path) -> None:
 
 def test_on_a_terminal_the_progress_bar_never_splits_a_table_line(model: Path) -> None:
     """stdout and stderr on one terminal: every table line comes out whole, never with the bar inside it."""
-    import fcntl
-    import os
-    import pty
-    import struct
-    import subprocess
-    import sys
-    import termios
-
-    primary, secondary = pty.openpty()
-    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # tqdm draws no bar at width 0
     cmd = [sys.executable, "-m", "bonefrac", "predict", str(FIXTURES / "images"), "--model", str(model)]
-    proc = subprocess.Popen([*cmd, "--backend", "torch"], stdin=secondary, stdout=secondary, stderr=secondary)
-    os.close(secondary)
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(primary, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    assert proc.wait(timeout=300) == 0
-    os.close(primary)
-    text = b"".join(chunks).decode()
+    code, text = run_on_a_terminal([*cmd, "--backend", "torch"], columns=160)
+    assert code == 0
     assert "predict:" in text  # the bar was drawn
     pieces = [p for line in text.replace("\r\n", "\n").split("\n") for p in line.split("\r")]
     rows = [p for p in pieces if ".jpg" in p]

@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import fcntl
 import importlib.util
 import json
 import os
-import pty
-import struct
 import subprocess
 import sys
-import termios
 from pathlib import Path
 from types import ModuleType
 
@@ -21,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from _models import FIXTURES, make_checkpoint
+from terminal import run_on_a_terminal
 
 from bonefrac.checkpoint import atomic_save, sha256_file
 from bonefrac.data import content_digest, load_dataset
@@ -175,28 +172,10 @@ def test_evaluate_help_shows_every_default() -> None:
 
 def test_terminal_output_progress_bar_then_whole_report(seen_model: Path, tmp_path: Path) -> None:
     """On a terminal the bar finishes its line before the report starts, and the report says what was seen."""
-    primary, secondary = pty.openpty()
-    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # tqdm draws no bar at width 0
     cmd = [sys.executable, "-m", "bonefrac", "evaluate", str(FIXTURES), "--out", str(tmp_path / "rep")]
-    proc = subprocess.Popen(
-        [*cmd, "--model", str(seen_model), "--backend", "torch", "--workers", "1"],
-        stdin=secondary,
-        stdout=secondary,
-        stderr=secondary,
-    )
-    os.close(secondary)
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(primary, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    assert proc.wait(timeout=300) == 0
-    os.close(primary)
-    lines = b"".join(chunks).decode().replace("\r\n", "\n").split("\n")
+    code, text = run_on_a_terminal([*cmd, "--model", str(seen_model), "--backend", "torch", "--workers", "1"])
+    assert code == 0
+    lines = text.replace("\r\n", "\n").split("\n")
     start = lines.index("bonefrac evaluation")
     assert any("evaluate: 100%" in line for line in lines[:start])  # the bar was drawn, and before the report
     report_lines = lines[start:]
