@@ -30,6 +30,9 @@ def _train(args: argparse.Namespace) -> int:
         reduce_from=args.reduce_from,
         batch_size=args.batch_size,
         lr=args.lr,
+        weight_decay=args.weight_decay,
+        backbone_lr_scale=args.backbone_lr_scale,
+        crop_size=args.crop_size,
         seed=args.seed,
         patience=args.patience,
         val_fraction=args.val_fraction,
@@ -260,6 +263,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="global batch, split across torchrun ranks (default %(default)s)",
     )
     t.add_argument("--lr", type=float, default=TrainConfig.lr, help="peak learning rate (default %(default)g)")
+    t.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay, help="AdamW (default %(default)g)")
+    t.add_argument(
+        "--backbone-lr-scale",
+        type=float,
+        default=TrainConfig.backbone_lr_scale,
+        help="detectors: the pretrained backbone's learning rate as a share of --lr (default %(default)g)",
+    )
+    t.add_argument(
+        "--crop-size",
+        type=int,
+        default=TrainConfig.crop_size,
+        help="detectors: side of the training crops, at the input's scale (default %(default)s)",
+    )
     t.add_argument(
         "--warmup-epochs",
         type=float,

@@ -175,8 +175,8 @@ class EfficientNetLite0(FractureNet):
         state = {k: v for k, v in state.items() if not k.startswith("_fc.")}  # the 1000-class ImageNet head
         state["_conv_stem.weight"] = state["_conv_stem.weight"].sum(dim=1, keepdim=True)
         missing, unexpected = self.load_state_dict(state, strict=False)
-        # strict for everything but our new 1-logit head:
-        if unexpected or set(missing) != {"head.fc.weight", "head.fc.bias"}:
+        # strict for everything but our own head (the 1-logit classifier; none under the detector):
+        if unexpected or set(missing) != {k for k in self.state_dict() if k.startswith("head.")}:
             raise RuntimeError(f"ImageNet weights do not match: missing={missing} unexpected={unexpected}")
 
 
@@ -217,8 +217,12 @@ MODELS: dict[str, Callable[[ModelSpec], FractureNet]] = {
 }
 
 
-def build_model(spec: ModelSpec, pretrained: bool = True) -> FractureNet:
+def build_model(spec: ModelSpec, pretrained: bool = True) -> nn.Module:
     """Build the network for `spec`. `pretrained=False` skips ImageNet loading (weights come from a checkpoint)."""
+    if spec.is_detector:
+        from .detection_model import build_detector
+
+        return build_detector(spec, pretrained)
     if spec.arch not in MODELS:
         raise ValueError(f"unknown arch {spec.arch!r}; choose one of {', '.join(MODELS)}")
     if not pretrained and spec.arch.startswith("efficientnet_lite0"):

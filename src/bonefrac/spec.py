@@ -15,6 +15,9 @@ REDUCE_FROM = 4
 #: The value for checkpoints from before `ModelSpec.reduce_from` existed: only very large images reduced.
 LEGACY_REDUCE_FROM = 8
 
+#: Architectures with a dense detection head (`detection_model`): heatmap, box size and offset outputs.
+DETECTOR_ARCHS = ("lite0_centernet",)
+
 #: Default decision thresholds before a model has been calibrated on a validation split.
 DEFAULT_OPERATING_POINTS = {"default": 0.5, "high_sensitivity": 0.3, "high_specificity": 0.7}
 
@@ -33,6 +36,8 @@ class ModelSpec:
         reduce_from: images with a long side of at least reduce_from x image_size are box-reduced by 2, 4
             or 8 before the resize (`transforms.reduction_factor`); part of the preprocessing the model was trained
             with, so it travels with it (checkpoints without it: 8).
+        calibration: Platt scaling of the image logit z, probability = sigmoid(scale * z + bias), fitted on
+            validation images (`bonefrac calibrate`); the identity until fitted.
     """
 
     arch: str = "efficientnet_lite0"
@@ -43,6 +48,12 @@ class ModelSpec:
     drop_rate: float = 0.2
     drop_path_rate: float = 0.1
     reduce_from: int = REDUCE_FROM
+    calibration: dict[str, float] = field(default_factory=lambda: {"scale": 1.0, "bias": 0.0})
+
+    @property
+    def is_detector(self) -> bool:
+        """A detector (dense head: detections, an absolute heatmap) rather than a classifier with a CAM."""
+        return self.arch in DETECTOR_ARCHS
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -31,6 +31,8 @@ from .augment import Augment
 from .box_supervision import box_targets, load_box_masks, localization_loss
 from .checkpoint import atomic_save, load_model, save_model
 from .data import DecodeCache, Record, content_digest, load_dataset, load_split, save_split, split_dataset
+from .detection_model import STRIDE, image_logit
+from .detection_train import CropSampler, detection_loss
 from .errors import DatasetError
 from .metrics import auc, choose_operating_points, discrimination
 from .models import ModelSpec, build_model
@@ -76,15 +78,24 @@ def load_batch(cache: DecodeCache, records: list[Record], idx: list[int]) -> tup
 
 @torch.no_grad()
 def predict_cached(
-    model: torch.nn.Module, spec: ModelSpec, cache: DecodeCache, records: list[Record], batch_size: int = 64
+    model: torch.nn.Module, spec: ModelSpec, cache: DecodeCache, records: list[Record], batch_size: int = 32
 ) -> np.ndarray:
-    """Probabilities for records from the decode cache (validation during training)."""
+    """Probabilities for records from the decode cache (validation during training). For a detector, one
+    row per image: the probability, then the heatmap peak's (x, y) on the cached grid (the pointing game)."""
     model.eval()
     out = []
     for s in range(0, len(records), batch_size):
         x, _ = load_batch(cache, records, list(range(s, min(s + batch_size, len(records)))))
         x = normalize(x, spec).to(distributed.device()).contiguous(memory_format=torch.channels_last)
-        out.append(torch.sigmoid(model(x)).cpu().numpy())
+        if not spec.is_detector:
+            out.append(torch.sigmoid(model(x)).cpu().numpy())
+            continue
+        heatmap, _, _, global_logit, _ = model(x)
+        peak = heatmap.flatten(1).argmax(1)
+        w = heatmap.shape[-1]
+        xy = torch.stack([(peak % w + 0.5) * STRIDE, (peak // w + 0.5) * STRIDE], 1)
+        p = torch.sigmoid(image_logit(heatmap, global_logit))
+        out.append(torch.cat([p[:, None], xy.float()], 1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0)
 
 
@@ -139,10 +150,12 @@ class Run:
     pos_weight: torch.Tensor
     steps_per_epoch: int
     use_boxes: bool
+    pool: list[int]  # the training indices of one epoch, before shuffling
+    sampler: CropSampler | None = None  # detectors train on crops with CenterNet targets
     augment: Augment = field(default_factory=Augment)
     first_epoch: int = 0
-    best_auc: float = -1.0
-    stale: int = 0  # epochs since the best validation AUC (early stopping)
+    best_score: float = -1.0  # validation AUC; for a detector, AUC + pointing game
+    stale: int = 0  # epochs since the best validation score (early stopping)
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -165,12 +178,13 @@ def fit(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Path
         t0 = time.time()
         train_loss, loc_loss = train_one_epoch(run, epoch)
         train_seconds = time.time() - t0
-        y, p = validate(run)
+        y, p, pointing = validate(run)
         row = {
             "epoch": epoch + 1,
             "train_loss": train_loss,
             "val_loss": float(F.binary_cross_entropy(torch.tensor(p).clamp(1e-6, 1 - 1e-6), torch.tensor(y).float())),
             "val_auc": auc(y, p),
+            "val_pointing": pointing,
             "loc_loss": loc_loss,
             "lr": run.opt.param_groups[0]["lr"],
             "seconds": time.time() - t0,
@@ -179,7 +193,7 @@ def fit(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Path
         select_and_save(run, epoch, row, y, p)
         distributed.barrier()  # ranks leave the epoch together, after rank 0's checkpoint is on disk
     if distributed.is_main():
-        print(f"best validation AUC {run.best_auc:.4f}; model written to {run.out / 'model.pt'}")
+        print(f"best validation score {run.best_score:.4f}; model written to {run.out / 'model.pt'}")
     return run.out
 
 
@@ -202,9 +216,20 @@ def set_up(cfg: TrainConfig, overwrite: bool) -> Run:
     train, val, cache = prepare_data(cfg, spec, out)
     if len(train) < world:
         raise DatasetError(f"{len(train)} training images cannot be shared by {world} processes")
-    decay = [p for p in model.parameters() if p.ndim > 1]  # no weight decay on biases and norms
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    detector = spec.is_detector
+    # A detector's new heads learn at the full rate, its ImageNet backbone at `backbone_lr_scale` of it.
+    slow = {id(p) for p in model.backbone_parameters()} if detector else set()
+    groups = [
+        {"params": params, "weight_decay": wd, "lr_scale": cfg.backbone_lr_scale if backbone else 1.0}
+        for backbone in (False, True)
+        for wd, params in (
+            (cfg.weight_decay, [p for p in model.parameters() if p.ndim > 1 and (id(p) in slow) == backbone]),
+            (0.0, [p for p in model.parameters() if p.ndim <= 1 and (id(p) in slow) == backbone]),  # biases, norms
+        )
+        if params
+    ]
+    sampler = CropSampler(cache, train, crop=cfg.crop_size) if detector else None
+    pool = sampler.epoch_pool() if sampler else list(range(len(train)))
     n_pos = sum(r.label for r in train)
     return Run(
         cfg=cfg,
@@ -221,8 +246,10 @@ def set_up(cfg: TrainConfig, overwrite: bool) -> Run:
         opt=torch.optim.AdamW(groups, lr=cfg.lr),
         pos_weight=torch.tensor((len(train) - n_pos) / max(n_pos, 1), device=dev),  # balance the classes
         # The same steps and the same global batches whatever the number of processes.
-        steps_per_epoch=len(train) // cfg.batch_size or 1,
-        use_boxes=cfg.loc_weight > 0 and any(r.boxes for r in train),
+        steps_per_epoch=len(pool) // cfg.batch_size or 1,
+        use_boxes=cfg.loc_weight > 0 and any(r.boxes for r in train) and not detector,
+        pool=pool,
+        sampler=sampler,
     )
 
 
@@ -260,14 +287,14 @@ def restore(run: Run) -> None:
     run.ema.module.load_state_dict(state["ema"])
     run.ema.updates = state["ema_updates"]
     run.opt.load_state_dict(state["optimizer"])
-    run.first_epoch, run.best_auc, run.stale = state["epoch"] + 1, state["best_auc"], state["stale"]
+    run.first_epoch, run.best_score, run.stale = state["epoch"] + 1, state["best_score"], state["stale"]
     run.history = state["history"]
     # Dropout and stochastic depth continue as if never stopped: they draw from the device's generator.
     torch.set_rng_state(state["torch_rng"])
     if run.device.type == "cuda" and "cuda_rng" in state:
         torch.cuda.set_rng_state(state["cuda_rng"], run.device)
     if main:
-        print(f"resuming after epoch {run.first_epoch} (best val AUC so far {run.best_auc:.4f})")
+        print(f"resuming after epoch {run.first_epoch} (best validation score so far {run.best_score:.4f})")
 
 
 def train_one_epoch(run: Run, epoch: int) -> tuple[float, float]:
@@ -275,7 +302,8 @@ def train_one_epoch(run: Run, epoch: int) -> tuple[float, float]:
     cfg = run.cfg
     # Seeded per epoch, identical on every rank, so a resumed or distributed run sees the same order
     # and the same augmentation (drawn for the global batch, each rank keeping its rows).
-    order = torch.randperm(len(run.train), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)).tolist()
+    perm = torch.randperm(len(run.pool), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)).tolist()
+    order = [run.pool[j] for j in perm]
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch + 1)
     total, warmup = run.steps_per_epoch * cfg.epochs, int(cfg.warmup_epochs * run.steps_per_epoch)
     run.model.train()
@@ -284,9 +312,13 @@ def train_one_epoch(run: Run, epoch: int) -> tuple[float, float]:
     with tqdm(range(run.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show) as bar:
         for step in bar:
             for g in run.opt.param_groups:
-                g["lr"] = lr_at(epoch * run.steps_per_epoch + step, total, warmup, cfg.lr)
+                g["lr"] = lr_at(epoch * run.steps_per_epoch + step, total, warmup, cfg.lr) * g["lr_scale"]
             batch = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            loss, loc = train_step(run, batch, run.augment.sample(len(batch), gen))
+            if run.sampler is not None:  # each crop seeded by its place in the run: the same on every rank
+                first = cfg.seed * 10**9 + (epoch * run.steps_per_epoch + step) * cfg.batch_size
+                loss, loc = detector_step(run, batch, list(range(first, first + len(batch))))
+            else:
+                loss, loc = train_step(run, batch, run.augment.sample(len(batch), gen))
             losses.append(loss)
             if loc is not None:
                 loc_losses.append(loc)
@@ -330,18 +362,45 @@ def train_step(run: Run, batch: list[int], params: torch.Tensor) -> tuple[float,
     return loss.item(), loc.item() if isinstance(loc, torch.Tensor) else None
 
 
-def validate(run: Run) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and the EMA model's probabilities on the validation images, the same on every rank (so that
-    every rank takes the same best-epoch and early-stopping decisions)."""
+def detector_step(run: Run, batch: list[int], seeds: list[int]) -> tuple[float, float]:
+    """One optimiser step of a detector on this rank's share of the global `batch` of crops. Returns this
+    rank's loss and its centre-heatmap part."""
+    share = len(distributed.shard(batch)) * distributed.world_size() / len(batch)
+    assert run.sampler is not None
+    x, targets = run.sampler.batch(distributed.shard(batch), distributed.shard(seeds))
+    x = normalize(x, run.spec).to(run.device).contiguous(memory_format=torch.channels_last)
+    distributed_model.set_global_batch(run.model, len(batch))
+    # Each rank normalises its focal loss by its own centres: close to, not exactly, one process's loss.
+    loss, parts = detection_loss(run.step_model(x), {k: v.to(run.device) for k, v in targets.items()})
+    run.opt.zero_grad(set_to_none=True)
+    (loss * share).backward()
+    run.opt.step()
+    run.ema.update(run.model)
+    return loss.item(), parts["heatmap"]
+
+
+def validate(run: Run) -> tuple[np.ndarray, np.ndarray, float]:
+    """Labels, the EMA model's probabilities on the validation images and, for a detector, its pointing game
+    (nan for a classifier); the same on every rank, so that every rank takes the same decisions."""
     p = distributed.gather_predictions(lambda recs: predict_cached(run.ema.module, run.spec, run.cache, recs), run.val)
-    return np.array([r.label for r in run.val]), p
+    y = np.array([r.label for r in run.val])
+    if p.ndim == 1:
+        return y, p, float("nan")
+    assert run.sampler is not None
+    hits = [
+        any(b[0] <= px <= b[2] and b[1] <= py <= b[3] for b in run.sampler.boxes_on_grid(i, run.val))
+        for i, (_, px, py) in enumerate(p)
+        if run.val[i].boxes
+    ]
+    return y, p[:, 0], float(np.mean(hits)) if hits else float("nan")
 
 
 def select_and_save(run: Run, epoch: int, row: dict[str, float], y: np.ndarray, p: np.ndarray) -> None:
     """Keep the epoch's figures; on a better validation AUC save model.pt; always save last.pt (rank 0)."""
     run.history.append(row)
-    improved = row["val_auc"] > run.best_auc
-    run.best_auc, run.stale = (row["val_auc"], 0) if improved else (run.best_auc, run.stale + 1)
+    score = row["val_auc"] + (0.0 if math.isnan(row["val_pointing"]) else row["val_pointing"])
+    improved = score > run.best_score
+    run.best_score, run.stale = (score, 0) if improved else (run.best_score, run.stale + 1)
     if not distributed.is_main():
         return
     if improved:
@@ -353,13 +412,14 @@ def select_and_save(run: Run, epoch: int, row: dict[str, float], y: np.ndarray, 
             "dataset": str(run.cfg.dataset),
             "n_train": len(run.train),
             "n_val": len(run.val),
-            "validation": discrimination(y, p, run.spec.operating_points),
+            "validation": {**discrimination(y, p, run.spec.operating_points), "pointing_game": row["val_pointing"]},
             "image_digests": run.image_digests,
         }
         save_model(run.ema.module, run.spec, run.out / "model.pt", info)
     tqdm.write(
         f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  "
-        f"val AUC {row['val_auc']:.4f}{' *' if improved else ''}  {row['train_images_per_s']:.1f} img/s"
+        f"val AUC {row['val_auc']:.4f}  pointing {row['val_pointing']:.3f}{' *' if improved else ''}  "
+        f"{row['train_images_per_s']:.1f} img/s"
     )
     run_folder.write_history(run.out, run.history)
     atomic_save(resume_state(run, epoch), run.out / "last.pt")
@@ -373,7 +433,7 @@ def resume_state(run: Run, epoch: int) -> dict[str, Any]:
         "ema_updates": run.ema.updates,
         "optimizer": run.opt.state_dict(),
         "epoch": epoch,
-        "best_auc": run.best_auc,
+        "best_score": run.best_score,
         "stale": run.stale,
         "history": run.history,
         "torch_rng": torch.get_rng_state(),

@@ -16,7 +16,7 @@ from .errors import BonefracError, DatasetError
 from .spec import REDUCE_FROM
 
 #: The architectures `models.MODELS` builds (spelt out here so that checking one needs no torch).
-ARCHS = ("efficientnet_lite0", "efficientnet_lite0_scratch", "seed_cnn")
+ARCHS = ("efficientnet_lite0", "efficientnet_lite0_scratch", "seed_cnn", "lite0_centernet")
 
 #: Settings a resumed run may change: where it runs and for how long, not what it computes.
 RESUMABLE_CHANGES = frozenset({"out", "epochs", "patience", "cache_dir", "threads", "progress"})
@@ -59,6 +59,8 @@ class TrainConfig:
     loc_weight: float = 0.5  # box supervision of the heatmap, where the dataset has fracture boxes
     init_from: str | None = None  # start from this checkpoint's weights instead of ImageNet
     max_train_images: int | None = None  # for smoke tests only
+    crop_size: int = 256  # detectors: training crops of the (image_size) input, at its scale
+    backbone_lr_scale: float = 1.0  # the pretrained backbone's learning rate, as a share of --lr
     progress: bool = True
 
     def check(self) -> TrainConfig:
