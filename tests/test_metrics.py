@@ -4,7 +4,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from bonefrac.errors import DatasetError
 from bonefrac.metrics import (
+    HIGH_SENSITIVITY_TARGET,
+    HIGH_SPECIFICITY_TARGET,
     MIN_PER_CLASS,
     auc,
     auc_ci,
@@ -52,9 +55,16 @@ def test_single_class_gives_nan_not_an_exception() -> None:
 def test_operating_points_meet_their_targets_on_the_data_they_were_chosen_on() -> None:
     y, p = _scores(1000, seed=1)
     points = choose_operating_points(y, p)
-    assert points["high_sensitivity"] <= points["default"] <= points["high_specificity"]
-    assert operating_point_stats(y, p, points["high_sensitivity"])["sensitivity"] >= 0.90
-    assert operating_point_stats(y, p, points["high_specificity"])["specificity"] >= 0.90
+    assert points["high_sensitivity"] < points["default"] < points["high_specificity"]
+    hs = operating_point_stats(y, p, points["high_sensitivity"])
+    hsp = operating_point_stats(y, p, points["high_specificity"])
+    assert hs["sensitivity"] >= HIGH_SENSITIVITY_TARGET and hsp["specificity"] >= HIGH_SPECIFICITY_TARGET
+    # the highest / lowest such: one score further, the target is missed
+    assert operating_point_stats(y, p, _next_score(p, points["high_sensitivity"]))["sensitivity"] < 0.90
+    assert operating_point_stats(y, p, _previous_score(p, points["high_specificity"]))["specificity"] < 0.95
+    # the default is Youden's point here (it falls between the two)
+    j = {t: _youden(y, p, t) for t in np.unique(p)}
+    assert _youden(y, p, points["default"]) == max(j.values())
     for t in points.values():  # never on a score: rounding noise cannot flip the image that decides it
         assert np.abs(p - t).min() >= 0.004  # (scores here are multiples of 0.01)
         nudged = [operating_point_stats(y, p + e, t)["sensitivity"] for e in (-1e-6, 0.0, 1e-6)]
@@ -79,15 +89,76 @@ def test_localization_scores() -> None:
     assert s["box_precision"] == 1.0 and s["box_recall"] == 0.5
 
 
-def test_named_points_never_cross_the_default() -> None:
-    """Where Youden's point is already more specific than 90%, high_specificity is not made less specific."""
+def test_a_model_better_than_both_targets_gets_its_named_points_at_the_ends_of_the_range() -> None:
+    """Perfectly separable: every threshold between the classes meets both targets. high_sensitivity takes the
+    lowest of them, high_specificity the highest, and both hold both targets."""
     y = np.array([0] * 50 + [1] * 10)
-    p = np.concatenate([np.linspace(0, 0.5, 50), np.linspace(0.55, 1.0, 10)])  # perfectly separable
+    p = np.concatenate([np.linspace(0, 0.5, 50), np.linspace(0.55, 1.0, 10)])
     points = choose_operating_points(y, p)
-    assert points["high_sensitivity"] <= points["default"] <= points["high_specificity"]
+    assert points["high_sensitivity"] < points["default"] < points["high_specificity"]
     for name in ("high_sensitivity", "high_specificity"):
         s = operating_point_stats(y, p, points[name])
-        assert s["sensitivity"] >= 0.9 and s["specificity"] >= 0.9
+        assert s["sensitivity"] >= HIGH_SENSITIVITY_TARGET and s["specificity"] >= HIGH_SPECIFICITY_TARGET
+    assert operating_point_stats(y, p, points["default"])["sensitivity"] == 1.0
+    # the lowest threshold with 95% specificity (48 of 50 below), the highest with 90% sensitivity (9 of 10 above)
+    assert points["high_sensitivity"] == pytest.approx((p[47] + p[48]) / 2)
+    assert points["high_specificity"] == pytest.approx((p[50] + p[51]) / 2)
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5, 8, 20, 60])
+@pytest.mark.parametrize("seed", range(6))
+def test_operating_points_are_distinct_and_ordered_on_any_data(n: int, seed: int) -> None:
+    """Random labels and scores, tiny groups, ties, no signal: three distinct ordered thresholds, none on a
+    score, each named one meeting its target wherever some threshold does."""
+    rng = np.random.default_rng(seed)
+    y = np.array([0, 1] + list(rng.integers(0, 2, n - 2)))
+    p = rng.random(n).round(int(rng.integers(1, 3)))  # rounded: ties
+    points = choose_operating_points(y, p)
+    if len(np.unique(p)) < 2 or (len(np.unique(p)) == 2 and p.max() == 1.0):
+        return  # fewer than three thresholds: the next test
+    assert 0 <= points["high_sensitivity"] < points["default"] < points["high_specificity"] < 1
+    assert all(t not in set(p) or t == 0 for t in points.values())  # (0: all admitted, whatever the rounding)
+    assert operating_point_stats(y, p, points["high_sensitivity"])["sensitivity"] >= HIGH_SENSITIVITY_TARGET
+    hsp = operating_point_stats(y, p, points["high_specificity"])
+    if p.max() < 1:  # (no threshold <= 1 leaves out an image scoring 1.0: then the most specific there is)
+        assert hsp["specificity"] >= HIGH_SPECIFICITY_TARGET
+    else:
+        assert hsp["specificity"] == operating_point_stats(y, p, 1.0)["specificity"]
+
+
+def test_operating_points_on_degenerate_scores() -> None:
+    """Fewer than three thresholds to choose from: the spec's defaults (distinct, ordered). Two distinct scores:
+    below both, between, above both. One class: an error, not a guess."""
+    defaults = {"default": 0.5, "high_sensitivity": 0.3, "high_specificity": 0.7}
+    y = np.array([0, 1, 0, 1])
+    assert choose_operating_points(y, np.full(4, 0.4)) == defaults  # a model that has learnt nothing
+    assert choose_operating_points(y, np.full(4, 1.0)) == defaults  # saturated
+    assert choose_operating_points(y, np.array([0.2, 1.0, 0.2, 1.0])) == defaults  # nothing above 1.0
+    two = choose_operating_points(y, np.array([0.2, 0.6, 0.2, 0.6]))
+    assert two == {"high_sensitivity": 0.1, "default": pytest.approx(0.4), "high_specificity": 0.8}
+    # all fractured images score 0: specificity 95% only above everything, sensitivity 90% only below
+    y = np.array([1, 1, 0, 0, 0])
+    points = choose_operating_points(y, np.array([0.0, 0.0, 0.3, 0.5, 0.9]))
+    assert points == {"high_sensitivity": 0.0, "default": 0.7, "high_specificity": pytest.approx(0.95)}
+    with pytest.raises(DatasetError, match="both classes"):
+        choose_operating_points(np.zeros(5), np.linspace(0.1, 0.9, 5))
+    with pytest.raises(DatasetError, match="both classes"):
+        choose_operating_points(np.array([]), np.array([]))
+
+
+def _youden(y: np.ndarray, p: np.ndarray, t: float) -> float:
+    s = operating_point_stats(y, p, t)
+    return round(s["sensitivity"] + s["specificity"] - 1, 12)
+
+
+def _next_score(p: np.ndarray, t: float) -> float:
+    """A threshold just above the lowest score at or above `t` (it leaves that score out)."""
+    return float(np.nextafter(p[p >= t].min(), 2))
+
+
+def _previous_score(p: np.ndarray, t: float) -> float:
+    """A threshold at the highest score below `t` (it admits that score)."""
+    return float(p[p < t].max())
 
 
 def test_discrimination_is_the_one_summary() -> None:

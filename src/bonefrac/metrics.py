@@ -6,11 +6,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
+from sklearn.metrics import confusion_matrix, roc_auc_score
+
+from .errors import DatasetError
+from .spec import DEFAULT_OPERATING_POINTS
 
 #: Targets for the named operating points, chosen on the validation split only.
 HIGH_SENSITIVITY_TARGET = 0.90
-HIGH_SPECIFICITY_TARGET = 0.90
+HIGH_SPECIFICITY_TARGET = 0.95
 
 #: Below this many fractured, or unfractured, images one image moves the AUC by several points and a
 #: sensitivity by 10% or more: such figures come with their CI and a caveat, never as a bare "AUC 1.000".
@@ -41,27 +44,56 @@ def auc_ci(y: np.ndarray, p: np.ndarray, n_boot: int = 2000, seed: int = 0, alph
 
 
 def choose_operating_points(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
-    """Thresholds on the validation split: `default` maximises Youden's J (sensitivity + specificity - 1);
-    `high_sensitivity` is the highest threshold reaching 90% sensitivity; `high_specificity` the lowest
-    reaching 90% specificity. Neither is ever on the wrong side of `default`: where the default already
-    exceeds a target, the named point is the default itself, so "high" never means lower than default.
+    """Three distinct thresholds on validation probabilities `p`, always high_sensitivity < default <
+    high_specificity:
 
-    Each threshold sits halfway between the validation score it admits and the next lower one: on a score
-    itself, the image deciding the figure would flip with float rounding (torch vs onnxruntime: ~1e-6)."""
-    fpr, tpr, thr = roc_curve(y, p)
-    thr = np.clip(thr, 0.0, 1.0)  # roc_curve's first threshold is +inf
-    default = _below(p, thr[int(np.argmax(tpr - fpr))])
-    hs = _below(p, thr[int(np.argmax(tpr >= HIGH_SENSITIVITY_TARGET))])
-    ok = np.nonzero(1 - fpr >= HIGH_SPECIFICITY_TARGET)[0]
-    hsp = _below(p, thr[ok[-1]]) if len(ok) else 1.0
-    return {"default": default, "high_sensitivity": min(hs, default), "high_specificity": max(hsp, default)}
+    - high_sensitivity: the highest threshold with sensitivity >= `HIGH_SENSITIVITY_TARGET`;
+    - high_specificity: the lowest threshold with specificity >= `HIGH_SPECIFICITY_TARGET` (the most specific
+      threshold there is when none reaches it);
+    - default: Youden's J (sensitivity + specificity - 1; the highest threshold among equals), clipped
+      strictly between the two.
 
+    Where both targets hold over a range of thresholds (a model better than them), the two named points
+    swap ends: high_sensitivity takes the range's lowest threshold, high_specificity its highest, so each
+    is as sensitive (specific) as it can be with both targets met. Where the named points are too close to
+    leave a threshold between them, they move apart one threshold at a time, high_specificity first: a named
+    point only ever moves towards its own aim. Scores with fewer than three thresholds to choose from (all
+    equal, say, as from a model that has learnt nothing yet) carry nothing to choose with: the spec's
+    `DEFAULT_OPERATING_POINTS` are returned.
 
-def _below(p: np.ndarray, threshold: float) -> float:
-    """Halfway between `threshold` (a score) and the next lower score: the same decisions on `p`."""
-    p = np.asarray(p)
-    lower = p[p < threshold]
-    return float((threshold + lower.max()) / 2) if len(lower) else float(threshold)
+    Each threshold sits halfway between the validation score it admits and the next lower one (below the
+    lowest score: half of it; above the highest: halfway to 1): on a score itself, the image deciding the
+    figure would flip with float rounding (torch vs onnxruntime: ~1e-6). Raises `DatasetError` unless both
+    classes are present."""
+    y, p = np.asarray(y).astype(int), np.asarray(p, dtype=np.float64)
+    pos, neg = np.sort(p[y == 1]), np.sort(p[y == 0])
+    if not len(pos) or not len(neg):
+        raise DatasetError(f"operating points need both classes ({len(pos)} fractured, {len(neg)} not)")
+    u = np.unique(p)
+    # Threshold k admits the scores >= u[k] (k = len(u): none, only while a threshold above them is below 1).
+    thresholds = np.concatenate([[u[0] / 2], (u[:-1] + u[1:]) / 2, [(u[-1] + 1) / 2] if u[-1] < 1 else []])
+    if len(thresholds) < 3:
+        return dict(DEFAULT_OPERATING_POINTS)
+    lowest_admitted = np.append(u, np.inf)[: len(thresholds)]
+    tp = len(pos) - np.searchsorted(pos, lowest_admitted, side="left")
+    tn = np.searchsorted(neg, lowest_admitted, side="left")
+    hs = int(np.nonzero(tp >= HIGH_SENSITIVITY_TARGET * len(pos) - 1e-9)[0][-1])
+    specific = np.nonzero(tn >= HIGH_SPECIFICITY_TARGET * len(neg) - 1e-9)[0]
+    hsp = int(specific[0]) if len(specific) else len(thresholds) - 1
+    lo, hi = min(hs, hsp), max(hs, hsp)
+    while hi - lo < 2:
+        if hi < len(thresholds) - 1:
+            hi += 1
+        else:
+            lo -= 1
+    j = tp * len(neg) + tn * len(pos)  # Youden's J x n+ x n- (+ const): integers, so equal J compare equal
+    default = int(np.nonzero(j == j.max())[0][-1])
+    default = min(max(default, lo + 1), hi - 1)
+    return {
+        "default": float(thresholds[default]),
+        "high_sensitivity": float(thresholds[lo]),
+        "high_specificity": float(thresholds[hi]),
+    }
 
 
 def operating_point_stats(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
