@@ -126,7 +126,7 @@ def _pred(probability: float, candidates: list[list[float]]) -> Prediction:
         width=100,
         height=100,
         peak=[15.0, 15.0],
-        candidate_boxes=candidates,
+        detections=candidates,
     )
 
 

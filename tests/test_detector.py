@@ -130,12 +130,12 @@ def test_truncated_jpeg_is_predicted_with_its_warning_in_the_stream(det: Fractur
 
 def test_decided_at_is_the_detectors_rule(det: FractureDetector) -> None:
     pred = det.predict(FIXTURE_IMAGES[3], heatmap=False)
-    assert pred.candidate_boxes  # the heatmap always has a hottest region
+    assert pred.detections  # the heatmap always has a hottest region
     for name, t in det.operating_points.items():
         direct = det.predict(FIXTURE_IMAGES[3], operating_point=name, heatmap=False)
         redecided = pred.decided_at(name, t)
         assert redecided.to_dict() == direct.to_dict()
-        assert redecided.boxes == (pred.candidate_boxes if redecided.fractured else [])
+        assert redecided.boxes == (pred.detections if redecided.fractured else [])
 
 
 _LOAD_AND_PREDICT = """
@@ -178,7 +178,7 @@ def test_cached_export_keeps_the_torch_model_at_hand_and_the_digest_checked(
     assert det._model is None  # not loaded: the cached export was enough
     x = det.preprocess(read_image(FIXTURE_IMAGES[1]))[None].numpy()
     assert (
-        abs(TorchBackend(det.model, det.spec.image_size).run(x)[0][0] - det.backend.run(x)[0][0]) < 1e-4
+        abs(TorchBackend(det.model, det.spec.image_size).run(x)["logit"][0] - det.backend.run(x)["logit"][0]) < 1e-4
     )  # .model loads it now
     # A stale or foreign cache entry is ignored and rewritten, never trusted.
     meta = onnx_cache_path(det.sha256).with_suffix(".json")
@@ -206,7 +206,7 @@ def test_workers_share_the_cores_and_agree(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
     x = np.stack([det.preprocess(read_image(p)).numpy() for p in FIXTURE_IMAGES[:3]])
     for other in (eight, sixteen):
-        assert np.allclose(other.run(x)[0], det.backend.run(x)[0], atol=1e-5)
+        assert np.allclose(other.run(x)["logit"], det.backend.run(x)["logit"], atol=1e-5)
     serial = [r.probability for r in det.predict_many(FIXTURE_IMAGES, workers=1)]
     parallel = [r.probability for r in det.predict_many(FIXTURE_IMAGES, batch_size=3, workers=4)]
     assert np.allclose(serial, parallel, atol=1e-5)

@@ -77,7 +77,7 @@ def test_path_and_image_give_the_same_prediction_on_the_full_image(det: Fracture
     assert abs(by_path.probability - by_image.probability) < 0.01
     assert by_path.heatmap.shape == (1600, 1315)  # display size: the long side at most DISPLAY_SIDE
     assert (by_path.width, by_path.height) == (1492, 1816)
-    for x0, y0, x1, y1, _ in by_path.candidate_boxes:
+    for x0, y0, x1, y1, _ in by_path.detections:
         assert 0 <= x0 < x1 <= 1492 and 0 <= y0 < y1 <= 1816
     reduced = det.predict(read_image(path, FOR_64), heatmap="full")  # a reduced read handed in
     assert reduced.probability == pytest.approx(by_path.probability, abs=1e-6)

@@ -18,12 +18,14 @@ from bonefrac.postprocess import (
     predictions,
     probabilities,
 )
+from bonefrac.spec import ModelSpec
 from bonefrac.transforms import letterbox_geometry
 
 POINTS = {"default": 0.5, "high_sensitivity": 0.2, "high_specificity": 0.8}
+SPEC = ModelSpec(operating_points=POINTS)
 
 
-def test_boxes_are_the_connected_hot_regions_best_first() -> None:
+def test_boxes_are_the_connected_hot_regions_hottest_first_scoring_the_probability() -> None:
     heat = np.zeros((20, 30), np.float32)
     heat[2:5, 3:8] = 0.97  # a weaker region, first in raster order
     heat[10:16, 20:25] = 1.0
@@ -31,8 +33,8 @@ def test_boxes_are_the_connected_hot_regions_best_first() -> None:
     boxes = boxes_from_heatmap(heat, probability=0.5)
     assert boxes == [
         [20.0, 10.0, 25.0, 16.0, 0.5],
-        [3.0, 2.0, 8.0, 5.0, 0.485],
-        [0.0, 17.0, 1.0, 18.0, 0.48],
+        [3.0, 2.0, 8.0, 5.0, 0.5],
+        [0.0, 17.0, 1.0, 18.0, 0.5],
     ]
 
 
@@ -69,16 +71,16 @@ def test_heatmap_is_display_sized_unless_the_full_resolution_is_asked_for() -> N
     assert display_shape(300, 200) == (300, 200)  # small images are never enlarged
 
 
-def test_predictions_decide_with_the_one_rule_and_keep_candidate_boxes() -> None:
+def test_predictions_decide_with_the_one_rule_and_keep_the_detections() -> None:
     size = 32
     geometries = [letterbox_geometry(64, 64, size), letterbox_geometry(32, 64, size)]
     cams = np.zeros((2, size, size), np.float32)
     cams[0, 4:8, 10:14] = 3.0
     cams[1, 10:12, 0:4] = 3.0  # inside the second image's content rows (8..24)
-    logits = np.array([2.0, -2.0], np.float32)
-    out = predictions(logits, cams, geometries, ["a", "b"], [[], ["odd"]], POINTS, "default", "v1", heatmap=True)
+    outputs = {"logit": np.array([2.0, -2.0], np.float32), "cam": cams}
+    out = predictions(outputs, geometries, ["a", "b"], [[], ["odd"]], SPEC, "default", "v1", heatmap=True)
     a, b = out
-    assert a.probability == pytest.approx(1 / (1 + np.exp(-2.0)))
+    assert a.probability == pytest.approx(1 / (1 + np.exp(-2.0))) and a.logit == 2.0
     assert (
         a.fractured
         and a.threshold == 0.5
@@ -89,25 +91,41 @@ def test_predictions_decide_with_the_one_rule_and_keep_candidate_boxes() -> None
             "high_specificity": True,
         }
     )
-    assert a.boxes == a.candidate_boxes == [[20.0, 8.0, 28.0, 16.0, round(a.probability, 4)]]
+    assert a.boxes == a.detections == [[20.0, 8.0, 28.0, 16.0, a.probability]]
     assert a.peak == [21.0, 9.0]  # first hottest pixel (10, 4) at 2x, its centre
-    assert not b.fractured and b.boxes == [] and b.candidate_boxes and b.warnings == ["odd"]
-    assert b.candidate_boxes[0][:4] == [0.0, 4.0, 8.0, 8.0]  # rows 10-12 minus the 8-row pad, x2
+    assert not b.fractured and b.boxes == [] and b.detections and b.warnings == ["odd"]
+    assert b.detections[0][:4] == [0.0, 4.0, 8.0, 8.0]  # rows 10-12 minus the 8-row pad, x2
     assert a.heatmap is not None and a.heatmap.shape == (64, 64)
     redecided = b.decided_at("high_sensitivity", 0.1)
-    assert redecided.fractured and redecided.boxes == b.candidate_boxes and redecided.threshold == 0.1
+    assert redecided.fractured and redecided.boxes == b.detections and redecided.threshold == 0.1
+    assert b.boxes_at(0.1) == b.detections and b.boxes_at(0.2) == []
+    d = a.to_dict()
+    assert d["detections"] == d["boxes"] == [[20.0, 8.0, 28.0, 16.0, round(a.probability, 6)]] and d["logit"] == 2.0
+
+
+def test_a_classifier_is_calibrated_and_decided_at_a_custom_threshold() -> None:
+    spec = ModelSpec(operating_points=POINTS, calibration={"scale": 0.5, "bias": -1.0})
+    outputs = {"logit": np.array([2.0]), "cam": np.zeros((1, 8, 8))}
+    g = [letterbox_geometry(8, 8, 8)]
+    pred = predictions(outputs, g, [None], [[]], spec, "custom", "v", threshold=0.45)[0]
+    assert pred.probability == pytest.approx(0.5) and pred.logit == 2.0  # sigmoid(0.5 * 2 - 1)
+    assert (pred.operating_point, pred.threshold, pred.fractured) == ("custom", 0.45, True)
+    assert pred.operating_points == {"default": True, "high_sensitivity": True, "high_specificity": False}
+    low = predictions({**outputs, "logit": np.array([-8.0])}, g, [None], [[]], spec, "default", "v")[0]
+    assert low.probability < 0.01 and low.detections == [] and low.peak  # under the floor: no detections
 
 
 def test_a_prediction_is_a_pure_result() -> None:
     fields = {f.name for f in dataclasses.fields(Prediction)}
     assert "image" not in fields
-    pred = predictions(
-        np.zeros(1), np.zeros((1, 8, 8)), [letterbox_geometry(8, 8, 8)], [None], [[]], POINTS, "default", "v"
-    )[0]
+    outputs = {"logit": np.zeros(1), "cam": np.zeros((1, 8, 8))}
+    pred = predictions(outputs, [letterbox_geometry(8, 8, 8)], [None], [[]], SPEC, "default", "v")[0]
     with pytest.raises(dataclasses.FrozenInstanceError):
         pred.probability = 1.0  # type: ignore[misc]
     assert pred.heatmap is None and pred.probability == 0.5
 
 
-def test_probabilities_are_the_logistic_function() -> None:
+def test_probabilities_are_the_logistic_function_of_the_calibrated_logit() -> None:
     assert probabilities(np.array([0.0, np.log(3.0), -40.0])).tolist() == pytest.approx([0.5, 0.75, 0.0], abs=1e-12)
+    calibrated = probabilities(np.array([1.0, 3.0]), {"scale": 2.0, "bias": -2.0})
+    assert calibrated.tolist() == pytest.approx([0.5, 1 / (1 + np.exp(-4.0))], abs=1e-12)

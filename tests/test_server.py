@@ -127,7 +127,9 @@ def test_predict_jpeg_is_the_detectors_prediction(
     assert max(heat.size) == 256 and abs(heat.size[0] / heat.size[1] - image.size[0] / image.size[1]) < 0.01
     assert image.mode == "L" and heat.mode == "RGBA" and overlay.mode == "RGB"
     assert heat.getextrema()[3][1] > 0  # alpha follows the heat: somewhere the model looks
-    cli_overlay = render_overlay(read_image(fracture_jpeg), det.predict(fracture_jpeg))
+    cli_overlay = render_overlay(
+        read_image(fracture_jpeg), det.predict(fracture_jpeg), operating_points=det.operating_points
+    )
     assert overlay.tobytes() == cli_overlay.tobytes()  # the same picture as `predict --overlay-dir`
 
 
@@ -139,8 +141,8 @@ def test_operating_point_matches_detector(client: TestClient, det: FractureDetec
         expected = det.predict(path, operating_point=op).to_dict()
         assert {k: body[k] for k in expected if k != "path"} == {k: v for k, v in expected.items() if k != "path"}
         # Boxes for re-deciding on the page: the heatmap's boxes whatever the decision; the decided ones are them.
-        assert body["candidate_boxes"]
-        assert body["boxes"] == (body["candidate_boxes"] if body["fractured"] else [])
+        assert body["detections"]
+        assert body["boxes"] == (body["detections"] if body["fractured"] else [])
 
 
 def test_png_and_dicom_give_the_jpegs_answer(client: TestClient, fracture_jpeg: Path) -> None:

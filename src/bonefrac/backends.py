@@ -1,4 +1,8 @@
-"""The two inference backends behind one `run(x) -> (logits, cams)` call: onnxruntime and eager torch.
+"""The two inference backends behind one `run(x) -> {output name: array}` call: onnxruntime and eager torch.
+
+Named outputs (the ONNX export's output names): a classifier gives "logit" (N,) and "cam" (N, S, S); a
+detector (`ModelSpec.is_detector`) gives "heatmap" (N, h, w) centre logits at stride 8, "size" (N, 2, h, w)
+log box size in cells, "offset" (N, 2, h, w) centre offset in cells and "global" (N,) the global head's logit.
 
 onnxruntime runs these CNNs several times faster than eager torch on CPU (bench/README.md), so it is the
 default; torch is imported only by `TorchBackend`, which keeps `bonefrac predict` on a cached export free of
@@ -15,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 if TYPE_CHECKING:
-    from .models import FractureNet
+    import torch
 
 #: Images per model run in `predict_many` (and so in predict, evaluate and the demo): each core runs its own
 #: single-threaded batch, and small batches keep both runs' activations in the shared cache (bench/README.md).
@@ -25,8 +29,8 @@ DEFAULT_BATCH_SIZE = 2
 class Backend(Protocol):
     name: str
 
-    def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(N, 1, S, S) float32 -> (logits (N,), class-activation maps on the input grid (N, S, S))."""
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """(N, 1, S, S) float32 -> the named outputs (module docstring)."""
         ...
 
     def for_workers(self, workers: int) -> Backend:
@@ -80,34 +84,43 @@ class OnnxBackend:
     def warm(self) -> None:
         self.session  # noqa: B018 (made on first access)
 
-    def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logits, cam = self.session.run(["logit", "cam"], {"image": np.ascontiguousarray(x, dtype=np.float32)})
-        return logits, cam
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        session = self.session
+        names = [o.name for o in session.get_outputs()]
+        values = session.run(names, {"image": np.ascontiguousarray(x, dtype=np.float32)})
+        return dict(zip(names, values, strict=True))
 
 
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, model: FractureNet, size: int) -> None:
-        """`size`: the side of the model's square input (`ModelSpec.image_size`)."""
-        from .models import LogitAndCam
-
-        self.graph = LogitAndCam(model, size).eval()
+    def __init__(self, model: torch.nn.Module, size: int) -> None:
+        """`model`: a classifier (`FractureNet`) or a detector (`CenterNetLite0`); `size`: the side of its
+        square input (`ModelSpec.image_size`)."""
+        self.graph = inference_graph(model, size).eval()
         # torch already spreads one call over every core; concurrent calls would only oversubscribe them.
         self._lock = threading.Lock()
 
-    def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         import torch
 
         with self._lock, torch.inference_mode():
-            logits, cam = self.graph(torch.from_numpy(x))
-        return logits.numpy(), cam.numpy()
+            values = self.graph(torch.from_numpy(x))
+        return {name: v.numpy() for name, v in zip(self.graph.output_names, values, strict=True)}
 
     def for_workers(self, workers: int) -> TorchBackend:
         return self  # calls are serialised instead (see __init__)
 
     def warm(self) -> None:
         pass  # the module is ready once built
+
+
+def inference_graph(model: torch.nn.Module, size: int) -> torch.nn.Module:
+    """The module the torch backend runs and `export` writes as ONNX: its outputs are its `output_names`."""
+    from .detection_model import CenterNetLite0, DetectorGraph
+    from .models import LogitAndCam
+
+    return DetectorGraph(model) if isinstance(model, CenterNetLite0) else LogitAndCam(model, size)
 
 
 def process_cores() -> int:

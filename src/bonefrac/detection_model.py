@@ -87,3 +87,19 @@ def build_detector(spec: ModelSpec, pretrained: bool = True) -> CenterNetLite0:
     if pretrained:
         model.load_imagenet()
     return model
+
+
+class DetectorGraph(nn.Module):
+    """The detector's inference graph (the torch backend runs it, `export` writes it as ONNX): the outputs
+    `postprocess.read_detector` reads, named `output_names`. The global class-activation map is left out (the
+    heatmap comes from the dense head)."""
+
+    output_names = ("heatmap", "size", "offset", "global")
+
+    def __init__(self, model: CenterNetLite0) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        heatmap, size, offset, global_logit, _ = self.model(x)
+        return heatmap[:, 0], size, offset, global_logit

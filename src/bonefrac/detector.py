@@ -4,7 +4,7 @@ det = FractureDetector.load()              # the bundled default model
 pred = det.predict("wrist.dcm")            # Prediction(probability, fractured, heatmap, boxes, ...)
 for p in det.predict_many(paths): ...      # batched, decoding in parallel, bad files as errors
 
-Data flow: file -> `transforms.read_for_model` -> `transforms.preprocess` -> backend (logits, cams) ->
+Data flow: file -> `transforms.read_for_model` -> `transforms.preprocess` -> backend (named outputs) ->
 `postprocess.predictions`. Nothing else turns model outputs into results.
 """
 
@@ -33,8 +33,6 @@ from .transforms import Geometry, preprocess, read_for_model
 if TYPE_CHECKING:  # torch is imported only when the torch model is used: ONNX inference runs without it
     import torch
 
-    from .models import FractureNet
-
 __all__ = ["FractureDetector", "Prediction", "PredictionError"]
 
 #: Default cap on `predict_many` workers: each holds a batch in flight (decoded images and the model's
@@ -52,7 +50,8 @@ class _Prepared:
 
 
 class FractureDetector:
-    """A trained fracture classifier with its preprocessing, operating points and inference backend.
+    """A trained fracture model (a detector, or a classifier with a heatmap) with its preprocessing,
+    calibration, operating points and inference backend.
 
     Build one with `FractureDetector.load`; the constructor only stores what it is given."""
 
@@ -62,7 +61,7 @@ class FractureDetector:
         backend: Backend,
         info: dict[str, Any] | None = None,
         checkpoint: str | Path | None = None,
-        model: FractureNet | None = None,
+        model: torch.nn.Module | None = None,
     ) -> None:
         """`model` may be None when `checkpoint` says where the torch model is (loaded on first use)."""
         self.spec = spec
@@ -100,8 +99,8 @@ class FractureDetector:
         return cls(spec, TorchBackend(model, spec.image_size), info, checkpoint, model)
 
     @property
-    def model(self) -> FractureNet:
-        """The torch module, (N, 1, S, S) -> (N,) logits; loaded on first use when predicting via ONNX."""
+    def model(self) -> torch.nn.Module:
+        """The torch module (`FractureNet` or `CenterNetLite0`); loaded on first use when predicting via ONNX."""
         if self._model is None:
             if self.checkpoint is None:
                 raise BonefracError("this detector has no checkpoint to load its torch model from")
@@ -139,6 +138,16 @@ class FractureDetector:
                 f"unknown operating point {name!r}; choose one of {', '.join(self.spec.operating_points)}"
             )
 
+    def decision(self, operating_point: str, threshold: float | None) -> tuple[str, float]:
+        """(operating point, threshold) to decide at: a named point's, or "custom" with a threshold given by
+        hand (0 < threshold < 1). Raises a one-line `BonefracError` for anything else."""
+        if threshold is None:
+            self.check_operating_point(operating_point)
+            return operating_point, self.spec.operating_points[operating_point]
+        if not 0.0 < float(threshold) < 1.0:
+            raise BonefracError(f"threshold {threshold} is not a probability strictly between 0 and 1")
+        return "custom", float(threshold)
+
     # ------------------------------------------------------------------ single images
     def predict(
         self,
@@ -146,15 +155,17 @@ class FractureDetector:
         operating_point: str = "default",
         heatmap: HeatmapOption = True,
         any_modality: bool = False,
+        threshold: float | None = None,
     ) -> Prediction:
         """Predict one file or `XrayImage`. Raises `BonefracError` for unreadable files, and
         `NotARadiographError` for images that are not projection radiographs (`modality.check_radiograph`)
         unless `any_modality`.
 
         `heatmap`: True for a heatmap at display resolution (long side at most `postprocess.DISPLAY_SIDE`),
-        "full" for one at the image's full resolution, False for none."""
-        self.check_operating_point(operating_point)
-        return self._run([self._prepare(source, any_modality)], self.backend, operating_point, heatmap)[0]
+        "full" for one at the image's full resolution, False for none. `threshold`: decide at this probability
+        (operating point "custom") instead of at `operating_point`'s."""
+        decision = self.decision(operating_point, threshold)
+        return self._run([self._prepare(source, any_modality)], self.backend, decision, heatmap)[0]
 
     # ------------------------------------------------------------------ many files
     def predict_many(
@@ -165,6 +176,7 @@ class FractureDetector:
         operating_point: str = "default",
         heatmap: HeatmapOption = False,
         any_modality: bool = False,
+        threshold: float | None = None,
     ) -> Iterator[Prediction | PredictionError]:
         """Stream results in input order; unreadable files (and, unless `any_modality`, images that are not
         projection radiographs) come out as `PredictionError`.
@@ -172,9 +184,9 @@ class FractureDetector:
         Each of `workers` threads (default: one per core of this process, at most `MAX_WORKERS`) takes a batch
         through read -> preprocess -> model -> heatmap and boxes, so one worker decodes while another runs
         the model. Each model run gets cores // workers threads: a run on several threads stalls at every
-        layer whenever a decoding thread holds one of its cores (bench/README.md).
+        layer whenever a decoding thread holds one of its cores (bench/README.md). `threshold` as in `predict`.
         """
-        self.check_operating_point(operating_point)
+        decision = self.decision(operating_point, threshold)
         workers = max(1, workers or min(process_cores(), MAX_WORKERS))
         backend = self.backend.for_workers(workers) if workers > 1 else self.backend
         # The onnxruntime session is made while the workers read their first batches, not after.
@@ -183,9 +195,7 @@ class FractureDetector:
         inflight: deque[Future[list[Prediction | PredictionError]]] = deque()
         try:
             for batch in _chunks(paths, batch_size, workers):
-                inflight.append(
-                    pool.submit(self._predict_batch, batch, backend, operating_point, heatmap, any_modality)
-                )
+                inflight.append(pool.submit(self._predict_batch, batch, backend, decision, heatmap, any_modality))
                 # Every worker busy and as many batches queued: memory stays bounded, and a worker that
                 # finishes while the oldest batch is still running finds the next one waiting.
                 if len(inflight) >= 2 * workers:
@@ -199,13 +209,13 @@ class FractureDetector:
         self,
         paths: list[str | Path],
         backend: Backend,
-        operating_point: str,
+        decision: tuple[str, float],
         heatmap: HeatmapOption,
         any_modality: bool,
     ) -> list[Prediction | PredictionError]:
         pending = [self._try_prepare(p, any_modality) for p in paths]
         ready = [p for p in pending if isinstance(p, _Prepared)]
-        results = iter(self._run(ready, backend, operating_point, heatmap) if ready else [])
+        results = iter(self._run(ready, backend, decision, heatmap) if ready else [])
         return [next(results) if isinstance(p, _Prepared) else p for p in pending]
 
     def _try_prepare(self, path: str | Path, any_modality: bool) -> _Prepared | PredictionError:
@@ -225,19 +235,19 @@ class FractureDetector:
         return _Prepared(path, tensor, geometry, [*image.meta.get("warnings", []), *notes])
 
     def _run(
-        self, items: list[_Prepared], backend: Backend, operating_point: str, heatmap: HeatmapOption
+        self, items: list[_Prepared], backend: Backend, decision: tuple[str, float], heatmap: HeatmapOption
     ) -> list[Prediction]:
-        logits, cams = backend.run(np.stack([i.tensor for i in items]))
+        operating_point, threshold = decision
         return predictions(
-            logits,
-            cams,
+            backend.run(np.stack([i.tensor for i in items])),
             [i.geometry for i in items],
             [i.path for i in items],
             [i.warnings for i in items],
-            self.spec.operating_points,
+            self.spec,
             operating_point,
             self.version,
             heatmap,
+            threshold,
         )
 
 

@@ -133,8 +133,8 @@ def compute_metrics(
 
 
 def detections(pred: Prediction) -> list[list[float]]:
-    """The model's detections [x0, y0, x1, y1, score], whatever its decision: the heatmap's candidate boxes."""
-    return pred.candidate_boxes
+    """The model's detections [x0, y0, x1, y1, score], whatever its decision (`Prediction.detections`)."""
+    return pred.detections
 
 
 def evaluate(

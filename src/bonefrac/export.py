@@ -1,8 +1,10 @@
 """ONNX export: the graph, its metadata, its per-checkpoint cache, and the torch/onnxruntime parity check.
 
 The exported graph takes a float32 batch (N, 1, S, S), preprocessed as `transforms.preprocess` does, and
-returns `logit` (N,) and `cam` (N, h, w). The file stands on its own: its `metadata_props` carry the input
-size, normalisation, operating points and versions, so another runtime needs nothing from bonefrac.
+returns the backends' named outputs (`backends`): a classifier's `logit` (N,) and `cam` (N, S, S); a
+detector's `heatmap` (N, h, w), `size` and `offset` (N, 2, h, w) and `global` (N,). The file stands on its
+own: its `metadata_props` carry the input size, normalisation, calibration, operating points and versions,
+so another runtime needs nothing from bonefrac.
 
 `bonefrac predict` spends most of its start-up importing torch, which onnxruntime does not need. So each
 export is cached under a key made of the checkpoint's SHA-256, the bonefrac version and the export settings
@@ -29,43 +31,55 @@ from .metadata import jsonable
 from .spec import ModelSpec
 
 if TYPE_CHECKING:
-    from .models import FractureNet
+    import torch
 
 ONNX_OPSET = 17
 #: Everything about the export besides the checkpoint that changes the file: part of the cache key.
 EXPORT_SETTINGS = (
-    f"opset={ONNX_OPSET};inputs=image;outputs=logit,cam (input grid, bicubic by matmul);batch=dynamic;"
-    "exporter=torchscript"
+    f"opset={ONNX_OPSET};inputs=image;outputs=logit,cam (input grid, bicubic by matmul) | "
+    "heatmap,size,offset,global (detector);batch=dynamic;exporter=torchscript;metadata=calibration"
 )
-CACHE_FORMAT = "bonefrac-onnx-cache-v2"
+CACHE_FORMAT = "bonefrac-onnx-cache-v3"
 PREPROCESSING = (
     "greyscale radiograph, bone bright; per-image min-max to [0, 1]; long side resized to image_size "
     "(antialiased bilinear; images of reduce_from x image_size or more box-reduced by 2, 4 or 8 first); "
     "zero padding to a centred square; values rounded to multiples of 1/255; then (x - mean) / std"
 )
-OUTPUTS = "logit (N,): fracture probability = sigmoid(logit); cam (N, h, w): per-location logits (mean = logit)"
+CALIBRATED = "probability = sigmoid(scale * z + bias), (scale, bias) = the calibration property"
+OUTPUTS = {
+    "classifier": f"logit (N,) = z, {CALIBRATED}; cam (N, S, S): per-location logits (mean = logit)",
+    "detector": (
+        "heatmap (N, h, w): fracture-centre logits on a stride-8 grid; size (N, 2, h, w): log(width / 8), "
+        "log(height / 8); offset (N, 2, h, w): the centre's (dx, dy) in the cell, so centre = (cell + offset) * 8 "
+        "input pixels; global (N,): the global head's logit. Per cell z = (heatmap + global) / 2, its score "
+        f"sigmoid(scale * z + bias); image z = the highest z over the image content (not the padding); {CALIBRATED}"
+    ),
+}
 
 
-def export_onnx(model: FractureNet, spec: ModelSpec, path: str | Path, info: dict[str, Any] | None = None) -> Path:
-    """Write the model as ONNX (dynamic batch, the CAM as a second output, metadata_props), atomically."""
+def export_onnx(model: torch.nn.Module, spec: ModelSpec, path: str | Path, info: dict[str, Any] | None = None) -> Path:
+    """Write the model's inference graph (`backends.inference_graph`) as ONNX: dynamic batch, the named
+    outputs, metadata_props; atomically."""
     import onnx
     import torch
 
-    from .models import LogitAndCam
+    from .backends import inference_graph
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     dummy = torch.zeros(1, 1, spec.image_size, spec.image_size)
+    graph_module = inference_graph(model, spec.image_size).eval()
+    names = list(graph_module.output_names)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated but needs no onnxscript
         torch.onnx.export(
-            LogitAndCam(model, spec.image_size).eval(),
+            graph_module,
             (dummy,),
             str(tmp),
             input_names=["image"],
-            output_names=["logit", "cam"],
-            dynamic_axes={"image": {0: "batch"}, "logit": {0: "batch"}, "cam": {0: "batch"}},
+            output_names=names,
+            dynamic_axes={name: {0: "batch"} for name in ["image", *names]},
             opset_version=ONNX_OPSET,
             dynamo=False,
         )
@@ -88,9 +102,10 @@ def onnx_metadata(spec: ModelSpec, info: dict[str, Any]) -> dict[str, str]:
         "std": repr(spec.std),
         "reduce_from": str(spec.reduce_from),
         "operating_points": json.dumps(spec.operating_points),
+        "calibration": json.dumps(spec.calibration),
         "spec": json.dumps(spec.to_dict()),
         "preprocessing": PREPROCESSING,
-        "outputs": OUTPUTS,
+        "outputs": OUTPUTS["detector" if spec.is_detector else "classifier"],
     }
 
 
@@ -117,7 +132,7 @@ def read_cached_export(sha256: str) -> tuple[Path, ModelSpec, dict[str, Any]] | 
     return onnx_path, ModelSpec.from_dict(meta["spec"]), dict(meta.get("info") or {})
 
 
-def cached_export(model: FractureNet, spec: ModelSpec, info: dict[str, Any]) -> Path:
+def cached_export(model: torch.nn.Module, spec: ModelSpec, info: dict[str, Any]) -> Path:
     """The export of this checkpoint (`info["sha256"]`) in the cache, made now if missing, with the spec and
     facts beside it. A cache that cannot be written gets a one-run export in a temporary folder."""
     sha256 = str(info["sha256"])
@@ -147,6 +162,7 @@ class ExportReport:
     path: Path
     spec: ModelSpec
     parity_images: int
+    #: the largest difference between torch and onnxruntime over the outputs (`parity`).
     max_probability_difference: float
 
 
@@ -163,15 +179,25 @@ def export_model(checkpoint: str | Path | None, out: str | Path, check_on: list[
     diff = float("nan")
     if files:
         x = np.stack([preprocess(read_image(p), spec)[0] for p in files])
-        diff = parity(model, path, x)
+        diff = parity(model, path, x, spec)
     return ExportReport(path, spec, len(files), diff)
 
 
-def parity(model: FractureNet, onnx_path: str | Path, x: np.ndarray) -> float:
-    """Max abs difference in probability between eager torch and onnxruntime on a batch."""
+def parity(model: torch.nn.Module, onnx_path: str | Path, x: np.ndarray, spec: ModelSpec | None = None) -> float:
+    """The largest difference between eager torch and onnxruntime on a batch, over every output as a
+    (calibrated) probability: the image's (logit / global) and, for a detector, each heatmap cell's.
+    The box size and offset are compared as they are (cells)."""
     from .backends import OnnxBackend, TorchBackend
     from .postprocess import probabilities
 
-    p_torch = probabilities(TorchBackend(model, x.shape[-1]).run(x)[0])
-    p_onnx = probabilities(OnnxBackend(onnx_path).run(x)[0])
-    return float(np.abs(p_torch - p_onnx).max())
+    calibration = spec.calibration if spec is not None else None
+    torch_out, onnx_out = TorchBackend(model, x.shape[-1]).run(x), OnnxBackend(onnx_path).run(x)
+    if set(torch_out) != set(onnx_out):
+        raise ValueError(f"the export's outputs {sorted(onnx_out)} are not the model's {sorted(torch_out)}")
+    diffs = []
+    for name in ("logit", "global", "heatmap"):
+        if name in torch_out:
+            p_torch, p_onnx = probabilities(torch_out[name], calibration), probabilities(onnx_out[name], calibration)
+            diffs.append(float(np.abs(p_torch - p_onnx).max()))
+    diffs += [float(np.abs(torch_out[n] - onnx_out[n]).max()) for n in ("size", "offset") if n in torch_out]
+    return max(diffs)

@@ -73,6 +73,9 @@ class LogitAndCam(nn.Module):
     as two small matrix products (`bicubic_weights`): onnxruntime's cubic Resize costs more than the rest of the
     post-processing together (bench/README.md)."""
 
+    #: The names of the outputs, in order (the backends' and the ONNX export's).
+    output_names = ("logit", "cam")
+
     def __init__(self, model: FractureNet, size: int) -> None:
         super().__init__()
         self.model = model

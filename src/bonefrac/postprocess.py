@@ -1,34 +1,45 @@
-"""The output side: model outputs + the preprocessing geometry -> `Prediction` (probability, decision at an
-operating point, heatmap on the image as read, its peak and boxes in image pixels).
+"""The output side: model outputs + the preprocessing geometry -> `Prediction` (calibrated probability,
+decision at an operating point, detections, heatmap on the image as read and its peak, in image pixels).
 
 Every path that predicts (`FractureDetector.predict`/`predict_many`, so the CLI, the server, evaluation and
-the DICOM outputs) turns the backend's `(logits, cams)` into results here and nowhere else.
+the DICOM outputs) turns the backend's named outputs into results here and nowhere else. One rule decides:
+fractured when probability >= threshold, and the boxes are the detections scoring at least the threshold.
 
-Heatmap: the class-activation map (`models.FractureNet.class_activation_map`, 8 x 8 for a 256 px input)
-comes out of the backend already upsampled onto the model input (`models.LogitAndCam`); here the letterbox
-padding is cut away, and it is min-max normalised per image (where the model looks, relative to the rest of
-this image), then resized onto the image.
+Detectors (`ModelSpec.is_detector`, outputs heatmap/size/offset/global): `read_detector`. Scores, detections
+and the heatmap are on one absolute scale, the calibrated score of a heatmap cell; the image's probability is
+its best cell's, which is also its best detection's.
 
-Boxes (documented method): the heatmap at model resolution is thresholded at `BOX_THRESHOLD` of its own
-maximum; each 4-connected region becomes one box [x0, y0, x1, y1, score] with score = fracture probability x
-the region's peak heat; at most `MAX_BOXES`, best first. The threshold was chosen on the bundled model's
-validation split: fracture boxes are small and the heatmap comes from an 8 x 8 grid, so only its very top
-marks a fracture-sized region.
+Classifiers (outputs logit/cam): the class-activation map (`models.FractureNet.class_activation_map`, 8 x 8 for
+a 256 px input) comes out of the backend already upsampled onto the model input (`models.LogitAndCam`); here
+the letterbox padding is cut away, and it is min-max normalised per image (where the model looks, relative to
+the rest of this image), then resized onto the image. Its boxes (documented method): the heatmap at model
+resolution is thresholded at `BOX_THRESHOLD` of its own maximum; each 4-connected region becomes one box
+[x0, y0, x1, y1, score] with score = the image's probability; at most `MAX_BOXES`, the hottest region first.
+The threshold was chosen on the bundled model's validation split: fracture boxes are small and the heatmap
+comes from an 8 x 8 grid, so only its very top marks a fracture-sized region.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from PIL import Image
 
+from .spec import ModelSpec
 from .transforms import Geometry, float_image, resized_shape
 
 BOX_THRESHOLD = 0.95
 MAX_BOXES = 3
+#: Detections scoring below this are dropped (whatever the decision, `Prediction.detections` keeps the rest).
+DETECTION_FLOOR = 0.01
+#: At most this many detections per image, best first.
+MAX_DETECTIONS = 20
+#: Input pixels per cell of a detector's heatmap (`detection_model.STRIDE`; that module imports torch).
+STRIDE = 8
 #: Long side of the heatmap (and of overlays) unless the full resolution is asked for: the heatmap is smooth
 #: (upsampled from the feature grid), so a display-sized map carries all of it, in bounded memory.
 DISPLAY_SIDE = 1600
@@ -41,15 +52,20 @@ class Prediction:
     """One image's result.
 
     Attributes:
-        probability: fracture probability.
-        fractured, threshold, operating_point: the decision (probability >= threshold) at a named point.
+        probability: fracture probability, calibrated: sigmoid(scale * logit + bias) (`ModelSpec.calibration`).
+        logit: the raw (uncalibrated) image logit, what the calibration is fitted on.
+        fractured, threshold, operating_point: the decision (probability >= threshold) at a named point
+            ("custom" for a threshold given by hand).
         operating_points: the decision at every named operating point of the model.
-        boxes: [x0, y0, x1, y1, score] in the pixels of the image as read; empty unless `fractured`.
-        candidate_boxes: the heatmap's boxes whatever the decision (what `boxes` become when fractured).
-        peak: [x, y], the image pixel where the heatmap is highest.
+        detections: [x0, y0, x1, y1, score] in the pixels of the image as read, best first, whatever the
+            decision: every box scoring at least `DETECTION_FLOOR`, at most `MAX_DETECTIONS`. A detector's
+            best detection scores the image's probability; a classifier's heatmap boxes all score it.
+        boxes: the detections kept at the decision's threshold (`boxes_at(threshold)`).
+        peak: [x, y], the image pixel of the best detection's centre (detector) or of the heatmap's maximum.
         width, height: the image as read (EXIF orientation applied); boxes and peak refer to it.
         heatmap: float32 in [0, 1] covering the whole image, when asked for: (height, width) at full
-            resolution, else scaled so that its long side is at most `DISPLAY_SIDE`.
+            resolution, else scaled so that its long side is at most `DISPLAY_SIDE`. A detector's is absolute
+            (the calibrated score of each cell); a classifier's is min-max normalised per image.
     """
 
     path: str | None
@@ -63,20 +79,25 @@ class Prediction:
     width: int
     height: int
     peak: list[float] = field(default_factory=list)
-    candidate_boxes: list[list[float]] = field(default_factory=list, repr=False)
+    detections: list[list[float]] = field(default_factory=list, repr=False)
+    logit: float = float("nan")
     heatmap: np.ndarray | None = field(default=None, repr=False)
     warnings: list[str] = field(default_factory=list)
 
+    def boxes_at(self, threshold: float) -> list[list[float]]:
+        """The detections scoring at least `threshold` (e.g. an operating point's: "suspicious" boxes at
+        high_sensitivity, "fracture" boxes at high_specificity)."""
+        return [d for d in self.detections if d[4] >= threshold]
+
     def decided_at(self, operating_point: str, threshold: float) -> Prediction:
-        """The same prediction decided at another threshold: fractured when probability >= threshold, and
-        then the heatmap's candidate boxes are its boxes. The one decision rule of bonefrac."""
-        fractured = bool(self.probability >= threshold)
+        """The same prediction decided at another threshold: fractured when probability >= threshold, and its
+        boxes are the detections scoring at least the threshold. The one decision rule of bonefrac."""
         return replace(
             self,
             operating_point=operating_point,
             threshold=float(threshold),
-            fractured=fractured,
-            boxes=list(self.candidate_boxes) if fractured else [],
+            fractured=bool(self.probability >= threshold),
+            boxes=self.boxes_at(threshold),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -84,11 +105,13 @@ class Prediction:
         return {
             "path": self.path,
             "probability": round(self.probability, 6),
+            "logit": round(self.logit, 6),
             "fractured": self.fractured,
             "threshold": round(self.threshold, 6),
             "operating_point": self.operating_point,
             "operating_points": self.operating_points,
             "boxes": rounded_boxes(self.boxes),
+            "detections": rounded_boxes(self.detections),
             "peak": [round(v, 1) for v in self.peak],
             "width": self.width,
             "height": self.height,
@@ -109,49 +132,87 @@ class PredictionError:
 
 
 def rounded_boxes(boxes: list[list[float]]) -> list[list[float]]:
-    return [[round(v, 1) for v in b[:4]] + [b[4]] for b in boxes]
+    """Coordinates to 0.1 pixel, scores to 6 decimals (as the probability)."""
+    return [[round(v, 1) for v in b[:4]] + [round(b[4], 6)] for b in boxes]
 
 
-def probabilities(logits: np.ndarray) -> np.ndarray:
-    """Fracture probabilities (float64) from the model's logits."""
-    return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
+def probabilities(logits: np.ndarray | float, calibration: dict[str, float] | None = None) -> np.ndarray:
+    """Fracture probabilities (float64) from raw logits z: sigmoid(scale * z + bias) with the model's
+    calibration (`ModelSpec.calibration`), the plain logistic function without one."""
+    a, b = (float(calibration["scale"]), float(calibration["bias"])) if calibration else (1.0, 0.0)
+    return 1.0 / (1.0 + np.exp(-(a * np.asarray(logits, dtype=np.float64) + b)))
+
+
+class _Read(NamedTuple):
+    """What one image's model outputs say, before the decision."""
+
+    logit: float
+    probability: float
+    detections: list[list[float]]
+    peak: list[float]
+    heatmap: np.ndarray | None
 
 
 def predictions(
-    logits: np.ndarray,
-    cams: np.ndarray,
+    outputs: dict[str, np.ndarray],
     geometries: Sequence[Geometry],
     paths: Sequence[str | None],
     warnings: Sequence[list[str]],
-    operating_points: dict[str, float],
+    spec: ModelSpec,
     operating_point: str,
     model_version: str,
     heatmap: HeatmapOption = False,
+    threshold: float | None = None,
 ) -> list[Prediction]:
-    """One `Prediction` per image of a batch, decided at `operating_point`."""
-    threshold = operating_points[operating_point]
+    """One `Prediction` per image of a batch (the backend's named `outputs`), decided at `operating_point`:
+    at its threshold in `spec.operating_points`, or at `threshold` when given."""
+    threshold = spec.operating_points[operating_point] if threshold is None else float(threshold)
     out = []
-    for prob, cam, g, path, notes in zip(probabilities(logits), cams, geometries, paths, warnings, strict=True):
-        content = normalize_heatmap(content_map(cam, g))
-        px, py = np.unravel_index(int(np.argmax(content)), content.shape)[::-1]
+    for i, (g, path, notes) in enumerate(zip(geometries, paths, warnings, strict=True)):
+        if spec.is_detector:
+            r = read_detector(
+                outputs["heatmap"][i], outputs["size"][i], outputs["offset"][i], float(outputs["global"][i]), g,
+                spec.calibration, heatmap,
+            )  # fmt: skip
+        else:
+            r = read_classifier(float(outputs["logit"][i]), outputs["cam"][i], g, spec.calibration, heatmap)
         undecided = Prediction(
             path=path,
-            probability=float(prob),
+            probability=r.probability,
             fractured=False,
             threshold=float("nan"),
             operating_point="",
-            operating_points={k: bool(prob >= t) for k, t in operating_points.items()},
+            operating_points={k: bool(r.probability >= t) for k, t in spec.operating_points.items()},
             boxes=[],
             model_version=model_version,
             width=g.width,
             height=g.height,
-            peak=content_box_to_image([px + 0.5, py + 0.5, px + 0.5, py + 0.5], g)[:2],  # the pixel's centre
-            candidate_boxes=[content_box_to_image(b, g) for b in boxes_from_heatmap(content, float(prob))],
-            heatmap=heatmap_on_image(content, g, full=heatmap == "full") if heatmap else None,
+            peak=r.peak,
+            detections=r.detections,
+            logit=r.logit,
+            heatmap=r.heatmap,
             warnings=list(notes),
         )
         out.append(undecided.decided_at(operating_point, threshold))
     return out
+
+
+# ---------------------------------------------------------------- classifiers (a class-activation map)
+def read_classifier(
+    logit: float, cam: np.ndarray, g: Geometry, calibration: dict[str, float], heatmap: HeatmapOption
+) -> _Read:
+    """A classifier's image: its calibrated probability, the CAM's hot regions as boxes scoring it."""
+    prob = float(probabilities(logit, calibration))
+    content = normalize_heatmap(content_map(cam, g))
+    py, px = np.unravel_index(int(np.argmax(content)), content.shape)
+    boxes = boxes_from_heatmap(content, prob) if prob >= DETECTION_FLOOR else []
+    return _Read(
+        logit=logit,
+        probability=prob,
+        detections=[content_box_to_image(b, g) for b in boxes],
+        peak=content_box_to_image([px + 0.5, py + 0.5, px + 0.5, py + 0.5], g)[:2],  # the pixel's centre
+        heatmap=heatmap_on_image(content, g, full=heatmap == "full") if heatmap else None,
+    )
 
 
 def content_map(cam: np.ndarray, g: Geometry) -> np.ndarray:
@@ -161,7 +222,8 @@ def content_map(cam: np.ndarray, g: Geometry) -> np.ndarray:
 
 
 def heatmap_on_image(content: np.ndarray, g: Geometry, full: bool = False) -> np.ndarray:
-    """A content map resized (bilinear) onto the whole image: its full (height, width), or display size."""
+    """A content map resized (bilinear) onto the whole image: its full (height, width), or display size;
+    min-max normalised (a classifier's heatmap is relative to the rest of its image)."""
     shape = (g.height, g.width) if full else display_shape(g.height, g.width)
     resized = np.asarray(float_image(content).resize(shape[::-1], Image.BILINEAR))
     return normalize_heatmap(resized)
@@ -173,15 +235,16 @@ def display_shape(height: int, width: int, side: int = DISPLAY_SIDE) -> tuple[in
 
 
 def content_box_to_image(box: list[float], g: Geometry) -> list[float]:
-    """[x0, y0, x1, y1, ...] in model-content pixels -> the same box in the pixels of the image as read."""
+    """[x0, y0, x1, y1, ...] in model-content pixels -> the same box in the pixels of the image as read,
+    clipped to it."""
     nh, nw = resized_shape(g.height, g.width, g.size)
     sx, sy = g.width / nw, g.height / nh
     x0, y0, x1, y1 = box[:4]
     return [
-        min(x0 * sx, g.width),
-        min(y0 * sy, g.height),
-        min(x1 * sx, g.width),
-        min(y1 * sy, g.height),
+        min(max(x0 * sx, 0.0), g.width),
+        min(max(y0 * sy, 0.0), g.height),
+        min(max(x1 * sx, 0.0), g.width),
+        min(max(y1 * sy, 0.0), g.height),
         *box[4:],
     ]
 
@@ -195,7 +258,8 @@ def normalize_heatmap(cam: np.ndarray) -> np.ndarray:
 
 
 def boxes_from_heatmap(heat: np.ndarray, probability: float, threshold: float = BOX_THRESHOLD) -> list[list[float]]:
-    """4-connected regions of `heat >= threshold * max` as [x0, y0, x1, y1, score] in the heatmap's pixels."""
+    """4-connected regions of `heat >= threshold * max` as [x0, y0, x1, y1, probability] in the heatmap's
+    pixels, the region with the hottest peak first (a classifier scores its image, not its regions)."""
     if heat.size == 0 or float(heat.max()) <= 0:
         return []
     from scipy import ndimage  # lazy: an import that `bonefrac predict --help` need not pay (bench/README.md)
@@ -206,10 +270,93 @@ def boxes_from_heatmap(heat: np.ndarray, probability: float, threshold: float = 
     y0, x0 = int(rows[0]), int(cols[0])
     mask, heat = mask[y0 : rows[-1] + 1, x0 : cols[-1] + 1], heat[y0 : rows[-1] + 1, x0 : cols[-1] + 1]
     labels, _ = ndimage.label(mask)
-    boxes = []
+    regions = []
     for i, (ys, xs) in enumerate(ndimage.find_objects(labels), start=1):
         peak = float(heat[ys, xs][labels[ys, xs] == i].max())  # (ndimage.maximum is far slower for a few regions)
         box = [float(xs.start + x0), float(ys.start + y0), float(xs.stop + x0), float(ys.stop + y0)]
-        boxes.append([*box, round(probability * peak, 4)])
-    boxes.sort(key=lambda b: -b[4])  # stable: equal scores keep scipy's raster order
-    return boxes[:MAX_BOXES]
+        regions.append((peak, [*box, probability]))
+    regions.sort(key=lambda r: -r[0])  # stable: equal peaks keep scipy's raster order
+    return [box for _, box in regions[:MAX_BOXES]]
+
+
+# ---------------------------------------------------------------- detectors (a dense CenterNet-style head)
+def read_detector(
+    heat_logits: np.ndarray,
+    log_size: np.ndarray,
+    offset: np.ndarray,
+    global_logit: float,
+    g: Geometry,
+    calibration: dict[str, float],
+    heatmap: HeatmapOption,
+) -> _Read:
+    """A detector's image from its stride-`STRIDE` outputs: (h, w) centre logits, (2, h, w) log box size in
+    cells, (2, h, w) centre offset in cells, and the global head's logit.
+
+    Each cell inside the image content scores sigmoid(a * z + b), z = (centre logit + global logit) / 2 (the
+    training's `detection_model.image_logit` per cell). Detections are the 3 x 3 local maxima of the scores,
+    decoded as CenterNet does; the image's logit is the highest z, so its probability is the best score."""
+    rows, cols = content_cells(g, heat_logits.shape)
+    z = (heat_logits[rows, cols].astype(np.float64) + global_logit) / 2
+    score = probabilities(z, calibration)
+    best = int(np.argmax(score))
+    detections = []
+    for k in local_maxima(score, DETECTION_FLOOR)[:MAX_DETECTIONS]:
+        r, c = divmod(int(k), score.shape[1])
+        r, c = r + rows.start, c + cols.start  # on the whole grid
+        cx, cy = (c + float(offset[0, r, c])) * STRIDE - g.pad_x, (r + float(offset[1, r, c])) * STRIDE - g.pad_y
+        # (a size beyond twice the input is clipped by the image anyway; capping it avoids exp overflow)
+        w, h = np.exp(np.minimum(log_size[:, r, c].astype(np.float64), np.log(2 * g.size / STRIDE))) * STRIDE
+        detections.append(
+            content_box_to_image([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2, float(score.flat[k])], g)
+        )
+    if detections:
+        x0, y0, x1, y1 = detections[0][:4]
+        peak = [(x0 + x1) / 2, (y0 + y1) / 2]
+    else:  # nothing above the floor: the best cell's centre
+        r, c = divmod(best, score.shape[1])
+        cx, cy = (c + cols.start + 0.5) * STRIDE - g.pad_x, (r + rows.start + 0.5) * STRIDE - g.pad_y
+        peak = content_box_to_image([cx, cy, cx, cy], g)[:2]
+    return _Read(
+        logit=float(z.flat[best]),
+        probability=float(score.flat[best]),
+        detections=detections,
+        peak=peak,
+        heatmap=cell_heatmap_on_image(score, rows, cols, g, full=heatmap == "full") if heatmap else None,
+    )
+
+
+def content_cells(g: Geometry, grid: tuple[int, ...]) -> tuple[slice, slice]:
+    """The rows and columns of heatmap cells whose centre lies in the image content (not the letterbox
+    padding): padding cells see only the zero border, and must neither detect nor score the image."""
+    nh, nw = resized_shape(g.height, g.width, g.size)
+
+    def span(pad: int, n: int, cells: int) -> slice:
+        first = min(max(0, math.ceil((pad - STRIDE / 2) / STRIDE)), cells - 1)
+        return slice(first, max(first + 1, min(cells, math.ceil((pad + n - STRIDE / 2) / STRIDE))))
+
+    return span(g.pad_y, nh, grid[0]), span(g.pad_x, nw, grid[1])
+
+
+def local_maxima(score: np.ndarray, floor: float) -> np.ndarray:
+    """Flat indices of the cells that are the maximum of their 3 x 3 neighbourhood (CenterNet's max-pool
+    "NMS") and score at least `floor`, best first (ties in raster order)."""
+    padded = np.pad(score, 1, constant_values=-np.inf)
+    h, w = score.shape
+    neighbourhood = np.max([padded[dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)], axis=0)
+    flat = score.ravel()
+    candidates = np.flatnonzero((score >= neighbourhood).ravel() & (flat >= floor))
+    return candidates[np.argsort(-flat[candidates], kind="stable")]
+
+
+def cell_heatmap_on_image(score: np.ndarray, rows: slice, cols: slice, g: Geometry, full: bool = False) -> np.ndarray:
+    """The content cells' scores (absolute, not normalised) resized (bilinear) onto the whole image: its full
+    (height, width), or display size. The cells are placed where they lie on the model input, the content's
+    edge cells extended over the padding, so the map lines up with the image rather than with the cell grid."""
+    nh, nw = resized_shape(g.height, g.width, g.size)
+    shape = (g.height, g.width) if full else display_shape(g.height, g.width)
+    # The content's extent in cell units, relative to the first content cell's top-left corner (pad by one
+    # cell of the edge values on every side so that the box never reaches outside the source).
+    x0, y0 = g.pad_x / STRIDE - cols.start + 1, g.pad_y / STRIDE - rows.start + 1
+    source = float_image(np.pad(score.astype(np.float32), 1, mode="edge"))
+    box = (x0, y0, x0 + nw / STRIDE, y0 + nh / STRIDE)
+    return np.asarray(source.resize(shape[::-1], Image.BILINEAR, box=box))
