@@ -26,6 +26,7 @@ from bonefrac.data import content_digest
 from bonefrac.errors import BonefracError
 from bonefrac.models import MODELS
 from bonefrac.run_folder import resume_command
+from bonefrac.spec import DETECTOR_ARCHS
 from bonefrac.train import fit
 from bonefrac.train_config import ARCHS, ConfigError, TrainConfig
 
@@ -245,6 +246,11 @@ def test_resume_with_other_settings_is_refused_and_says_which(tmp_path: Path) ->
         ({"seed": -1}, "--seed -1"),
         ({"max_train_images": 0}, "--max-train-images 0"),
         ({"epochs": 2.5}, "--epochs 2.5"),
+        ({"device": "tpu"}, "--device tpu: unknown; choose one of auto, cpu, cuda"),
+        ({"precision": "fp8"}, "--precision fp8: unknown; choose one of auto, fp32, bf16, fp16"),
+        ({"arch": "lite0_centernet", "crop_size": 100}, "--crop-size 100: must be a multiple of 8"),
+        ({"arch": "lite0_centernet", "crop_size": 512}, "--crop-size 512: must be a multiple of 8, at most"),
+        ({"backbone_lr_scale": -1.0}, "--backbone-lr-scale -1.0"),
         ({"dataset": "/no/such/dataset"}, "/no/such/dataset: no such dataset"),
         ({"split_file": "/no/such/split.json"}, "--split /no/such/split.json: no such file"),
         ({"init_from": "/no/such/model.pt"}, "--init-from /no/such/model.pt: no such file"),
@@ -265,7 +271,7 @@ def test_fit_refuses_bad_settings_before_writing_anything(tmp_path: Path) -> Non
 
 
 def test_the_arch_names_are_the_model_registry() -> None:
-    assert set(ARCHS) == set(MODELS)
+    assert set(ARCHS) == set(MODELS) | set(DETECTOR_ARCHS)  # classifiers, and the detectors build_model builds
 
 
 def test_resume_differences_ignore_run_length_and_equal_paths(tmp_path: Path) -> None:
@@ -297,6 +303,7 @@ def test_augment_apply_always_returns_images_and_masks() -> None:
 
 def test_resume_state_carries_the_cuda_generator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """On a GPU, dropout draws from the device's generator: last.pt saves it and `restore` puts it back."""
+    from bonefrac import run_folder
     from bonefrac import train as train_module
 
     cuda_state = torch.arange(16, dtype=torch.uint8)
@@ -310,18 +317,106 @@ def test_resume_state_carries_the_cuda_generator(tmp_path: Path, monkeypatch: py
         model=model,
         ema=train_module.EMA(model, 0.9),
         opt=torch.optim.AdamW(model.parameters()),
-        best_auc=0.7,
+        scaler=torch.amp.GradScaler("cpu", enabled=False),
+        best_score=0.7,
         stale=0,
         history=[{"epoch": 1}],
         first_epoch=0,
     )
-    state = train_module.resume_state(run, epoch=0)
+    state = run_folder.resume_state(run, epoch=0)
     assert torch.equal(state["cuda_rng"], cuda_state)
     torch.save(state, tmp_path / "last.pt")
-    train_module.restore(run)
+    run_folder.restore(run)
     assert run.first_epoch == 1 and len(restored) == 1 and torch.equal(restored[0][0], cuda_state)
     run.device = torch.device("cpu")
-    assert "cuda_rng" not in train_module.resume_state(run, epoch=0)  # nothing to save on the CPU
+    assert "cuda_rng" not in run_folder.resume_state(run, epoch=0)  # nothing to save on the CPU
+
+
+def test_an_fp16_runs_loss_scale_survives_a_resume(tmp_path: Path) -> None:
+    """fp16 training skips steps while its loss scale settles: last.pt keeps the scale, so a resumed run does
+    not start that again (an fp32 or bf16 run saves an empty scaler state, and restores nothing)."""
+    from bonefrac import run_folder
+
+    model = torch.nn.Linear(2, 1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)  # enabled: the fp16 path, on the CPU for the test
+    run = SimpleNamespace(
+        out=tmp_path,
+        device=torch.device("cpu"),
+        model=model,
+        ema=train_module_ema(model),
+        opt=torch.optim.AdamW(model.parameters()),
+        scaler=scaler,
+        best_score=0.7,
+        stale=0,
+        history=[],
+        first_epoch=0,
+    )
+    torch.save(run_folder.resume_state(run, epoch=2), tmp_path / "last.pt")
+    run.scaler = torch.amp.GradScaler("cpu", init_scale=2.0)
+    run_folder.restore(run)
+    assert run.scaler.get_scale() == 1024.0 and run.first_epoch == 3
+    run.scaler = torch.amp.GradScaler("cpu", enabled=False)  # resumed where fp16 is off: nothing to restore
+    run_folder.restore(run)
+
+
+def train_module_ema(model: torch.nn.Module) -> object:
+    from bonefrac.train import EMA
+
+    return EMA(model, 0.9)
+
+
+@pytest.mark.parametrize(
+    ("device", "precision", "cuda", "bf16", "expected"),
+    [
+        ("cpu", "auto", False, False, None),  # fp32 on a CPU: bf16 autocast is slower without AVX512-BF16
+        ("cpu", "bf16", False, False, torch.bfloat16),  # asked for
+        ("cuda", "auto", True, True, torch.bfloat16),  # Ampere and later: bf16, no loss scaling
+        ("cuda", "auto", True, False, torch.float16),  # older GPUs: fp16 with a GradScaler
+        ("cuda", "fp32", True, True, None),
+        ("cpu", "fp16", False, False, "--precision fp16: needs a GPU"),
+        ("cuda", "auto", False, False, "--device cuda: torch sees no CUDA GPU"),
+    ],
+)
+def test_precision_follows_the_device(
+    monkeypatch: pytest.MonkeyPatch, device: str, precision: str, cuda: bool, bf16: bool, expected: object
+) -> None:
+    from bonefrac.train import autocast_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)  # set for GPUs; restored after the test
+    cfg = TrainConfig(str(FIXTURES), "run", device=device, precision=precision)
+    dev = torch.device("cuda", 0) if device == "cuda" else torch.device("cpu")  # only compared
+    if isinstance(expected, str):
+        with pytest.raises(ConfigError, match=expected):
+            autocast_dtype(cfg, dev)
+    else:
+        assert autocast_dtype(cfg, dev) == expected
+
+
+def test_the_device_choice_picks_the_process_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bonefrac import distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "1")  # torchrun's second process on this node: its own GPU
+    try:
+        assert [distributed.init_from_env(c) or distributed.device() for c in ("auto", "cuda", "cpu")] == [
+            torch.device("cuda", 1),
+            torch.device("cuda", 1),
+            torch.device("cpu"),
+        ]
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        distributed.choose_device("auto")
+        assert distributed.device() == torch.device("cpu")
+        with pytest.raises(ValueError, match="tpu"):
+            distributed.choose_device("tpu")
+    finally:
+        distributed.choose_device("auto")
+
+
+def test_device_and_precision_may_change_on_resume(tmp_path: Path) -> None:
+    cfg = TrainConfig(str(FIXTURES), str(tmp_path / "run"), device="cuda", precision="bf16")
+    assert cfg.differences(asdict(TrainConfig(str(FIXTURES), "elsewhere"))) == []
 
 
 def test_train_help_shows_every_default() -> None:

@@ -54,7 +54,7 @@ def main() -> None:
     cache = DecodeCache(args.cache_dir, spec.image_size, spec.reduce_from)
     cache.build([r.path for r in val], progress=False)
     torch.set_num_threads(2)
-    p = predict_cached(model, spec, cache, val)
+    p = 1 / (1 + np.exp(-predict_cached(model, spec, cache, val)))  # raw logits; the soup is uncalibrated
     y = np.array([r.label for r in val])
     spec.operating_points = choose_operating_points(y, p)
     info = {

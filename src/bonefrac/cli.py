@@ -43,12 +43,14 @@ def _train(args: argparse.Namespace) -> int:
         loc_weight=args.loc_weight,
         init_from=args.init_from,
         warmup_epochs=args.warmup_epochs,
+        device=args.device,
+        precision=args.precision,
         progress=not args.no_progress,
     )
     check_start(cfg, args.resume, args.overwrite)  # before torch is imported: bad settings answer at once
     from .train import fit
 
-    distributed.init_from_env()
+    distributed.init_from_env(cfg.device)
     try:
         fit(cfg, resume=args.resume, overwrite=args.overwrite)
     except KeyboardInterrupt:
@@ -232,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(e)
     e.set_defaults(func=_evaluate)
 
-    from .train_config import ARCHS, TrainConfig
+    from .train_config import ARCHS, DEVICES, PRECISIONS, TrainConfig
 
     t = sub.add_parser(
         "train",
@@ -310,6 +312,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--split", help="reuse this split.json (default: make one from --val-fraction and --seed)")
     t.add_argument("--cache-dir", help="decode cache folder (default: $BONEFRAC_CACHE, else ~/.cache/bonefrac)")
     t.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice, one per core)")
+    t.add_argument(
+        "--device",
+        choices=DEVICES,
+        default=TrainConfig.device,
+        help="where to train: auto = a CUDA GPU when torch sees one (one per torchrun process), else the CPU "
+        "(default %(default)s)",
+    )
+    t.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=TrainConfig.precision,
+        help="training arithmetic: auto = mixed precision on a GPU (bf16 where supported, else fp16 with loss "
+        "scaling), fp32 on a CPU; bf16 on a CPU pays only with AVX512-BF16 (default %(default)s)",
+    )
     t.add_argument("--max-train-images", type=int, help=argparse.SUPPRESS)
     t.add_argument(
         "--resume", action="store_true", help="continue OUT from its last.pt, with the same settings (default: off)"

@@ -12,19 +12,26 @@ import csv
 import hashlib
 import json
 import os
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import distributed
 from .cache import cache_dir
 from .errors import BonefracError, DatasetError
 from .io import find_images, read_image
 from .spec import REDUCE_FROM
 from .transforms import Geometry, letterbox_geometry, letterbox_image, reduction_factor
+
+if TYPE_CHECKING:
+    from .spec import ModelSpec
+    from .train_config import TrainConfig
 
 CACHE_VERSION = 4  # bump when letterbox() or the entry format changes (4: reduce_from in the key)
 
@@ -275,3 +282,43 @@ class DecodeCache:
         """How the image sits in its cached (size x size) array."""
         h, w = map(int, self.path_for(image_path).with_suffix(".hw").read_text().split())
         return letterbox_geometry(h, w, self.size)
+
+
+# ---------------------------------------------------------------- a training run's data
+def prepare_data(cfg: TrainConfig, spec: ModelSpec, out: Path) -> tuple[list[Record], list[Record], DecodeCache]:
+    """A training run's data: its split (made, or reused from `out` or --split; rank 0 decides), the decode
+    cache at the model's preprocessing, and the training and validation records that could be read."""
+    records = load_dataset(cfg.dataset)
+    split: dict[str, str] | None = None
+    if distributed.is_main():
+        split_path = Path(cfg.split_file) if cfg.split_file else out / "split.json"
+        if split_path.is_file():
+            split = load_split(split_path)  # resume, or a split chosen elsewhere: reuse it exactly
+        else:
+            split = split_dataset(records, cfg.val_fraction, cfg.seed)
+        save_split(split, out / "split.json")
+    # Rank 0 decides and the others receive it: nobody reads a split.json while it is being written.
+    split = distributed.broadcast_object(split)
+    assert split is not None
+    cache = DecodeCache(cfg.cache_dir, spec.image_size, spec.reduce_from)  # the preprocessing the model records
+    paths = [r.path for r in records]
+    # One process per node decodes first (the cache may be node-local); the others then find it built and
+    # only re-try the unreadable files, so every rank drops the same records.
+    with distributed.node_first():
+        bad = cache.build(paths, progress=cfg.progress and distributed.is_main())
+    for err in bad.values() if distributed.is_main() else ():
+        print(f"skipping unreadable image: {err}", file=sys.stderr)
+    records = [r for r in records if r.path not in bad]
+    train = [r for r in records if split.get(r.key) == "train"]
+    val = [r for r in records if split.get(r.key) == "val"]
+    if cfg.max_train_images:
+        train = train[: cfg.max_train_images]
+    if not train or not val or len({r.label for r in val}) < 2:
+        raise DatasetError("the split needs training images and validation images of both classes")
+    return train, val, cache
+
+
+def image_digests(train: list[Record], val: list[Record]) -> dict[str, list[str]]:
+    """Content digests of the images the model learns from and is chosen on, stored in model.pt so that
+    `evaluate` can tell how many of its images the model has seen (however they are named)."""
+    return {"train": [content_digest(r.path) for r in train], "validation": [content_digest(r.path) for r in val]}

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .data import DecodeCache, Record
-from .detection_model import STRIDE
+from .detection_model import STRIDE, image_logit
 
 MAX_BOXES = 8  # FracAtlas has at most 6 boxes per image
 
@@ -90,6 +90,28 @@ class CropSampler:
             targets.append(centernet_targets(boxes, self.crop))
         stacked = {k: torch.from_numpy(np.stack([t[k] for t in targets])) for k in targets[0]}
         return torch.from_numpy(np.stack(crops))[:, None], stacked
+
+
+def pointing_game(sampler: CropSampler, records: list[Record], peaks: np.ndarray) -> float:
+    """Share of the records with boxes whose heatmap peak (`peaks` (N, 2), x, y on the cached grid) falls
+    inside one of their boxes; nan without boxes."""
+    hits = [
+        any(b[0] <= px <= b[2] and b[1] <= py <= b[3] for b in sampler.boxes_on_grid(i, records))
+        for i, (px, py) in enumerate(peaks)
+        if records[i].boxes
+    ]
+    return float(np.mean(hits)) if hits else float("nan")
+
+
+@torch.no_grad()
+def logits_and_peaks(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """(N, 3): each input's raw image logit (`image_logit`), then its heatmap peak's (x, y) in input pixels
+    (the centre of the best cell: the pointing game's point)."""
+    heatmap, _, _, global_logit, _ = model(x)
+    peak = heatmap.flatten(1).argmax(1)
+    w = heatmap.shape[-1]
+    xy = torch.stack([(peak % w + 0.5) * STRIDE, (peak // w + 0.5) * STRIDE], 1)
+    return torch.cat([image_logit(heatmap, global_logit)[:, None], xy.float()], 1)
 
 
 def _start(rng: np.random.Generator, lo: float, hi: float, centre: float, window: int, size: int) -> int:

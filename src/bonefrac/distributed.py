@@ -33,8 +33,15 @@ S = TypeVar("S")  # a list, or a tensor's rows
 TIMEOUT = timedelta(minutes=float(os.environ.get("BONEFRAC_DIST_TIMEOUT_MIN", "60")))
 
 
-def init_from_env() -> bool:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1). Returns True when distributed."""
+#: Where `device` puts this process: "auto" (its GPU when CUDA is present, else the CPU), "cpu" or "cuda".
+DEVICES = ("auto", "cpu", "cuda")
+_device_choice = "auto"
+
+
+def init_from_env(device_choice: str = "auto") -> bool:
+    """Choose the device (`choose_device`), and join the process group when launched by torchrun
+    (WORLD_SIZE > 1). Returns True when distributed."""
+    choose_device(device_choice)
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return is_dist()
     import torch
@@ -42,10 +49,20 @@ def init_from_env() -> bool:
 
     if dist.is_initialized():
         return True
-    if torch.cuda.is_available():
+    on_gpu = device().type == "cuda" and torch.cuda.is_available()
+    if on_gpu:
         torch.cuda.set_device(local_rank())  # one GPU per process, chosen before NCCL starts
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=TIMEOUT)
+    # NCCL for GPUs; gloo on CPUs, also on a GPU machine told --device cpu (NCCL moves only CUDA tensors).
+    dist.init_process_group("nccl" if on_gpu else "gloo", timeout=TIMEOUT)
     return True
+
+
+def choose_device(choice: str) -> None:
+    """Set where `device` puts this process: one of `DEVICES`."""
+    global _device_choice
+    if choice not in DEVICES:
+        raise ValueError(f"device {choice!r}: choose one of {', '.join(DEVICES)}")
+    _device_choice = choice
 
 
 def is_dist() -> bool:
@@ -81,10 +98,13 @@ def is_main() -> bool:
 
 
 def device() -> torch.device:
-    """Where this process computes: its own GPU when CUDA is present, else the CPU."""
+    """Where this process computes: its own GPU (cuda:LOCAL_RANK) when CUDA is present or chosen, else the
+    CPU (`choose_device`). A "cuda" choice without CUDA is the caller's to refuse (training does, at set-up)."""
     import torch
 
-    return torch.device("cuda", local_rank()) if torch.cuda.is_available() else torch.device("cpu")
+    if _device_choice == "cpu" or (_device_choice == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank())
 
 
 def barrier() -> None:

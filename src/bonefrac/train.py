@@ -4,7 +4,8 @@ best checkpoint by validation AUC, early stopping, and resume from the last fini
 `fit` is a short loop over named steps: `set_up`, `restore`, `train_one_epoch`, `validate`,
 `select_and_save`. Under torchrun the same loop runs data-parallel (see `distributed`): `batch_size` is the
 global batch, split across ranks; only rank 0 writes files, logs and shows progress; validation is sharded
-and gathered.
+and gathered. On a GPU the steps run in mixed precision (autocast; bf16, or fp16 with loss scaling);
+validation and the weights stay fp32.
 
 Outputs in the run folder: model.pt (best, with operating points chosen on validation and the digests of
 the images it was trained and validated on), last.pt (resume state), history.csv, learning_curve.png,
@@ -15,11 +16,10 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
 import time
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -30,9 +30,8 @@ from . import __version__, distributed, distributed_model, run_folder
 from .augment import Augment
 from .box_supervision import box_targets, load_box_masks, localization_loss
 from .checkpoint import atomic_save, load_model, save_model
-from .data import DecodeCache, Record, content_digest, load_dataset, load_split, save_split, split_dataset
-from .detection_model import STRIDE, image_logit
-from .detection_train import CropSampler, detection_loss
+from .data import DecodeCache, Record, image_digests, prepare_data
+from .detection_train import CropSampler, detection_loss, logits_and_peaks, pointing_game
 from .errors import DatasetError
 from .metrics import auc, choose_operating_points, discrimination
 from .models import ModelSpec, build_model
@@ -80,54 +79,15 @@ def load_batch(cache: DecodeCache, records: list[Record], idx: list[int]) -> tup
 def predict_cached(
     model: torch.nn.Module, spec: ModelSpec, cache: DecodeCache, records: list[Record], batch_size: int = 32
 ) -> np.ndarray:
-    """Probabilities for records from the decode cache (validation during training). For a detector, one
-    row per image: the probability, then the heatmap peak's (x, y) on the cached grid (the pointing game)."""
+    """Raw (uncalibrated) image logits for records from the decode cache (validation during training), in
+    fp32. For a detector, one row per image: the logit, then the heatmap peak's (x, y) on the cached grid."""
     model.eval()
     out = []
     for s in range(0, len(records), batch_size):
         x, _ = load_batch(cache, records, list(range(s, min(s + batch_size, len(records)))))
         x = normalize(x, spec).to(distributed.device()).contiguous(memory_format=torch.channels_last)
-        if not spec.is_detector:
-            out.append(torch.sigmoid(model(x)).cpu().numpy())
-            continue
-        heatmap, _, _, global_logit, _ = model(x)
-        peak = heatmap.flatten(1).argmax(1)
-        w = heatmap.shape[-1]
-        xy = torch.stack([(peak % w + 0.5) * STRIDE, (peak // w + 0.5) * STRIDE], 1)
-        p = torch.sigmoid(image_logit(heatmap, global_logit))
-        out.append(torch.cat([p[:, None], xy.float()], 1).cpu().numpy())
+        out.append((logits_and_peaks(model, x) if spec.is_detector else model(x)).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0)
-
-
-def prepare_data(cfg: TrainConfig, spec: ModelSpec, out: Path) -> tuple[list[Record], list[Record], DecodeCache]:
-    records = load_dataset(cfg.dataset)
-    split: dict[str, str] | None = None
-    if distributed.is_main():
-        split_path = Path(cfg.split_file) if cfg.split_file else out / "split.json"
-        if split_path.is_file():
-            split = load_split(split_path)  # resume, or a split chosen elsewhere: reuse it exactly
-        else:
-            split = split_dataset(records, cfg.val_fraction, cfg.seed)
-        save_split(split, out / "split.json")
-    # Rank 0 decides and the others receive it: nobody reads a split.json while it is being written.
-    split = distributed.broadcast_object(split)
-    assert split is not None
-    cache = DecodeCache(cfg.cache_dir, spec.image_size, spec.reduce_from)  # the preprocessing the model records
-    paths = [r.path for r in records]
-    # One process per node decodes first (the cache may be node-local); the others then find it built and
-    # only re-try the unreadable files, so every rank drops the same records.
-    with distributed.node_first():
-        bad = cache.build(paths, progress=cfg.progress and distributed.is_main())
-    for err in bad.values() if distributed.is_main() else ():
-        print(f"skipping unreadable image: {err}", file=sys.stderr)
-    records = [r for r in records if r.path not in bad]
-    train = [r for r in records if split.get(r.key) == "train"]
-    val = [r for r in records if split.get(r.key) == "val"]
-    if cfg.max_train_images:
-        train = train[: cfg.max_train_images]
-    if not train or not val or len({r.label for r in val}) < 2:
-        raise DatasetError("the split needs training images and validation images of both classes")
-    return train, val, cache
 
 
 # ---------------------------------------------------------------- the loop and its steps
@@ -147,6 +107,8 @@ class Run:
     step_model: torch.nn.Module  # what a step calls: DistributedDataParallel around `model` under torchrun
     ema: EMA
     opt: torch.optim.Optimizer
+    amp: torch.dtype | None  # the steps' autocast dtype; None: fp32
+    scaler: torch.amp.GradScaler  # loss scaling for fp16 (a pass-through otherwise)
     pos_weight: torch.Tensor
     steps_per_epoch: int
     use_boxes: bool
@@ -169,7 +131,7 @@ def fit(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Path
     check_start(cfg, resume, overwrite)  # bad settings fail here, before anything is decoded or written
     run = set_up(cfg, overwrite)
     if resume:
-        restore(run)
+        run_folder.restore(run)
     if distributed.is_main():
         run_folder.record_invocation(run.out, cfg, len(run.train), len(run.val), run.first_epoch)
     for epoch in range(run.first_epoch, cfg.epochs):
@@ -178,19 +140,19 @@ def fit(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Path
         t0 = time.time()
         train_loss, loc_loss = train_one_epoch(run, epoch)
         train_seconds = time.time() - t0
-        y, p, pointing = validate(run)
+        y, z, pointing = validate(run)
         row = {
             "epoch": epoch + 1,
             "train_loss": train_loss,
-            "val_loss": float(F.binary_cross_entropy(torch.tensor(p).clamp(1e-6, 1 - 1e-6), torch.tensor(y).float())),
-            "val_auc": auc(y, p),
+            "val_loss": float(F.binary_cross_entropy_with_logits(torch.tensor(z), torch.tensor(y).float())),
+            "val_auc": auc(y, z),
             "val_pointing": pointing,
             "loc_loss": loc_loss,
             "lr": run.opt.param_groups[0]["lr"],
             "seconds": time.time() - t0,
             "train_images_per_s": min(run.steps_per_epoch * cfg.batch_size, len(run.train)) / train_seconds,
         }
-        select_and_save(run, epoch, row, y, p)
+        select_and_save(run, epoch, row, y, z)
         distributed.barrier()  # ranks leave the epoch together, after rank 0's checkpoint is on disk
     if distributed.is_main():
         print(f"best validation score {run.best_score:.4f}; model written to {run.out / 'model.pt'}")
@@ -205,7 +167,9 @@ def set_up(cfg: TrainConfig, overwrite: bool) -> Run:
     torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    distributed.choose_device(cfg.device)  # the CLI chose it already (before torchrun's process group)
     dev = distributed.device()
+    amp = autocast_dtype(cfg, dev)
     spec = ModelSpec(arch=cfg.arch, image_size=cfg.image_size, reduce_from=cfg.reduce_from)
     # Built first: a wrong --init-from fails before any writing or decoding (no torch RNG is drawn in between).
     model = initial_model(cfg, spec).to(dev, memory_format=torch.channels_last)
@@ -244,6 +208,8 @@ def set_up(cfg: TrainConfig, overwrite: bool) -> Run:
         ema=EMA(model, cfg.ema_decay),
         step_model=distributed_model.wrap(model),  # `model` keeps its identity and parameters
         opt=torch.optim.AdamW(groups, lr=cfg.lr),
+        amp=amp,
+        scaler=torch.amp.GradScaler(dev.type, enabled=amp == torch.float16),
         pos_weight=torch.tensor((len(train) - n_pos) / max(n_pos, 1), device=dev),  # balance the classes
         # The same steps and the same global batches whatever the number of processes.
         steps_per_epoch=len(pool) // cfg.batch_size or 1,
@@ -251,6 +217,26 @@ def set_up(cfg: TrainConfig, overwrite: bool) -> Run:
         pool=pool,
         sampler=sampler,
     )
+
+
+def autocast_dtype(cfg: TrainConfig, dev: torch.device) -> torch.dtype | None:
+    """The training steps' autocast dtype (None: fp32) for `--precision` on `dev`; refuses what cannot run.
+
+    "auto" is fp32 on a CPU: bf16 autocast pays only on CPUs with AVX512-BF16 (bench_train_detector.py
+    measures it), and ran ~12x slower on one without. On a GPU bf16 needs no loss scaling, so it is
+    preferred where supported (Ampere and later); older GPUs get fp16 with a GradScaler.
+    """
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        built = "" if torch.backends.cuda.is_built() else f" (torch {torch.__version__} is built without CUDA)"
+        raise ConfigError(f"--device cuda: torch sees no CUDA GPU{built}")
+    choice = cfg.precision
+    if choice == "auto":
+        choice = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if dev.type == "cuda" else "fp32"
+    if choice == "fp16" and dev.type != "cuda":
+        raise ConfigError("--precision fp16: needs a GPU (--device cuda); on a CPU use fp32 or bf16")
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes (crops, whole images): tuned kernels pay
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[choice]
 
 
 def initial_model(cfg: TrainConfig, spec: ModelSpec) -> torch.nn.Module:
@@ -265,36 +251,6 @@ def initial_model(cfg: TrainConfig, spec: ModelSpec) -> torch.nn.Module:
             f"this run is {spec.arch} at {spec.image_size}px"
         )
     return model
-
-
-def image_digests(train: list[Record], val: list[Record]) -> dict[str, list[str]]:
-    """Content digests of the images the model learns from and is chosen on, stored in model.pt so that
-    `evaluate` can tell how many of its images the model has seen (however they are named)."""
-    return {"train": [content_digest(r.path) for r in train], "validation": [content_digest(r.path) for r in val]}
-
-
-def restore(run: Run) -> None:
-    """Continue from rank 0's last.pt (every rank receives it): weights, EMA, optimiser, RNG, history."""
-    path = run.out / "last.pt"
-    main = distributed.is_main()
-    state = torch.load(path, map_location="cpu", weights_only=True) if main and path.is_file() else None
-    state = distributed.broadcast_object(state)
-    if state is None:
-        if main:
-            print(f"nothing to resume in {run.out} (no last.pt): starting from the first epoch")
-        return
-    run.model.load_state_dict(state["model"])
-    run.ema.module.load_state_dict(state["ema"])
-    run.ema.updates = state["ema_updates"]
-    run.opt.load_state_dict(state["optimizer"])
-    run.first_epoch, run.best_score, run.stale = state["epoch"] + 1, state["best_score"], state["stale"]
-    run.history = state["history"]
-    # Dropout and stochastic depth continue as if never stopped: they draw from the device's generator.
-    torch.set_rng_state(state["torch_rng"])
-    if run.device.type == "cuda" and "cuda_rng" in state:
-        torch.cuda.set_rng_state(state["cuda_rng"], run.device)
-    if main:
-        print(f"resuming after epoch {run.first_epoch} (best validation score so far {run.best_score:.4f})")
 
 
 def train_one_epoch(run: Run, epoch: int) -> tuple[float, float]:
@@ -344,21 +300,19 @@ def train_step(run: Run, batch: list[int], params: torch.Tensor) -> tuple[float,
     share = len(idx) * world / len(batch)
     distributed_model.set_global_batch(run.model, len(batch))
     loc: torch.Tensor | float = 0.0
-    if masks is not None:
-        logits, cam = run.step_model(x, return_cam=True)
-        masks = masks.to(dev)
-        # Ranks hold different numbers of boxed images: divide by the global batch's count, times
-        # world for DDP's average (in one process: the plain mean, times 1).
-        n_boxed = distributed.sum_int(int(box_targets(cam, masks)[1].sum())) if world > 1 else None
-        loc = localization_loss(cam, masks, n_boxed) * world
-    else:
-        logits = run.step_model(x)
-    bce = F.binary_cross_entropy_with_logits(logits, y, pos_weight=run.pos_weight)
-    loss = bce * share + run.cfg.loc_weight * loc
-    run.opt.zero_grad(set_to_none=True)
-    loss.backward()
-    run.opt.step()
-    run.ema.update(run.model)  # weights are identical on every rank after the step, so every EMA is too
+    with autocast(run):
+        if masks is not None:
+            logits, cam = run.step_model(x, return_cam=True)
+            cam, masks = cam.float(), masks.to(dev)
+            # Ranks hold different numbers of boxed images: divide by the global batch's count, times
+            # world for DDP's average (in one process: the plain mean, times 1).
+            n_boxed = distributed.sum_int(int(box_targets(cam, masks)[1].sum())) if world > 1 else None
+            loc = localization_loss(cam, masks, n_boxed) * world
+        else:
+            logits = run.step_model(x)
+        bce = F.binary_cross_entropy_with_logits(logits.float(), y, pos_weight=run.pos_weight)
+        loss = bce * share + run.cfg.loc_weight * loc
+    optimise(run, loss)
     return loss.item(), loc.item() if isinstance(loc, torch.Tensor) else None
 
 
@@ -370,33 +324,41 @@ def detector_step(run: Run, batch: list[int], seeds: list[int]) -> tuple[float, 
     x, targets = run.sampler.batch(distributed.shard(batch), distributed.shard(seeds))
     x = normalize(x, run.spec).to(run.device).contiguous(memory_format=torch.channels_last)
     distributed_model.set_global_batch(run.model, len(batch))
-    # Each rank normalises its focal loss by its own centres: close to, not exactly, one process's loss.
-    loss, parts = detection_loss(run.step_model(x), {k: v.to(run.device) for k, v in targets.items()})
-    run.opt.zero_grad(set_to_none=True)
-    (loss * share).backward()
-    run.opt.step()
-    run.ema.update(run.model)
+    with autocast(run):  # the loss itself is computed in fp32 (detection_loss casts)
+        # Each rank normalises its focal loss by its own centres: close to, not exactly, one process's loss.
+        loss, parts = detection_loss(run.step_model(x), {k: v.to(run.device) for k, v in targets.items()})
+    optimise(run, loss * share)
     return loss.item(), parts["heatmap"]
 
 
+def autocast(run: Run) -> AbstractContextManager[None]:
+    """Mixed precision for a step's forward pass and loss, where the run uses it (`autocast_dtype`)."""
+    return torch.autocast(run.device.type, dtype=run.amp, enabled=run.amp is not None)
+
+
+def optimise(run: Run, loss: torch.Tensor) -> None:
+    """Backward, optimiser step (through the fp16 loss scaler, a pass-through otherwise), EMA update."""
+    run.opt.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.step(run.opt)
+    run.scaler.update()
+    run.ema.update(run.model)  # weights are identical on every rank after the step, so every EMA is too
+
+
 def validate(run: Run) -> tuple[np.ndarray, np.ndarray, float]:
-    """Labels, the EMA model's probabilities on the validation images and, for a detector, its pointing game
-    (nan for a classifier); the same on every rank, so that every rank takes the same decisions."""
+    """Labels, the EMA model's raw image logits on the validation images and, for a detector, its pointing
+    game (nan for a classifier); the same on every rank, so that every rank takes the same decisions."""
     p = distributed.gather_predictions(lambda recs: predict_cached(run.ema.module, run.spec, run.cache, recs), run.val)
     y = np.array([r.label for r in run.val])
     if p.ndim == 1:
         return y, p, float("nan")
     assert run.sampler is not None
-    hits = [
-        any(b[0] <= px <= b[2] and b[1] <= py <= b[3] for b in run.sampler.boxes_on_grid(i, run.val))
-        for i, (_, px, py) in enumerate(p)
-        if run.val[i].boxes
-    ]
-    return y, p[:, 0], float(np.mean(hits)) if hits else float("nan")
+    return y, p[:, 0], pointing_game(run.sampler, run.val, p[:, 1:])
 
 
-def select_and_save(run: Run, epoch: int, row: dict[str, float], y: np.ndarray, p: np.ndarray) -> None:
-    """Keep the epoch's figures; on a better validation AUC save model.pt; always save last.pt (rank 0)."""
+def select_and_save(run: Run, epoch: int, row: dict[str, float], y: np.ndarray, z: np.ndarray) -> None:
+    """Keep the epoch's figures; on a better validation score save model.pt; always save last.pt (rank 0).
+    `z`: the validation images' raw logits."""
     run.history.append(row)
     score = row["val_auc"] + (0.0 if math.isnan(row["val_pointing"]) else row["val_pointing"])
     improved = score > run.best_score
@@ -404,6 +366,7 @@ def select_and_save(run: Run, epoch: int, row: dict[str, float], y: np.ndarray, 
     if not distributed.is_main():
         return
     if improved:
+        p = 1 / (1 + np.exp(-z.astype(np.float64)))
         run.spec.operating_points = choose_operating_points(y, p)
         info = {
             "bonefrac_version": __version__,
@@ -422,22 +385,4 @@ def select_and_save(run: Run, epoch: int, row: dict[str, float], y: np.ndarray, 
         f"{row['train_images_per_s']:.1f} img/s"
     )
     run_folder.write_history(run.out, run.history)
-    atomic_save(resume_state(run, epoch), run.out / "last.pt")
-
-
-def resume_state(run: Run, epoch: int) -> dict[str, Any]:
-    """What `restore` needs to continue after `epoch` exactly as if the run had never stopped."""
-    state = {
-        "model": run.model.state_dict(),
-        "ema": run.ema.module.state_dict(),
-        "ema_updates": run.ema.updates,
-        "optimizer": run.opt.state_dict(),
-        "epoch": epoch,
-        "best_score": run.best_score,
-        "stale": run.stale,
-        "history": run.history,
-        "torch_rng": torch.get_rng_state(),
-    }
-    if run.device.type == "cuda":
-        state["cuda_rng"] = torch.cuda.get_rng_state(run.device)
-    return state
+    atomic_save(run_folder.resume_state(run, epoch), run.out / "last.pt")

@@ -12,14 +12,20 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from .distributed import DEVICES
 from .errors import BonefracError, DatasetError
-from .spec import REDUCE_FROM
+from .spec import DETECTOR_ARCHS, REDUCE_FROM
 
 #: The architectures `models.MODELS` builds (spelt out here so that checking one needs no torch).
 ARCHS = ("efficientnet_lite0", "efficientnet_lite0_scratch", "seed_cnn", "lite0_centernet")
 
-#: Settings a resumed run may change: where it runs and for how long, not what it computes.
-RESUMABLE_CHANGES = frozenset({"out", "epochs", "patience", "cache_dir", "threads", "progress"})
+#: The arithmetic of training (`--precision`; "auto": mixed precision on a GPU, bf16 where it supports it,
+#: else fp16 with loss scaling; fp32 on a CPU). Where it runs: `distributed.DEVICES`.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+#: Settings a resumed run may change: where it runs and for how long, not what it computes. The device and
+#: the precision are where and how: a run begun on a CPU may continue on a GPU (in mixed precision).
+RESUMABLE_CHANGES = frozenset({"out", "epochs", "patience", "cache_dir", "threads", "progress", "device", "precision"})
 
 #: What a training run writes into its folder (`--overwrite` removes these, and nothing else).
 RUN_FILES = (
@@ -61,12 +67,17 @@ class TrainConfig:
     max_train_images: int | None = None  # for smoke tests only
     crop_size: int = 256  # detectors: training crops of the (image_size) input, at its scale
     backbone_lr_scale: float = 1.0  # the pretrained backbone's learning rate, as a share of --lr
+    device: str = "auto"  # one of DEVICES
+    precision: str = "auto"  # one of PRECISIONS
     progress: bool = True
 
     def check(self) -> TrainConfig:
         """Raise `ConfigError` (one line, naming the option) for a setting that cannot work; else `self`."""
         if self.arch not in ARCHS:
             raise ConfigError(f"--arch {self.arch}: unknown; choose one of {', '.join(ARCHS)}")
+        for name, value, choices in (("device", self.device, DEVICES), ("precision", self.precision, PRECISIONS)):
+            if value not in choices:
+                raise ConfigError(f"--{name} {value}: unknown; choose one of {', '.join(choices)}")
         _at_least("epochs", self.epochs, 1)
         _at_least("image-size", self.image_size, 32)  # the models downsample by 32
         _at_least("reduce-from", self.reduce_from, 2)  # reduced images stay >= 2x the input
@@ -81,9 +92,14 @@ class TrainConfig:
             ("weight-decay", self.weight_decay),
             ("warmup-epochs", self.warmup_epochs),
             ("loc-weight", self.loc_weight),
+            ("backbone-lr-scale", self.backbone_lr_scale),
         ):
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ConfigError(f"--{name} {value}: must be a number of at least 0")
+        if self.arch in DETECTOR_ARCHS:  # crops of the input, in whole cells of the stride-8 grid
+            _at_least("crop-size", self.crop_size, 32)
+            if self.crop_size % 8 or self.crop_size > self.image_size:
+                raise ConfigError(f"--crop-size {self.crop_size}: must be a multiple of 8, at most --image-size")
         if not (isinstance(self.ema_decay, int | float) and 0 <= self.ema_decay < 1):
             raise ConfigError(f"--ema-decay {self.ema_decay}: must be at least 0 and below 1")
         # The split holds out one of k folds, k = round(1 / fraction) >= 2: above 0.5 would silently be 0.5.
