@@ -1,6 +1,7 @@
 """The page in a real browser: Debian's headless Chromium driven by Playwright against the real uvicorn server
-on a loopback port. Upload real radiographs, read the result, switch operating point, toggle the heatmap; and on a
-server with an access token, give the page the token."""
+on a loopback port. Upload real radiographs, read the result, switch operating point, set a custom threshold, see
+the fracture and suspicious boxes, toggle the heatmap; and on a server with an access token, give the page the
+token."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from fastapi import FastAPI
 from server_helpers import fixture_images, make_test_model
 
 from bonefrac import FractureDetector
+from bonefrac.overlay import box_kinds
 from bonefrac.server import ServerSettings, create_app
 
 pytestmark = pytest.mark.browser
@@ -116,14 +118,48 @@ def test_upload_and_explore(browser, server_url: str, det: FractureDetector, tmp
     assert len(uploads) == 3
 
     # Switching operating point re-decides in the page from the probability and thresholds: no re-upload.
-    # Boxes are drawn in the page whenever the selected point calls the image fractured.
-    n_boxes = len(det.predict(fracture, operating_point="high_sensitivity").boxes)
-    for op, threshold in sorted(det.operating_points.items(), key=lambda kv: -kv[1]):  # high_sensitivity last
-        page.locator(f'#op-select button[data-op="{op}"]').click()
+    # The boxes are drawn as the overlay draws them: solid fracture, dashed suspicious (overlay.box_kinds).
+    detections = det.predict(fracture).detections
+    rects, legend = page.locator("#boxes rect"), page.locator("#legend")
+
+    def expect_decision(threshold: float) -> None:
         sync_api.expect(page.locator("#decision")).to_have_text("Fracture" if p >= threshold else "No fracture")
         sync_api.expect(page.locator("#decision-at")).to_contain_text(f"{threshold:.3f}")
-        sync_api.expect(page.locator("#boxes rect")).to_have_count(n_boxes if p >= threshold else 0)
-    assert len(uploads) == 3 and p >= det.operating_points["high_sensitivity"] and n_boxes > 0
+        kinds = [kind for _, kind in box_kinds(detections, det.operating_points, threshold)]
+        sync_api.expect(rects).to_have_count(len(kinds))
+        for kind in ("fracture", "suspicious"):
+            sync_api.expect(page.locator(f"#boxes rect.{kind}")).to_have_count(kinds.count(kind))
+        sync_api.expect(page.locator("#result-boxes")).to_contain_text(
+            f"{sum(d[4] >= threshold for d in detections) or 'none'} at this threshold"
+        )
+
+    decisions = set()
+    for op, threshold in sorted(det.operating_points.items(), key=lambda kv: -kv[1]):  # high_sensitivity last
+        page.locator(f'#op-select button[data-op="{op}"]').click()
+        expect_decision(threshold)
+        sync_api.expect(page.locator("#threshold-value")).to_have_value(f"{threshold:.3f}")  # the control follows
+        decisions.add(p >= threshold)
+    assert len(uploads) == 3 and p >= det.operating_points["high_sensitivity"] and detections
+    assert decisions == {True, False}  # the named points decide differently on this image
+    sync_api.expect(legend).to_contain_text("fracture")
+    sync_api.expect(legend).to_contain_text("suspicious")
+    dashes = page.locator("#boxes rect.suspicious").first.evaluate("r => getComputedStyle(r).strokeDasharray")
+    assert dashes not in ("", "none")  # at high_sensitivity this image has a suspicious box, drawn dashed
+
+    # A custom threshold, typed or slid, re-decides in the page too: above the probability, then below it.
+    for threshold, how in ((min(0.999, round(p + 0.05, 3)), "type"), (round(p * 0.5, 3), "slide")):
+        if how == "type":
+            page.locator("#threshold-value").fill(f"{threshold:.3f}")
+        else:
+            page.locator("#threshold").evaluate(
+                f"el => {{ el.value = {threshold}; el.dispatchEvent(new Event('input')); }}"
+            )
+            sync_api.expect(page.locator("#threshold-value")).to_have_value(f"{threshold:.3f}")  # follows the slider
+        expect_decision(threshold)
+        sync_api.expect(page.locator("#op-help")).to_contain_text("Custom threshold")
+        assert page.locator('#op-select button[aria-pressed="true"]').count() == 0
+    sync_api.expect(items.first).to_contain_text("fracture")
+    assert len(uploads) == 3  # still no re-upload
 
     heat = page.locator("#image-heat")
     sync_api.expect(heat).to_have_css("opacity", "0.45")
@@ -133,6 +169,12 @@ def test_upload_and_explore(browser, server_url: str, det: FractureDetector, tmp
     page.locator("#opacity").evaluate("el => { el.value = 70; el.dispatchEvent(new Event('input')); }")
     sync_api.expect(heat).to_have_css("opacity", "0.7")
     page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+
+    # An upload made at a custom threshold asks the server to decide there (its overlay is drawn at it).
+    page.set_input_files("#file-input", [str(fracture)])
+    sync_api.expect(items).to_have_count(4)
+    sync_api.expect(items.nth(3)).to_contain_text("p = ", timeout=30_000)
+    assert uploads[-1].endswith(f"/api/predict?threshold={round(p * 0.5, 3)}")
 
     # A file that is not an X-ray shows a readable message, not a crash.
     items.nth(2).locator("button").click()

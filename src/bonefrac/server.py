@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
 import anyio
-from fastapi import APIRouter, Depends, FastAPI, File, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPBearer
 from PIL import Image
@@ -36,7 +36,7 @@ from .errors import BonefracError, ImageReadError, ImageTooLargeError
 from .io import XrayImage
 from .metadata import jsonable
 from .overlay import PNG_COMPRESS_LEVEL, display_grey, heatmap_rgba, read_for_display, render_overlay
-from .postprocess import display_shape, rounded_boxes
+from .postprocess import display_shape
 from .server_middleware import TokenAuth, UploadLimit, add_error_handlers, json_error
 from .server_settings import ServerSettings
 
@@ -52,23 +52,29 @@ PAGE_CSP = (
 # The heatmap is smooth (upsampled from the model's feature grid): 256 px carries all of it, and the browser
 # scales it onto the radiograph. Colouring and encoding it at 3000 px would cost more than the model.
 HEATMAP_SIDE = 256
+_THRESHOLD_HELP = (
+    "a custom threshold, 0 < t < 1, to decide at instead of the operating point (operating_point becomes "
+    '"custom"); as a query or a form field'
+)
 _UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]")
 # Declares the token in the OpenAPI schema, so /docs offers "Authorize"; TokenAuth has checked it already.
 _BEARER = HTTPBearer(auto_error=False, description="the server's access token (`--token` or $BONEFRAC_TOKEN)")
 
 
 class PredictionResponse(BaseModel):
-    """`Prediction.to_dict()` plus what the page needs to re-decide and draw without a re-upload."""
+    """`Prediction.to_dict()` plus what the page needs to re-decide and draw without a re-upload: the
+    thresholds of the named operating points, and the detections whatever the decision."""
 
     path: str
     probability: float
+    logit: float | None = None
     fractured: bool
     threshold: float
     operating_point: str
     operating_points: dict[str, bool]
     thresholds: dict[str, float]
     boxes: list[list[float]]
-    candidate_boxes: list[list[float]]
+    detections: list[list[float]]
     peak: list[float]
     width: int
     height: int
@@ -99,7 +105,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     for code, text in (
         (413, "upload over the size limit, or an image declaring too many pixels"),
         (415, "not a readable X-ray image (JPEG, PNG or DICOM)"),
-        (422, "no `file` field, or an unknown operating point"),
+        (422, "no `file` field, an unknown operating point, or a threshold outside (0, 1)"),
     )
 }
 
@@ -134,12 +140,17 @@ async def predict(
     limiter: LimiterDep,
     file: Annotated[UploadFile, File(description="a JPEG, PNG or DICOM radiograph (sniffed by content)")],
     operating_point: Annotated[str, Query(description="threshold to decide at: a key of `thresholds`")] = "default",
+    threshold: Annotated[float | None, Query(gt=0, lt=1, description=_THRESHOLD_HELP)] = None,
+    threshold_form: Annotated[float | None, Form(alias="threshold", gt=0, lt=1, description=_THRESHOLD_HELP)] = None,
     images: Annotated[bool, Query(description="include image_png, heatmap_png, overlay_png (base64)")] = True,
 ) -> JSONResponse:
     name = sanitize_filename(file.filename)
     if operating_point not in detector.operating_points:
         choices = ", ".join(detector.operating_points)
         return json_error(422, f"unknown operating point {operating_point!r}; choose one of {choices}")
+    if threshold is not None and threshold_form is not None and threshold != threshold_form:
+        return json_error(422, "threshold: given twice (query and form) with different values")
+    threshold = threshold if threshold is not None else threshold_form
     try:
         # Decoding, the model and PNG encoding all block: run them in a worker thread, at most
         # `concurrency` at once, so the event loop stays free for /healthz and new connections.
@@ -149,6 +160,7 @@ async def predict(
             file.file,
             name,
             operating_point,
+            threshold,
             images,
             request.app.state.settings.any_modality,
             limiter=limiter,
@@ -169,6 +181,7 @@ def _predict_upload(
     upload: BinaryIO,
     name: str,
     operating_point: str,
+    threshold: float | None,
     images: bool,
     any_modality: bool = False,
 ) -> dict[str, Any]:
@@ -177,28 +190,30 @@ def _predict_upload(
         path = Path(tmp) / name
         with open(path, "wb") as f:
             shutil.copyfileobj(upload, f, 1 << 20)
-        pred = detector.predict(path, operating_point=operating_point, heatmap=images, any_modality=any_modality)
+        pred = detector.predict(
+            path, operating_point=operating_point, threshold=threshold, heatmap=images, any_modality=any_modality
+        )
         pred = replace(pred, path=name)
         shown = read_for_display(path) if images else None
+    # to_dict carries the detections whatever the decision: with the thresholds, the page re-decides and
+    # draws the "suspicious" and "fracture" boxes at any point without a re-upload.
     body = pred.to_dict()
     body["thresholds"] = detector.operating_points
-    # The heatmap's boxes whatever the decision, so the page can re-decide at another point without a re-upload.
-    body["candidate_boxes"] = rounded_boxes(pred.candidate_boxes)
     if shown is not None:
-        body.update(pictures(shown, pred))
+        body.update(pictures(shown, pred, detector.operating_points))
     return jsonable(body)
 
 
-def pictures(image: XrayImage, pred: Prediction) -> dict[str, str]:
-    """Base64 PNGs for the page to layer with CSS: the plain radiograph and the heatmap alone (RGBA, alpha =
-    heat) at display size; plus the overlay exactly as `--overlay-dir` draws it."""
+def pictures(image: XrayImage, pred: Prediction, operating_points: dict[str, float]) -> dict[str, str]:
+    """Base64 PNGs for the page to layer with CSS: the plain radiograph and the heatmap alone (RGBA, alpha
+    following heat) at display size; plus the overlay exactly as `--overlay-dir` draws it."""
     if pred.heatmap is None:
         raise RuntimeError("pictures need a prediction made with a heatmap")
     grey = display_grey(image, display_shape(pred.height, pred.width))
     return {
         "image_png": _b64(_png(Image.fromarray(grey))),
         "heatmap_png": _b64(_png(heatmap_rgba(pred.heatmap, HEATMAP_SIDE))),
-        "overlay_png": _b64(_png(render_overlay(image, pred))),
+        "overlay_png": _b64(_png(render_overlay(image, pred, operating_points=operating_points))),
     }
 
 
