@@ -139,7 +139,7 @@ def run_predict(det: FractureDetector, inputs: list[str], opts: PredictOptions, 
         if opts.csv:
             rows.append((index, csv_row(res) | study_keys))
         if opts.overlay_dir and isinstance(res, Prediction):
-            write_overlay(res, Path(opts.overlay_dir), index)
+            write_overlay(res, Path(opts.overlay_dir), index, det.operating_points)
         if dicom is not None and isinstance(res, Prediction):
             dicom.add_prediction(res)
     lines = sorted(distributed.gather_to_main(lines))
@@ -168,12 +168,13 @@ def run_predict(det: FractureDetector, inputs: list[str], opts: PredictOptions, 
     return 1 if n_failed else 0
 
 
-def write_overlay(pred: Prediction, folder: Path, index: int) -> None:
-    """The overlay PNG of one prediction (made with a heatmap), from the file read again at display size."""
+def write_overlay(pred: Prediction, folder: Path, index: int, operating_points: dict[str, float] | None = None) -> None:
+    """The overlay PNG of one prediction (made with a heatmap), from the file read again at display size;
+    its boxes drawn as fracture / suspicious at the model's `operating_points` (`overlay.box_kinds`)."""
     from .overlay import PNG_COMPRESS_LEVEL, overlay_name, read_for_display, render_overlay
 
     assert pred.path is not None
-    picture = render_overlay(read_for_display(pred.path), pred)
+    picture = render_overlay(read_for_display(pred.path), pred, operating_points=operating_points)
     picture.save(folder / overlay_name(pred.path, index), compress_level=PNG_COMPRESS_LEVEL)
 
 
