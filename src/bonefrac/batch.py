@@ -187,7 +187,7 @@ def _dicom_writer(det: FractureDetector, opts: PredictOptions) -> DicomResultsWr
         raise BonefracError("--dicom-out runs in one process, not under torchrun (a study's SR needs all its views)")
     from .dicom_results import DicomResultsWriter
 
-    return DicomResultsWriter(opts.dicom_out, f"bonefrac {det.spec.arch}")
+    return DicomResultsWriter(opts.dicom_out, f"bonefrac {det.spec.arch}", det.operating_points)
 
 
 def write_csv(csv_path: Path, rows: list[dict[str, str]], columns: list[str] = CSV_COLUMNS) -> None:

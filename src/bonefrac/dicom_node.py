@@ -332,7 +332,7 @@ class DicomNode:
         with_type2_attributes(source)
         try:
             pred = self.detector.predict(image, operating_point=self.config.operating_point, heatmap=True)
-            results = StudyResults(self.model_name)
+            results = StudyResults(self.model_name, operating_points=self.detector.operating_points)
             results.add_view(source, image, pred)
             results.report()
             return True
@@ -358,7 +358,7 @@ class DicomNode:
         from .io import read_image
 
         started = time.monotonic()
-        results = StudyResults(self.model_name)
+        results = StudyResults(self.model_name, operating_points=self.detector.operating_points)
         out_dir = self.config.out / study.digest
         written: list[Dataset] = []
         for source, path in sorted(self._headers(study), key=lambda h: _view_order(h[0])):

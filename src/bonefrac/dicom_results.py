@@ -104,14 +104,17 @@ def study_digest(study_instance_uid: str) -> str:
     return hashlib.sha256(study_instance_uid.encode()).hexdigest()[:12]
 
 
-def overlay_picture(image: XrayImage, pred: Prediction) -> Image.Image:
-    """The overlay (`overlay.render_overlay`) with a band below it: not for diagnostic use, who made it."""
+def overlay_picture(
+    image: XrayImage, pred: Prediction, operating_points: dict[str, float] | None = None
+) -> Image.Image:
+    """The overlay (`overlay.render_overlay`, its boxes as fracture / suspicious at `operating_points`) with a
+    band below it: not for diagnostic use, who made it."""
     from PIL import Image as PILImage
     from PIL import ImageDraw
 
     from .overlay import render_overlay
 
-    picture = render_overlay(image, pred)
+    picture = render_overlay(image, pred, operating_points=operating_points)
     lines = [NOT_FOR_DIAGNOSIS, f"{SOFTWARE_VERSION}, model {pred.model_version}"]
     draw = ImageDraw.Draw(picture)
     size = max(10, round(max(picture.size) * 0.022))
@@ -156,13 +159,15 @@ class StudyResults:
     sr_series_uid: str = field(default_factory=lambda: _uid())
     sc_series_uid: str = field(default_factory=lambda: _uid())
     views: list[_View] = field(default_factory=list)
+    operating_points: dict[str, float] = field(default_factory=dict)  # the model's: the overlay's box kinds
 
     def add_view(self, source: Dataset, image: XrayImage, pred: Prediction) -> Dataset:
         """Record the view for the report and return its Secondary Capture overlay."""
         if self.views and source.StudyInstanceUID != self.views[0].source.StudyInstanceUID:
             raise ValueError("a StudyResults holds the views of one study")
         self.views.append(_View(source, _without_pixels(pred)))
-        return overlay_instance(source, overlay_picture(image, pred), self.sc_series_uid, len(self.views), pred)
+        picture = overlay_picture(image, pred, self.operating_points)
+        return overlay_instance(source, picture, self.sc_series_uid, len(self.views), pred)
 
     def study(self) -> StudyResult:
         return study_result(str(self.views[0].source.StudyInstanceUID), [v.prediction for v in self.views])
@@ -187,9 +192,10 @@ class DicomResultsWriter:
     """`bonefrac predict --dicom-out DIR`: each DICOM view's overlay is written as it is predicted, each study's
     SR by `close` (a study's report needs all its views), all under `DIR/<study digest>/`."""
 
-    def __init__(self, out_dir: str | Path, model_name: str) -> None:
+    def __init__(self, out_dir: str | Path, model_name: str, operating_points: dict[str, float] | None = None) -> None:
         self.out_dir = Path(out_dir)
         self.model_name = model_name
+        self.operating_points = operating_points or {}
         self.studies: dict[str, StudyResults] = {}
         self.written: list[Path] = []
         self.not_dicom: list[str] = []
@@ -225,7 +231,9 @@ class DicomResultsWriter:
         if not is_dicom_file(path):
             return False
         source = read_source_header(path)
-        study = self.studies.setdefault(str(source.StudyInstanceUID), StudyResults(self.model_name))
+        study = self.studies.setdefault(
+            str(source.StudyInstanceUID), StudyResults(self.model_name, operating_points=self.operating_points)
+        )
         sc = study.add_view(source, image, pred)
         self.written.append(save_dataset(sc, self.out_dir / study_digest(str(source.StudyInstanceUID))))
         return True
