@@ -183,3 +183,96 @@ def test_on_a_terminal_the_progress_bar_never_splits_a_table_line(model: Path) -
     assert len(rows) == len(FIXTURE_IMAGES)
     for row in rows:  # path, probability, decision, boxes: nothing of the bar inside
         assert "predict:" not in row and "img/s" not in row and row.split()[-1].isdigit(), row
+
+
+def test_predict_threshold_decides_at_that_probability(model: Path, tmp_path: Path) -> None:
+    """--threshold T: operating point "custom", fractured <=> probability >= T, boxes = detections >= T; the CSV
+    carries every detection ("x0 y0 x1 y1 score;...", as a labels.csv), the same as --json."""
+    images = str(FIXTURES / "images")
+    base = run("predict", images, "--model", str(model), "--json", "--backend", "torch", "--no-progress")
+    assert base.returncode == 0, base.stderr
+    probabilities = sorted(json.loads(line)["probability"] for line in base.stdout.splitlines())
+    t = (probabilities[4] + probabilities[5]) / 2  # 5 images below it, the rest at or above
+    r = run("predict", images, "--model", str(model), "--json", "--backend", "torch", "--no-progress",
+            "--threshold", str(t), "--csv", str(tmp_path / "out.csv"))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    assert {d["operating_point"] for d in lines} == {"custom"} and {d["threshold"] for d in lines} == {round(t, 6)}
+    assert sum(d["fractured"] for d in lines) == len(FIXTURE_IMAGES) - 5
+    for d in lines:
+        assert d["fractured"] == (d["probability"] >= t)
+        assert d["boxes"] == [b for b in d["detections"] if b[4] >= t] and d["detections"]
+    rows = {row["path"]: row for row in csv.DictReader(open(tmp_path / "out.csv"))}
+    for d in lines:
+        boxes = [[float(v) for v in box.split()] for box in rows[d["path"]]["detections"].split(";")]
+        assert boxes == d["detections"] and rows[d["path"]]["fractured"] == str(int(d["fractured"]))
+
+
+def test_predict_threshold_usage(model: Path) -> None:
+    both = run("predict", str(FIXTURE_IMAGES[0]), "--threshold", "0.3", "--operating-point", "high_sensitivity")
+    assert both.returncode == 2 and "not allowed with" in both.stderr
+    r = run("predict", str(FIXTURE_IMAGES[0]), "--model", str(model), "--threshold", "1.5", "--backend", "torch")
+    assert r.returncode == 1 and r.stdout == "" and r.stderr.count("\n") == 1
+    assert r.stderr.startswith("bonefrac: error: threshold 1.5 is not a probability")
+
+
+def test_calibrate_refits_calibration_and_points_and_keeps_the_weights(model: Path, tmp_path: Path) -> None:
+    import torch
+
+    from bonefrac.calibration import IDENTITY, apply
+    from bonefrac.checkpoint import sha256_file
+    from bonefrac.detector import FractureDetector
+
+    out = tmp_path / "site.pt"
+    r = run("calibrate", str(FIXTURES), "--model", str(model), "--out", str(out), "--backend", "torch",
+            "--no-progress")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "ECE" in r.stdout and "Brier" in r.stdout and "caution: only 7 fractured and 7 other" in r.stdout
+    before, after = torch.load(model, weights_only=True), torch.load(out, weights_only=True)
+    assert before["state_dict"].keys() == after["state_dict"].keys()
+    assert all(torch.equal(after["state_dict"][k], v) for k, v in before["state_dict"].items())
+    assert (tmp_path / "site.pt.sha256").read_text().split()[0] == sha256_file(out)
+    record = after["info"]["calibration"]
+    assert after["info"]["model_version"] == before["info"]["model_version"]  # the old info is kept
+    assert (record["n_images"], record["n_fractured"], record["subset"]) == (len(FIXTURE_IMAGES), 7, "all")
+    assert record["fitted_on"] == str(FIXTURES) and record["previous_calibration"] == IDENTITY
+    assert record["previous_sha256"] == sha256_file(model) and len(record["fitted_at"]) == 10
+    assert {"ece_before", "ece_after", "brier_before", "brier_after"} <= set(record)
+    assert record["brier_after"] <= record["brier_before"]  # the fit minimises log-loss; Brier follows here
+    calibration, points = after["spec"]["calibration"], after["spec"]["operating_points"]
+    assert calibration != IDENTITY and calibration["scale"] > 0
+    assert points["high_sensitivity"] < points["default"] < points["high_specificity"]
+    # The new checkpoint loads and predicts with the new calibration on the same raw logits.
+    old, new = (FractureDetector.load(m, backend="torch") for m in (model, out))
+    a, b = old.predict(FIXTURE_IMAGES[0], heatmap=False), new.predict(FIXTURE_IMAGES[0], heatmap=False)
+    assert a.logit == pytest.approx(b.logit, abs=1e-6)
+    assert b.probability == pytest.approx(float(apply(calibration, [a.logit])[0]), abs=1e-9)
+    assert new.sha256 == sha256_file(out)  # not the source's digest carried over in the info
+
+
+def test_calibrate_on_a_split_subset_and_what_it_refuses(model: Path, tmp_path: Path) -> None:
+    rows = list(csv.DictReader(open(FIXTURES / "labels.csv")))
+    val = [r["filename"] for r in rows[:9]]
+    n_fractured = sum(r["fractured"] == "1" for r in rows[:9])
+    assert 0 < n_fractured < 9
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({r["filename"]: "val" if r["filename"] in val else "train" for r in rows}))
+    out = tmp_path / "m2.pt"
+    r = run("calibrate", str(FIXTURES), "--model", str(model), "--out", str(out), "--split", str(split),
+            "--backend", "torch", "--no-progress")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    import torch
+
+    record = torch.load(out, weights_only=True)["info"]["calibration"]
+    assert (record["n_images"], record["n_fractured"], record["subset"]) == (9, n_fractured, "val")
+    assert record["split_file"] == str(split)
+    # One class only: refused in one line, before the model runs, nothing written.
+    not_fractured = [r["filename"] for r in rows if r["fractured"] == "0"]
+    split.write_text(json.dumps({r["filename"]: "val" if r["filename"] in not_fractured else "train" for r in rows}))
+    r = run("calibrate", str(FIXTURES), "--model", str(model), "--out", str(tmp_path / "x.pt"), "--split",
+            str(split), "--backend", "torch")  # fmt: skip
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "both classes (0 fractured, 7 not)" in r.stderr
+    assert not (tmp_path / "x.pt").exists()
+    # Writing over the model itself is refused: the original stays as it was.
+    r = run("calibrate", str(FIXTURES), "--model", str(model), "--out", str(model), "--backend", "torch")
+    assert r.returncode == 1 and "is the model itself" in r.stderr and r.stderr.count("\n") == 1

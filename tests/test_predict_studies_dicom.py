@@ -76,7 +76,8 @@ def test_table_and_csv_carry_the_study_rows(
     assert rows[2]["probability"] == max(rows[0]["probability"], rows[1]["probability"])
     # Without --by-study, the CSV is as before.
     _run(detector, inputs["jpeg"], csv=str(tmp_path / "plain.csv"))
-    assert (tmp_path / "plain.csv").read_text().splitlines()[0] == "path,probability,fractured,threshold,boxes,error"
+    header = (tmp_path / "plain.csv").read_text().splitlines()[0]
+    assert header == "path,probability,fractured,threshold,boxes,detections,error"
 
 
 def test_dicom_out_writes_a_report_per_study_and_says_once_what_is_not_dicom(

@@ -27,7 +27,7 @@ from .studies import STUDY_CSV_COLUMNS, group_studies, study_csv_row, study_key,
 if TYPE_CHECKING:
     from .dicom_results import DicomResultsWriter
 
-CSV_COLUMNS = ["path", "probability", "fractured", "threshold", "boxes", "error"]
+CSV_COLUMNS = ["path", "probability", "fractured", "threshold", "boxes", "detections", "error"]
 
 
 @dataclass
@@ -36,6 +36,7 @@ class PredictOptions:
     csv: str | None = None
     overlay_dir: str | None = None
     operating_point: str = "default"
+    threshold: float | None = None  # decide at this probability (operating point "custom") instead
     batch_size: int = DEFAULT_BATCH_SIZE
     workers: int | None = None
     progress: bool = True
@@ -52,6 +53,7 @@ def csv_row(res: Prediction | PredictionError) -> dict[str, str]:
             "fractured": "",
             "threshold": "",
             "boxes": "",
+            "detections": "",
             "error": res.error,
         }
     d = res.to_dict()
@@ -61,8 +63,14 @@ def csv_row(res: Prediction | PredictionError) -> dict[str, str]:
         "fractured": str(int(d["fractured"])),
         "threshold": f"{d['threshold']:.6f}",
         "boxes": json.dumps(d["boxes"]),
+        "detections": boxes_text(d["detections"]),
         "error": "",
     }
+
+
+def boxes_text(boxes: list[list[float]]) -> str:
+    """Boxes as in a dataset's labels.csv ("x0 y0 x1 y1;..."), each with its score: "x0 y0 x1 y1 score;..."."""
+    return ";".join(" ".join(str(float(v)) for v in b) for b in boxes)
 
 
 def _table_line(res: Prediction | PredictionError, width: int) -> str:
@@ -78,6 +86,7 @@ def stream(det: FractureDetector, files: list[Path], opts: PredictOptions) -> It
         batch_size=opts.batch_size,
         workers=opts.workers,
         operating_point=opts.operating_point,
+        threshold=opts.threshold,
         heatmap=bool(opts.overlay_dir or opts.dicom_out),
         any_modality=opts.any_modality,
     )
@@ -105,7 +114,7 @@ def run_predict(det: FractureDetector, inputs: list[str], opts: PredictOptions, 
     """Predict every image under `inputs`, writing to `out` (default: stdout at call time); returns the exit
     code (0 all predicted, 1 some failed)."""
     out = out or sys.stdout
-    det.check_operating_point(opts.operating_point)  # before anything starts, not after the progress bar
+    det.decision(opts.operating_point, opts.threshold)  # checked before anything starts, not after the bar
     files = find_images(inputs)
     if not files:
         raise BonefracError(f"no images found in {', '.join(inputs)} (looked for .jpg .jpeg .png .dcm and DICOM)")

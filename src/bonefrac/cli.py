@@ -76,6 +76,7 @@ def _predict(args: argparse.Namespace) -> int:
             csv=args.csv,
             overlay_dir=args.overlay_dir,
             operating_point=args.operating_point,
+            threshold=args.threshold,
             batch_size=args.batch_size,
             workers=args.workers,
             progress=not args.no_progress,
@@ -105,6 +106,25 @@ def _evaluate(args: argparse.Namespace) -> int:
     print((Path(args.out) / "results.txt").read_text(), end="")
     print(f"report written to {args.out}/ (metrics.json, results.txt, plots)")
     return 0 if not m["unreadable"] else 1
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from .calibration import recalibrate, summary
+
+    record = recalibrate(
+        args.dataset,
+        args.out,
+        model=args.model,
+        split_file=args.split,
+        subset=args.subset,
+        backend=args.backend,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )
+    print(summary(record))
+    print(f"recalibrated model written to {record['path']} (sha256 {record['sha256'][:12]}...)")
+    return 0
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -202,10 +222,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="also give one line per study (DICOM: by Study Instance UID; other files: by folder): the maximum "
         "over its views, decided at the same threshold (default: image lines only)",
     )
-    p.add_argument(
+    decide = p.add_mutually_exclusive_group()
+    decide.add_argument(
         "--operating-point",
         default="default",
         help="the model's threshold to decide at: default | high_sensitivity | high_specificity (default %(default)s)",
+    )
+    decide.add_argument(
+        "--threshold",
+        type=float,
+        metavar="T",
+        help="decide at this probability instead, strictly between 0 and 1 (operating point 'custom'; default: none)",
     )
     p.add_argument(
         "--any-modality",
@@ -233,6 +260,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _model_args(e)
     e.set_defaults(func=_evaluate)
+
+    c = sub.add_parser(
+        "calibrate",
+        help="refit the model's calibration and operating points on your own labelled images",
+        description="Refit a model's probability calibration (Platt scaling of its raw image logit) and its three "
+        "operating points on a site's labelled images; write a new checkpoint with the same weights that records "
+        "what it was fitted on, ECE and Brier before and after. Fit on images the model was not trained on, "
+        "with both classes; the more the better.",
+    )
+    c.add_argument("dataset", help="FracAtlas-style folder, fractured/ + not_fractured/ folders, or a CSV")
+    c.add_argument("--out", required=True, help="the recalibrated checkpoint (.pt; a folder: model.pt in it)")
+    c.add_argument("--split", help="a split.json: fit on one subset of it only (default: none, every image)")
+    c.add_argument(
+        "--subset",
+        default="val",
+        choices=["val", "train", "all"],
+        help="with --split: which images (default %(default)s; all = every image of the dataset)",
+    )
+    _model_args(c)
+    c.set_defaults(func=_calibrate)
 
     from .train_config import ARCHS, DEVICES, PRECISIONS, TrainConfig
 
