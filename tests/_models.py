@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -14,10 +15,10 @@ FIXTURE_IMAGES = sorted((FIXTURES / "images").glob("*.jpg"))
 
 
 def make_checkpoint(
-    path: Path, arch: str = "seed_cnn", image_size: int = 64, seed: int = 0, **spec_fields: float
+    path: Path, arch: str = "seed_cnn", image_size: int = 64, seed: int = 0, **spec_fields: Any
 ) -> Path:
     """A randomly initialised (non-zero head) model saved as a bonefrac checkpoint; `spec_fields` (mean, std,
-    ...) override the ModelSpec's defaults."""
+    calibration, ...) override the ModelSpec's defaults. `arch` "lite0_centernet" makes a detector."""
     torch.manual_seed(seed)
     spec = ModelSpec(
         arch=arch,
@@ -26,6 +27,14 @@ def make_checkpoint(
         **spec_fields,
     )
     model = build_model(spec, pretrained=False)
-    torch.nn.init.normal_(model.head.fc.weight, std=0.5)  # a zero head would give p = 0.5 everywhere
+    if spec.is_detector:  # the dense head's last layers: spread-out centre scores and boxes of a few cells
+        torch.nn.init.normal_(model.heatmap[-1].weight, std=4.0)
+        torch.nn.init.constant_(model.heatmap[-1].bias, 0.0)
+        torch.nn.init.normal_(model.size[-1].weight, std=0.05)
+        torch.nn.init.constant_(model.size[-1].bias, 0.7)  # about 2 cells (16 input pixels)
+        torch.nn.init.normal_(model.offset[-1].weight, std=0.05)
+        torch.nn.init.constant_(model.offset[-1].bias, 0.5)
+    else:
+        torch.nn.init.normal_(model.head.fc.weight, std=0.5)  # a zero head would give p = 0.5 everywhere
     save_model(model.eval(), spec, path, info={"model_version": f"test-{arch}-{image_size}"})
     return path

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 from bonefrac.postprocess import (
+    DETECTION_FLOOR,
     DISPLAY_SIDE,
     MAX_BOXES,
+    MAX_DETECTIONS,
     Prediction,
     boxes_from_heatmap,
     content_box_to_image,
@@ -17,6 +19,7 @@ from bonefrac.postprocess import (
     heatmap_on_image,
     predictions,
     probabilities,
+    read_detector,
 )
 from bonefrac.spec import ModelSpec
 from bonefrac.transforms import letterbox_geometry
@@ -129,3 +132,49 @@ def test_probabilities_are_the_logistic_function_of_the_calibrated_logit() -> No
     assert probabilities(np.array([0.0, np.log(3.0), -40.0])).tolist() == pytest.approx([0.5, 0.75, 0.0], abs=1e-12)
     calibrated = probabilities(np.array([1.0, 3.0]), {"scale": 2.0, "bias": -2.0})
     assert calibrated.tolist() == pytest.approx([0.5, 1 / (1 + np.exp(-4.0))], abs=1e-12)
+
+
+def _sigmoid(z: float) -> float:
+    return float(1 / (1 + np.exp(-z)))
+
+
+def test_a_detector_decodes_centernet_peaks_in_the_content_into_image_pixels() -> None:
+    # A 128 x 64 image in a 64 px input: content 64 x 32 at 2x, rows 16..48; 8 x 8 cells of 8 px, content cell
+    # rows 2..5 (their centres inside the content).
+    g = letterbox_geometry(height=64, width=128, size=64)
+    assert (g.pad_x, g.pad_y) == (0, 16)
+    heat = np.full((8, 8), -10.0, np.float32)  # z = -5 with a zero global logit: under the floor
+    size, offset = np.zeros((2, 8, 8), np.float32), np.zeros((2, 8, 8), np.float32)
+    heat[0, 5] = 10.0  # in the padding: neither a detection nor the image's score
+    heat[3, 2], offset[:, 3, 2], size[:, 3, 2] = 4.0, (0.5, 0.25), (np.log(2), 0.0)  # z = 2, 16 x 8 px
+    heat[3, 3] = 3.0  # beside a higher cell: not a peak
+    heat[4, 6] = 2.0  # z = 1, 8 x 8 px
+    heat[5, 0], size[0, 5, 0] = 1.0, np.log(4)  # z = 0.5, 32 px wide at the left edge: clipped
+    r = read_detector(heat, size, offset, 0.0, g, {"scale": 1.0, "bias": 0.0}, heatmap=True)
+    # centre (2.5, 3.25) cells = (20, 26) input px = (20, 10) content px; x2 onto the image
+    expected = [[24, 12, 56, 28, _sigmoid(2)], [88, 24, 104, 40, _sigmoid(1)], [0, 40, 32, 56, _sigmoid(0.5)]]
+    assert np.allclose(r.detections, expected, atol=1e-6)
+    assert r.logit == 2.0 and r.probability == r.detections[0][4] == _sigmoid(2)
+    assert r.peak == pytest.approx([40.0, 20.0])
+    # The heatmap is absolute: each cell's score, none from the padding cell (top rows of the image).
+    assert r.heatmap is not None and r.heatmap.shape == (64, 128)
+    assert r.heatmap.max() <= _sigmoid(2) + 1e-6 and r.heatmap.min() == pytest.approx(_sigmoid(-5), abs=1e-6)
+    assert r.heatmap[:4].max() < 0.05
+
+
+def test_detections_are_calibrated_capped_and_floored() -> None:
+    g = letterbox_geometry(height=128, width=128, size=128)
+    heat = np.full((16, 16), -20.0, np.float32)
+    heat[::2, ::2] = np.linspace(0, 6, 64).reshape(8, 8)  # 64 separate peaks
+    size, offset = np.zeros((2, 16, 16), np.float32), np.zeros((2, 16, 16), np.float32)
+    r = read_detector(heat, size, offset, 0.0, g, {"scale": 1.0, "bias": 0.0}, heatmap=False)
+    scores = [d[4] for d in r.detections]
+    assert len(scores) == MAX_DETECTIONS and scores == sorted(scores, reverse=True) and r.heatmap is None
+    calibration = {"scale": 2.0, "bias": -9.0}
+    low = read_detector(heat, size, offset, 0.0, g, calibration, heatmap=False)
+    assert low.probability == pytest.approx(_sigmoid(2 * 3.0 - 9)) and low.logit == r.logit == 3.0
+    # the same peaks, rescored sigmoid(2 z - 9); those under the floor (z < 2.2, 17 left) dropped
+    assert len(low.detections) == 17 and all(d[4] >= DETECTION_FLOOR for d in low.detections)
+    assert np.allclose(
+        low.detections, [[*d[:4], _sigmoid(2 * np.log(d[4] / (1 - d[4])) - 9)] for d in r.detections[:17]]
+    )

@@ -299,28 +299,23 @@ def read_detector(
     z = (heat_logits[rows, cols].astype(np.float64) + global_logit) / 2
     score = probabilities(z, calibration)
     best = int(np.argmax(score))
-    detections = []
-    for k in local_maxima(score, DETECTION_FLOOR)[:MAX_DETECTIONS]:
-        r, c = divmod(int(k), score.shape[1])
-        r, c = r + rows.start, c + cols.start  # on the whole grid
-        cx, cy = (c + float(offset[0, r, c])) * STRIDE - g.pad_x, (r + float(offset[1, r, c])) * STRIDE - g.pad_y
-        # (a size beyond twice the input is clipped by the image anyway; capping it avoids exp overflow)
-        w, h = np.exp(np.minimum(log_size[:, r, c].astype(np.float64), np.log(2 * g.size / STRIDE))) * STRIDE
-        detections.append(
-            content_box_to_image([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2, float(score.flat[k])], g)
-        )
-    if detections:
-        x0, y0, x1, y1 = detections[0][:4]
-        peak = [(x0 + x1) / 2, (y0 + y1) / 2]
-    else:  # nothing above the floor: the best cell's centre
-        r, c = divmod(best, score.shape[1])
-        cx, cy = (c + cols.start + 0.5) * STRIDE - g.pad_x, (r + rows.start + 0.5) * STRIDE - g.pad_y
-        peak = content_box_to_image([cx, cy, cx, cy], g)[:2]
+    keep = local_maxima(score, DETECTION_FLOOR)[:MAX_DETECTIONS]
+    # CenterNet's decoding, in model-input pixels, then in the content's (the padding subtracted) and the image's.
+    r, c = np.divmod(np.append(keep, best), score.shape[1])
+    r, c = r + rows.start, c + cols.start  # on the whole grid
+    centre = (np.stack([c, r]) + offset[:, r, c].astype(np.float64)) * STRIDE - [[g.pad_x], [g.pad_y]]
+    # (a size beyond twice the input is clipped by the image anyway; capping it avoids exp overflow)
+    half = np.exp(np.minimum(log_size[:, r, c].astype(np.float64), np.log(2 * g.size / STRIDE))) * STRIDE / 2
+    nh, nw = resized_shape(g.height, g.width, g.size)
+    to_image, limit = np.array([[g.width / nw], [g.height / nh]]), np.array([[g.width], [g.height]])
+    lo, hi, centre = (np.clip(v * to_image, 0, limit) for v in (centre - half, centre + half, centre))
+    boxes = np.concatenate([lo, hi, score.ravel()[np.append(keep, best)][None]])[:, :-1]
+    detections = boxes.T.tolist()
     return _Read(
         logit=float(z.flat[best]),
         probability=float(score.flat[best]),
         detections=detections,
-        peak=peak,
+        peak=centre[:, -1].tolist(),  # the best cell's centre: the best detection's, when it has one
         heatmap=cell_heatmap_on_image(score, rows, cols, g, full=heatmap == "full") if heatmap else None,
     )
 
@@ -342,7 +337,9 @@ def local_maxima(score: np.ndarray, floor: float) -> np.ndarray:
     "NMS") and score at least `floor`, best first (ties in raster order)."""
     padded = np.pad(score, 1, constant_values=-np.inf)
     h, w = score.shape
-    neighbourhood = np.max([padded[dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)], axis=0)
+    neighbourhood = padded[1:-1, 1:-1].copy()
+    for dy, dx in ((0, 0), (0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2)):  # all but the centre (1, 1)
+        np.maximum(neighbourhood, padded[dy : dy + h, dx : dx + w], out=neighbourhood)
     flat = score.ravel()
     candidates = np.flatnonzero((score >= neighbourhood).ravel() & (flat >= floor))
     return candidates[np.argsort(-flat[candidates], kind="stable")]
@@ -359,4 +356,4 @@ def cell_heatmap_on_image(score: np.ndarray, rows: slice, cols: slice, g: Geomet
     x0, y0 = g.pad_x / STRIDE - cols.start + 1, g.pad_y / STRIDE - rows.start + 1
     source = float_image(np.pad(score.astype(np.float32), 1, mode="edge"))
     box = (x0, y0, x0 + nw / STRIDE, y0 + nh / STRIDE)
-    return np.asarray(source.resize(shape[::-1], Image.BILINEAR, box=box))
+    return np.array(source.resize(shape[::-1], Image.BILINEAR, box=box))  # (asarray's would be read-only)
