@@ -1,5 +1,5 @@
-"""Shared by test_server.py and test_browser.py: a tiny model with a full model card, and upload bodies
-made from the real fixture JPEGs (PNG, DICOM with patient data) or crafted to be hostile."""
+"""Shared by the server and browser tests: a tiny classifier with a full model card, a tiny detector, and
+upload bodies made from the real fixture JPEGs (PNG, DICOM with patient data) or crafted to be hostile."""
 
 from __future__ import annotations
 
@@ -7,12 +7,15 @@ import csv
 import io
 import struct
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from _models import make_checkpoint
 from PIL import Image
 
+from bonefrac import FractureDetector
 from bonefrac.checkpoint import save_model
 from bonefrac.models import ModelSpec, build_model
 
@@ -62,6 +65,19 @@ def make_test_model(path: Path) -> Path:
     }
     save_model(model.eval(), spec, path, info=info)
     return path
+
+
+def make_test_detector(path: Path) -> FractureDetector:
+    """A random 128-px lite0_centernet (torch backend) with operating points set from its own scores on the
+    first fixture image: its best detection at or above high_specificity (one fracture box), the next three
+    between the points (suspicious boxes), the rest below high_sensitivity."""
+    det = FractureDetector.load(make_checkpoint(path, arch="lite0_centernet", image_size=128), backend="torch")
+    scores = [d[4] for d in det.predict(fixture_images()[0], heatmap=False).detections]
+    assert len(scores) >= 5 and scores[0] > scores[1] > scores[3] > scores[4]
+    high_sensitivity, high_specificity = (scores[3] + scores[4]) / 2, (scores[0] + scores[1]) / 2
+    points = {"high_sensitivity": high_sensitivity, "high_specificity": high_specificity}
+    det.spec = replace(det.spec, operating_points={"default": sum(points.values()) / 2, **points})
+    return det
 
 
 def png_bytes(jpeg: Path, mode: str = "L") -> bytes:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
-from server_helpers import fixture_images, make_test_model
+from server_helpers import fixture_images, make_test_detector, make_test_model
 
 from bonefrac import FractureDetector
 from bonefrac.overlay import box_kinds
@@ -183,6 +183,32 @@ def test_upload_and_explore(browser, server_url: str, det: FractureDetector, tmp
     page.screenshot(path=str(tmp_path / "error.png"))
     assert [m for m in problems if "415" not in m] == []  # the 415 is notes.txt's, expected
     page.close()
+
+
+def test_detector_boxes_on_the_page(browser, tmp_path: Path) -> None:  # noqa: ANN001
+    """A detector's answer: one solid fracture box and three dashed suspicious ones at its operating points;
+    a custom threshold above the best detection leaves the suspicious boxes and calls the image normal."""
+    det = make_test_detector(tmp_path / "detector.pt")
+    image = fixture_images()[0]
+    pred = det.predict(image)
+    with serving(create_app(det)) as url:
+        page = browser.new_page(viewport={"width": 1360, "height": 860})
+        problems: list[str] = []
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.goto(url)
+        page.set_input_files("#file-input", [str(image)])
+        sync_api.expect(page.locator("#probability")).to_have_text(f"{pred.probability:.3f}", timeout=60_000)
+        sync_api.expect(page.locator("#decision")).to_have_text("Fracture")
+        sync_api.expect(page.locator("#boxes rect.fracture")).to_have_count(1)
+        sync_api.expect(page.locator("#boxes rect.suspicious")).to_have_count(3)
+        sync_api.expect(page.locator("#boxes text.fracture")).to_have_text(f"fracture {pred.detections[0][4]:.2f}")
+        page.locator("#threshold-value").fill(f"{min(0.999, pred.probability + 0.01):.3f}")
+        sync_api.expect(page.locator("#decision")).to_have_text("No fracture")
+        sync_api.expect(page.locator("#boxes rect.fracture")).to_have_count(1)  # the kinds are the model's
+        sync_api.expect(page.locator("#result-boxes")).to_contain_text("none at this threshold")
+        page.screenshot(path=str(tmp_path / "detector.png"))
+        assert problems == []
+        page.close()
 
 
 def test_page_with_an_access_token(browser, locked_url: str, det: FractureDetector) -> None:  # noqa: ANN001

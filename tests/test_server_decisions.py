@@ -3,13 +3,18 @@
 
 from __future__ import annotations
 
+import base64
+import io
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from server_helpers import fixture_images, make_test_model
+from PIL import Image
+from server_helpers import fixture_images, make_test_detector, make_test_model
 
-from bonefrac import FractureDetector
+from bonefrac import FractureDetector, read_image
+from bonefrac.overlay import box_kinds, heat_alpha, render_overlay
 from bonefrac.server import create_app
 
 
@@ -27,6 +32,10 @@ def predict(client: TestClient, path: Path, data: dict | None = None, **params: 
     r = client.post("/api/predict", files={"file": (path.name, path.read_bytes())}, data=data, params=params)
     assert "Traceback" not in r.text
     return r.status_code, r.json()
+
+
+def decode_png(b64: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(b64)))
 
 
 def kept(detections: list[list[float]], threshold: float) -> list[list[float]]:
@@ -87,3 +96,45 @@ def test_openapi_documents_the_threshold(client: TestClient) -> None:
     assert (
         "detections" in client.get("/openapi.json").json()["components"]["schemas"]["PredictionResponse"]["properties"]
     )
+
+
+# ---------------------------------------------------------------- a detector checkpoint
+@pytest.fixture(scope="module")
+def detector(tmp_path_factory: pytest.TempPathFactory) -> FractureDetector:
+    return make_test_detector(tmp_path_factory.mktemp("detector") / "model.pt")
+
+
+def test_detector_predictions_through_the_api(detector: FractureDetector) -> None:
+    client = TestClient(create_app(detector))
+    path = fixture_images()[0]
+    pred = detector.predict(path)
+    status, body = predict(client, path)
+    assert status == 200 and body["detections"] == pred.to_dict()["detections"]
+    assert body["probability"] == pytest.approx(body["detections"][0][4], abs=1e-6)  # the best box is the image
+    for op, threshold in detector.operating_points.items():
+        status, at = predict(client, path, operating_point=op, images="false")
+        assert at["boxes"] == kept(body["detections"], threshold) and at["fractured"] == bool(at["boxes"])
+    assert len(kept(body["detections"], detector.operating_points["high_sensitivity"])) == 4
+    # The overlay is the CLI's, with one fracture box and three suspicious ones at the model's points.
+    assert [k for _, k in box_kinds(pred.detections, detector.operating_points, pred.threshold)] == [
+        "fracture",
+        *["suspicious"] * 3,
+    ]
+    overlay = render_overlay(read_image(path), pred, operating_points=detector.operating_points)
+    assert decode_png(body["overlay_png"]).tobytes() == overlay.tobytes()
+    # The heatmap layer's opacity follows the absolute heat: the page layers exactly `heatmap_rgba`.
+    alpha = np.asarray(decode_png(body["heatmap_png"]))[..., 3]
+    assert abs(int(alpha.max()) - 255 * float(heat_alpha(pred.heatmap.max()))) <= 3  # (resized to 256 px)
+
+
+def test_detector_custom_threshold(detector: FractureDetector) -> None:
+    client = TestClient(create_app(detector))
+    path = fixture_images()[0]
+    status, body = predict(client, path, images="false")
+    scores = [d[4] for d in body["detections"]]
+    threshold = (scores[1] + scores[2]) / 2  # between the second and third detection: two boxes
+    status, body = predict(client, path, threshold=str(threshold), images="false")
+    assert status == 200 and body["operating_point"] == "custom" and body["fractured"]
+    assert body["boxes"] == body["detections"][:2]
+    status, body = predict(client, path, threshold=str(min(0.999, scores[0] + 1e-3)), images="false")
+    assert status == 200 and not body["fractured"] and body["boxes"] == []
