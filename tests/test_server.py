@@ -303,6 +303,8 @@ def test_model_facts(client: TestClient) -> None:
     m = r.json()
     assert m["version"] == "test-seed_cnn-64" and m["arch"] == "seed_cnn" and m["image_size"] == 64
     assert m["operating_points"] == {"default": 0.5, "high_sensitivity": 0.2, "high_specificity": 0.8}
+    assert m["kind"] == "classifier"
+    assert m["calibration"] == {"scale": 1.0, "bias": 0.0, "fitted": None}  # never fitted: the identity
     assert m["training"]["dataset"] == "fracatlas" and m["training"]["n_train"] == 100
     assert m["training"]["config"] == {"arch": "seed_cnn", "epochs": 3, "dataset": "fracatlas"}
     assert m["validation"]["auc"] == 0.71 and m["validation"]["auc_ci95"] == [0.6, None]  # NaN -> null

@@ -17,7 +17,7 @@ _PATH_CONFIG_KEYS = {"dataset", "split_file", "init_from"}
 
 
 def model_facts(spec: ModelSpec, info: dict[str, Any], version: str, sha256: str) -> dict[str, Any]:
-    """The model's identity, input, operating points, training summary and validation figures.
+    """The model's identity, kind, input, operating points, calibration, training summary and validation figures.
 
     `info` comes from whatever trained the checkpoint: any key may be missing or oddly typed, so every
     field is read defensively; paths of the training machine are reduced to their base names."""
@@ -36,7 +36,13 @@ def model_facts(spec: ModelSpec, info: dict[str, Any], version: str, sha256: str
             "arch": spec.arch,
             "image_size": spec.image_size,
             "sha256": sha256,
+            "kind": "detector" if spec.is_detector else "classifier",
             "operating_points": dict(spec.operating_points),
+            # Platt scaling of the image logit, and what it was fitted on (`bonefrac calibrate`).
+            "calibration": {
+                **dict(spec.calibration),
+                "fitted": info.get("calibration") if isinstance(info.get("calibration"), dict) else None,
+            },
             "training": {
                 "dataset": _basename(info.get("dataset")),
                 "n_train": info.get("n_train"),
