@@ -3,6 +3,8 @@ cannot fit; `bonefrac calibrate` keeps the weights and records what it was fitte
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy.special import expit
@@ -63,3 +65,25 @@ def test_what_cannot_be_fitted_is_refused_in_one_sentence() -> None:
         fit_platt(z, (z < 0).astype(int))  # the model's ranking inverted: no calibration turns it over
     with pytest.raises(CalibrationError, match="non-finite"):
         fit_platt(np.array([0.0, np.nan, 1.0]), np.array([0, 1, 1]))
+
+
+def test_recalibrating_a_detector_moves_its_probability_and_its_detections_together(tmp_path: Path) -> None:
+    """A lite0_centernet: the refit calibration reaches the image probability and every detection's score (the
+    best detection scores the image's probability), from the same raw logits."""
+    from _models import FIXTURE_IMAGES, FIXTURES, make_checkpoint
+
+    from bonefrac.calibration import recalibrate
+    from bonefrac.detector import FractureDetector
+
+    source = make_checkpoint(tmp_path / "det.pt", arch="lite0_centernet", image_size=96)
+    record = recalibrate(FIXTURES, tmp_path / "site.pt", model=source, backend="torch", workers=1, progress=False)
+    assert record["n_images"] == len(FIXTURE_IMAGES) and record["calibration"]["scale"] > 0
+    old, new = (FractureDetector.load(m, backend="torch") for m in (source, tmp_path / "site.pt"))
+    points = new.operating_points
+    assert points["high_sensitivity"] < points["default"] < points["high_specificity"]
+    assert points == {k: v["threshold"] for k, v in record["at_operating_points"].items()}
+    for path in FIXTURE_IMAGES[:3]:
+        a, b = old.predict(path, heatmap=False), new.predict(path, heatmap=False)
+        assert b.logit == pytest.approx(a.logit, abs=1e-6)
+        assert b.probability == pytest.approx(float(apply(record["calibration"], [a.logit])[0]), abs=1e-9)
+        assert b.detections[0][4] == pytest.approx(b.probability, abs=1e-6)

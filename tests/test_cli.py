@@ -250,29 +250,34 @@ def test_calibrate_refits_calibration_and_points_and_keeps_the_weights(model: Pa
     assert new.sha256 == sha256_file(out)  # not the source's digest carried over in the info
 
 
-def test_calibrate_on_a_split_subset_and_what_it_refuses(model: Path, tmp_path: Path) -> None:
+def test_calibrate_on_a_split_subset_and_what_it_refuses(
+    model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    from bonefrac.cli import main  # in this process: the same parser and edge as the console script
+
     rows = list(csv.DictReader(open(FIXTURES / "labels.csv")))
     val = [r["filename"] for r in rows[:9]]
     n_fractured = sum(r["fractured"] == "1" for r in rows[:9])
     assert 0 < n_fractured < 9
     split = tmp_path / "split.json"
     split.write_text(json.dumps({r["filename"]: "val" if r["filename"] in val else "train" for r in rows}))
+    common = ["--model", str(model), "--backend", "torch", "--no-progress", "--workers", "1"]
     out = tmp_path / "m2.pt"
-    r = run("calibrate", str(FIXTURES), "--model", str(model), "--out", str(out), "--split", str(split),
-            "--backend", "torch", "--no-progress")  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    import torch
-
+    assert main(["calibrate", str(FIXTURES), "--out", str(out), "--split", str(split), *common]) == 0
     record = torch.load(out, weights_only=True)["info"]["calibration"]
     assert (record["n_images"], record["n_fractured"], record["subset"]) == (9, n_fractured, "val")
     assert record["split_file"] == str(split)
     # One class only: refused in one line, before the model runs, nothing written.
     not_fractured = [r["filename"] for r in rows if r["fractured"] == "0"]
     split.write_text(json.dumps({r["filename"]: "val" if r["filename"] in not_fractured else "train" for r in rows}))
-    r = run("calibrate", str(FIXTURES), "--model", str(model), "--out", str(tmp_path / "x.pt"), "--split",
-            str(split), "--backend", "torch")  # fmt: skip
-    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "both classes (0 fractured, 7 not)" in r.stderr
+    capsys.readouterr()
+    assert main(["calibrate", str(FIXTURES), "--out", str(tmp_path / "x.pt"), "--split", str(split), *common]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "both classes (0 fractured, 7 not)" in err
     assert not (tmp_path / "x.pt").exists()
     # Writing over the model itself is refused: the original stays as it was.
-    r = run("calibrate", str(FIXTURES), "--model", str(model), "--out", str(model), "--backend", "torch")
-    assert r.returncode == 1 and "is the model itself" in r.stderr and r.stderr.count("\n") == 1
+    assert main(["calibrate", str(FIXTURES), "--out", str(model), *common]) == 1
+    err = capsys.readouterr().err
+    assert "is the model itself" in err and err.count("\n") == 1
