@@ -10,10 +10,14 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .backends import DEFAULT_BATCH_SIZE
 from .errors import BonefracError
 from .server_settings import TOKEN_ENV, ServerSettings
+
+if TYPE_CHECKING:  # imported where used: `bonefrac --help` stays quick
+    from .detector import FractureDetector
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -170,10 +174,30 @@ def _demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     det = FractureDetector.load(args.model)
     print(f"bonefrac demo: model {det.version} on the example radiographs in {examples}\n")
-    code = run_predict(det, [str(examples)], PredictOptions(overlay_dir=str(out), progress=False))
-    print(f"\noverlays (heatmap + boxes + verdict) written to {out.resolve()}/")
+    out.mkdir(parents=True, exist_ok=True)  # the CSV's folder must exist before run_predict starts
+    csv = out / "predictions.csv"
+    code = run_predict(det, [str(examples)], PredictOptions(overlay_dir=str(out), csv=str(csv), progress=False))
+    print("\n" + "\n".join(_demo_legend(det, out.resolve(), csv.resolve())))
     print("next: `bonefrac predict YOUR_IMAGES --overlay-dir out/`, `bonefrac serve`, or see README.md")
     return code
+
+
+def _demo_legend(det: FractureDetector, out: Path, csv: Path) -> list[str]:
+    """What the table's boxes and the overlays' two box kinds mean, with this model's thresholds."""
+    from .postprocess import DETECTION_FLOOR
+
+    ops = det.operating_points
+    lines = [f"boxes: the detections kept at the default operating point (score >= {ops['default']:.3f})"]
+    kinds = []
+    if "high_specificity" in ops:
+        kinds.append(f"solid 'fracture' boxes (score >= {ops['high_specificity']:.3f}, high_specificity)")
+    if "high_sensitivity" in ops:
+        kinds.append(f"dashed 'suspicious' boxes (score >= {ops['high_sensitivity']:.3f}, high_sensitivity)")
+    lines.append(f"overlays in {out}/: the verdict, " + (", ".join(kinds) or "the boxes") + " and the heatmap")
+    if det.spec.is_detector:
+        lines.append("  (the heatmap is the detector's score on the probability's scale: a normal image stays dark)")
+    lines.append(f"every detection scoring >= {DETECTION_FLOOR:g}, with its score: {csv} (detections column)")
+    return lines
 
 
 def _dicom_node(args: argparse.Namespace) -> int:
