@@ -215,3 +215,117 @@ def test_stamp_digests_tool_adds_digests_and_keeps_the_weights(
     split.write_text(json.dumps({"IMG9999999.jpg": "train"} | {n: "val" for n in VALIDATION}))
     capsys.readouterr()
     assert tool.main() == 1 and "found in" in capsys.readouterr().err
+
+
+def test_sensitivity_at_specificity_reads_the_roc() -> None:
+    from sklearn.metrics import roc_curve
+
+    from bonefrac.metrics import sensitivity_at_specificity
+
+    # 10 negatives, 5 positives: at specificity >= 0.9 one negative may score at or above the threshold.
+    y = np.array([0] * 10 + [1] * 5)
+    p = np.array([0.1, 0.2, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.9, 0.3, 0.58, 0.7, 0.8, 0.95])
+    s = sensitivity_at_specificity(y, p)
+    # The threshold 0.7 admits 0.9 (one false positive: specificity 0.9) and 0.7/0.8/0.95 (3 of 5 fractures).
+    assert s == {"target_specificity": 0.9, "sensitivity": 0.6, "specificity": 0.9, "threshold": 0.7}
+    fpr, tpr, _ = roc_curve(y, p)
+    assert s["sensitivity"] == tpr[fpr <= 0.1 + 1e-12].max()  # the ROC's own reading
+    # Ties stay together: a negative tied with the positives at the top cannot be split off.
+    tied = sensitivity_at_specificity(np.array([0] * 10 + [1] * 2), np.array([0.1] * 9 + [0.9] * 3))
+    assert tied["sensitivity"] == 1.0 and tied["specificity"] == 0.9
+    assert sensitivity_at_specificity(np.array([0, 0, 1]), np.array([0.5, 0.6, 0.7]), 1.0)["sensitivity"] == 1.0
+    assert np.isnan(sensitivity_at_specificity(np.array([1, 1]), np.array([0.2, 0.3]))["sensitivity"])
+
+
+def test_a_detector_is_evaluated_on_its_boxes(tmp_path: Path) -> None:
+    """A lite0_centernet checkpoint: metrics.json carries the ROC sensitivity at specificity 0.90 beside the AUC,
+    and the detection figures are those of its own detections and peaks, recomputed here from the public API."""
+    from bonefrac.detection_metrics import average_precision
+    from bonefrac.detector import FractureDetector
+    from bonefrac.metrics import sensitivity_at_specificity
+
+    model = make_checkpoint(tmp_path / "det.pt", arch="lite0_centernet", image_size=64)
+    m = evaluate(FIXTURES, tmp_path / "rep", model=model, backend="torch", workers=1, progress=False)
+    saved = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    records = load_dataset(FIXTURES)
+    preds = list(FractureDetector.load(model, backend="torch").predict_many([r.path for r in records], workers=1))
+    y = np.array([r.label for r in records])
+    p = np.array([q.probability for q in preds])
+    assert saved["sensitivity_at_specificity"] == pytest.approx(sensitivity_at_specificity(y, p))
+    assert saved["auc"] == pytest.approx(auc(y, p))
+    boxed = [(r, q) for r, q in zip(records, preds, strict=True) if r.boxes]
+    hits = sum(any(b[0] <= q.peak[0] <= b[2] and b[1] <= q.peak[1] <= b[3] for b in r.boxes) for r, q in boxed)
+    assert saved["localization"]["pointing_game"] == pytest.approx(hits / len(boxed))
+    ap50, ap50_95 = average_precision([r.boxes for r, _ in boxed], [q.detections for _, q in boxed])
+    d = saved["detection"]
+    assert (d["ap50_fractured"], d["ap50_95_fractured"]) == pytest.approx((ap50, ap50_95), nan_ok=True)
+    # The 7 fixture fractures all have boxes; the 7 normal images count too (their detections are false positives).
+    assert (d["n_images"], d["n_fractured_images"], d["n_fractured_without_boxes"]) == (14, 7, 0)
+    assert d["n_detections"] == sum(len(q.detections) for q in preds) > 0 and set(d["froc"]) == {"0.5", "1", "2"}
+    assert 0 <= saved["calibration"]["ece"] <= 1 and 0 <= saved["calibration"]["brier"] <= 1
+    assert m["model"]["arch"] == "lite0_centernet"
+    text = (tmp_path / "rep" / "results.txt").read_text()
+    sens = saved["sensitivity_at_specificity"]["sensitivity"]
+    assert f"sensitivity at specificity >= 0.90 on the ROC: {sens:.3f}" in text
+    assert "AP@0.5       all images" in text and (tmp_path / "rep" / "froc.png").stat().st_size > 1000
+
+
+def _tool(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fake_report(folder: Path, y: np.ndarray, p: np.ndarray, **metrics: object) -> Path:
+    """An evaluate folder as `bonefrac evaluate` writes it: predictions.csv and (the figures given) metrics.json."""
+    folder.mkdir()
+    with open(folder / "predictions.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "probability", "region", "seen_by_model"])
+        w.writerows(
+            [f"/data/images/IMG{i:07d}.jpg", int(t), f"{q:.6f}", "hand", "unseen"]
+            for i, (t, q) in enumerate(zip(y, p, strict=True))
+        )
+    ds = {"path": "/data", "split_file": "split.json", "subset": "val"}
+    base = {"n": len(y), "n_positive": int(y.sum()), "auc": auc(y, p), "dataset": ds, "model": {}}
+    (folder / "metrics.json").write_text(json.dumps(base | metrics))
+    return folder
+
+
+def test_compare_models_prints_one_row_per_evaluation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bonefrac.metrics import sensitivity_at_specificity
+
+    tool = _tool("compare_models")
+    rng = np.random.default_rng(0)
+    y = (rng.random(200) < 0.2).astype(int)
+    p_old, p_new = rng.random(200), np.clip(0.3 * y + 0.7 * rng.random(200), 0, 1)
+    fitted = {"fitted_on": "/data", "n_images": 200, "n_fractured": int(y.sum()), "ece_before": 0.21,
+              "ece_after": 0.04, "brier_before": 0.2, "brier_after": 0.15}  # fmt: skip
+    # An older report without the ROC figure (recomputed from predictions.csv), and a detector's full one.
+    old = _fake_report(tmp_path / "old", y, p_old, auc_ci95=[0.41, 0.55], calibration={"ece": 0.2})
+    new = _fake_report(
+        tmp_path / "new", y, p_new, auc_ci95=[0.8, 0.9], calibration={"ece": 0.04},
+        sensitivity_at_specificity=sensitivity_at_specificity(y, p_new), localization={"pointing_game": 0.7},
+        detection={"ap50_fractured": 0.31}, model={"calibration": {"fitted": fitted}},
+    )  # fmt: skip
+    assert tool.main([f"v1={old}", f"v2 detector={new}", "--minutes", "v2 detector=118", "--ips", "v1=70.5"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("| model | AUC (95% CI) | sens @ spec 0.90 | pointing game | AP@0.5 (fractured) | ECE |")
+    sens_old = sensitivity_at_specificity(y, p_old)["sensitivity"]
+    assert lines[2] == f"| v1 | {auc(y, p_old):.3f} (0.410-0.550) | {sens_old:.3f} | n/a | n/a | 0.200 | n/a | 70.5 |"
+    sens_new = sensitivity_at_specificity(y, p_new)["sensitivity"]
+    assert (
+        lines[3]
+        == f"| v2 detector | {auc(y, p_new):.3f} (0.800-0.900) | {sens_new:.3f} | 0.700 | 0.310 | 0.040 | 118 | n/a |"
+    )
+    assert f"200 images ({y.sum()} fractured) of data, subset val of split.json." in lines
+    assert lines[-1].startswith("v2 detector: calibrated on 200 images of data") and "ECE 0.210 -> 0.040" in lines[-1]
+    # Evaluations over different images do not compare; a figure for a model not in the table is a typo.
+    other = _fake_report(tmp_path / "other", y[:100], p_old[:100])
+    with pytest.raises(SystemExit, match="evaluated different images"):
+        tool.main([str(old), str(other)])
+    with pytest.raises(SystemExit, match="name no model here: v3"):
+        tool.main([f"v1={old}", "--ips", "v3=1"])

@@ -25,7 +25,7 @@ from .detection_metrics import detection_scores
 from .detector import FractureDetector, Prediction
 from .errors import DatasetError
 from .metadata import jsonable
-from .metrics import calibration, discrimination, localization_scores
+from .metrics import calibration, discrimination, localization_scores, sensitivity_at_specificity
 from .report import write_froc_plot, write_plots, write_results_txt
 
 #: Overlap groups, in the order they are reported: the unbiased one first.
@@ -104,6 +104,8 @@ def compute_metrics(
             name: discrimination(y[g == name], p[g == name], operating_points) for name in GROUPS if (g == name).any()
         }
     m.update(discrimination(y, p, operating_points))
+    # Read off the ROC at a fixed specificity: it compares models without any operating point of their own.
+    m["sensitivity_at_specificity"] = sensitivity_at_specificity(y, p)
     m["calibration"] = calibration(y, p)
     regions: dict[str, list[int]] = {}
     for i, r in enumerate(records):

@@ -132,6 +132,34 @@ def discrimination(y: np.ndarray, p: np.ndarray, operating_points: Mapping[str, 
     }
 
 
+#: The specificity at which `bonefrac evaluate` reads the sensitivity off the ROC (issue 16's comparison).
+ROC_SPECIFICITY = 0.90
+
+
+def sensitivity_at_specificity(y: np.ndarray, p: np.ndarray, specificity: float = ROC_SPECIFICITY) -> dict[str, Any]:
+    """The ROC's best sensitivity among the thresholds whose specificity is at least `specificity`: the model's
+    ranking read at a fixed specificity, with no operating point chosen on any data (so models compare alike).
+
+    Thresholds are the scores themselves (`probability >= threshold` is positive), every tie kept together;
+    the returned `specificity` is the one reached there (>= the target). nan without both classes."""
+    y, p = np.asarray(y).astype(int), np.asarray(p, dtype=np.float64)
+    pos, neg = np.sort(p[y == 1]), np.sort(p[y == 0])
+    out: dict[str, Any] = {"target_specificity": float(specificity)}
+    if not len(pos) or not len(neg):
+        return out | {"sensitivity": float("nan"), "specificity": float("nan"), "threshold": float("nan")}
+    # Candidate thresholds: every distinct score, and one above them all (nothing positive: specificity 1).
+    t = np.append(np.unique(p), np.inf)
+    tn = np.searchsorted(neg, t, side="left")  # negatives below the threshold
+    tp = len(pos) - np.searchsorted(pos, t, side="left")
+    ok = tn >= specificity * len(neg) - 1e-9  # counts, not rates: no float rounding at exactly 90%
+    k = int(np.nonzero(ok)[0][0])  # the lowest admissible threshold: the most sensitive
+    return out | {
+        "sensitivity": float(tp[k] / len(pos)),
+        "specificity": float(tn[k] / len(neg)),
+        "threshold": float(t[k]),
+    }
+
+
 #: Equal-width probability bins of the expected calibration error (the common choice since Guo et al. 2017).
 ECE_BINS = 15
 

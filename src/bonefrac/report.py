@@ -144,6 +144,12 @@ def _auc_line(d: dict[str, Any]) -> str:
 
 def _discrimination_lines(d: dict[str, Any]) -> list[str]:
     lines = [f"AUC: {_fmt(d['auc'])}  ({_ci(d)}, bootstrap)"]
+    if d.get("sensitivity_at_specificity"):
+        s = d["sensitivity_at_specificity"]
+        lines.append(
+            f"sensitivity at specificity >= {s['target_specificity']:.2f} on the ROC: {_fmt(s['sensitivity'])} "
+            f"(specificity {_fmt(s['specificity'])} at probability >= {_fmt(s['threshold'])}; no operating point)"
+        )
     if d.get("caveat"):
         lines.append(f"caveat: {d['caveat']}")
     lines += [

@@ -1,0 +1,164 @@
+"""The model comparison of issue 16 (for the model card): one markdown table from `bonefrac evaluate` folders.
+
+    python tools/compare_models.py "bundled v1=/work/runs/eval-bundled" "v2=/work/runs/eval-v2" \
+        --minutes "v2=118" --ips "bundled v1=70.1" --ips "v2=31.5"
+
+Each positional argument is an evaluate output folder (metrics.json and predictions.csv), optionally named
+`LABEL=FOLDER` (default label: the folder's name). Training minutes and `bonefrac predict` images/s are not
+in an evaluation: give them per label (`bench/bench_predict.py` measures images/s side by side). Compare
+folders evaluated on the same images (the same dataset, split and subset): the tool refuses others, since
+figures over different images do not compare.
+
+Columns: AUC with its bootstrap 95% CI; sensitivity at specificity 0.90 read off the ROC (no operating point:
+computed from predictions.csv when an older metrics.json lacks it); the pointing game (heatmap peak inside a
+fracture box); COCO box AP@0.5 over fractured images (the FracAtlas paper's protocol); ECE (15 bins). Below the
+table: each calibrated model's record of its calibration (ECE before and after, on the images it was fitted on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bonefrac.metrics import ROC_SPECIFICITY, sensitivity_at_specificity
+
+COLUMNS = (
+    "model",
+    "AUC (95% CI)",
+    f"sens @ spec {ROC_SPECIFICITY:.2f}",
+    "pointing game",
+    "AP@0.5 (fractured)",
+    "ECE",
+    "training minutes",
+    "predict images/s",
+)
+
+
+@dataclass
+class Row:
+    label: str
+    folder: Path
+    metrics: dict[str, Any]
+    minutes: float | None = None
+    images_per_s: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _num(x: Any, digits: int = 3) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def read_sensitivity(folder: Path, metrics: dict[str, Any]) -> float | None:
+    """Sensitivity at specificity 0.90 from metrics.json, else recomputed from predictions.csv."""
+    s = metrics.get("sensitivity_at_specificity")
+    if isinstance(s, dict) and s.get("target_specificity") == ROC_SPECIFICITY:
+        return s.get("sensitivity")
+    with open(folder / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    y = np.array([int(r["label"]) for r in rows])
+    p = np.array([float(r["probability"]) for r in rows])
+    return sensitivity_at_specificity(y, p)["sensitivity"]
+
+
+def cells(row: Row) -> list[str]:
+    m = row.metrics
+    lo, hi = m.get("auc_ci95") or (None, None)
+    loc, det = m.get("localization") or {}, m.get("detection") or {}
+    return [
+        row.label,
+        f"{_num(m.get('auc'))} ({_num(lo)}-{_num(hi)})",
+        _num(read_sensitivity(row.folder, m)),
+        _num(loc.get("pointing_game")),
+        _num(det.get("ap50_fractured")),
+        _num((m.get("calibration") or {}).get("ece")),
+        _num(row.minutes, 0),
+        _num(row.images_per_s, 1),
+    ]
+
+
+def calibration_note(row: Row) -> str | None:
+    fitted = ((row.metrics.get("model") or {}).get("calibration") or {}).get("fitted")
+    if not isinstance(fitted, dict):
+        return None
+    where = Path(str(fitted.get("fitted_on", "?"))).name
+    return (
+        f"{row.label}: calibrated on {fitted.get('n_images')} images of {where} "
+        f"({fitted.get('n_fractured')} fractured): ECE {_num(fitted.get('ece_before'))} -> "
+        f"{_num(fitted.get('ece_after'))}, Brier {_num(fitted.get('brier_before'))} -> "
+        f"{_num(fitted.get('brier_after'))}"
+    )
+
+
+def table(rows: list[Row]) -> str:
+    """The markdown table, then the evaluated images and the calibration records."""
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(cells(r)) + " |" for r in rows]
+    m = rows[0].metrics
+    ds = m.get("dataset") or {}
+    lines += [
+        "",
+        f"{m.get('n')} images ({m.get('n_positive')} fractured) of {Path(str(ds.get('path'))).name}, "
+        f"subset {ds.get('subset')} of {Path(str(ds.get('split_file'))).name if ds.get('split_file') else 'no split'}.",
+    ]
+    notes = [n for n in (calibration_note(r) for r in rows) if n]
+    return "\n".join(lines + notes) + "\n"
+
+
+def _pairs(values: list[str], what: str) -> dict[str, float]:
+    out = {}
+    for v in values:
+        label, sep, number = v.rpartition("=")
+        if not sep:
+            raise SystemExit(f"{what} {v!r}: expected LABEL=NUMBER")
+        out[label] = float(number)
+    return out
+
+
+def load_rows(folders: list[str], minutes: dict[str, float], ips: dict[str, float]) -> list[Row]:
+    rows = []
+    for arg in folders:
+        label, sep, path = arg.rpartition("=")
+        folder = Path(path)
+        label = label if sep else folder.name
+        metrics = json.loads((folder / "metrics.json").read_text())
+        rows.append(Row(label, folder, metrics, minutes.get(label), ips.get(label)))
+    unknown = (set(minutes) | set(ips)) - {r.label for r in rows}
+    if unknown:
+        raise SystemExit(f"--minutes/--ips name no model here: {', '.join(sorted(unknown))}")
+    # Figures over different images do not compare: the same image files (by name, as predictions.csv lists
+    # them; dataset paths may be written differently) with the same labels, or refuse.
+    first = evaluated_images(rows[0].folder)
+    for r in rows[1:]:
+        if evaluated_images(r.folder) != first:
+            raise SystemExit(
+                f"{r.folder} and {rows[0].folder} evaluated different images: their figures do not compare"
+            )
+    return rows
+
+
+def evaluated_images(folder: Path) -> set[tuple[str, str]]:
+    with open(folder / "predictions.csv", newline="") as f:
+        return {(Path(r["path"]).name, r["label"]) for r in csv.DictReader(f)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folders", nargs="+", help="[LABEL=]FOLDER of a `bonefrac evaluate` report")
+    ap.add_argument("--minutes", action="append", default=[], help="LABEL=training minutes (repeatable)")
+    ap.add_argument("--ips", action="append", default=[], help="LABEL=bonefrac predict images/s (repeatable)")
+    a = ap.parse_args(argv)
+    rows = load_rows(a.folders, _pairs(a.minutes, "--minutes"), _pairs(a.ips, "--ips"))
+    sys.stdout.write(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
