@@ -16,6 +16,13 @@
             busy, beside the model alone's: the two factors of the steady-state ratio to the ceiling.
 The three are timed in alternating rounds; each ratio is the median of the rounds' ratios.
 Goals: predict >= 3x naive, and >= 0.8 of the ceiling. Also prints single-image latency with heatmap.
+
+    python bench/bench_predict.py --baseline OLD_CHECKPOINT --model NEW_CHECKPOINT [--n 800] [--rounds 3]
+
+compares two models instead (issue 16.7: a new model must keep >= 1/3 of today's images/s): the same
+`bonefrac predict FOLDER --csv` on the same files, the two models alternating round by round (which goes first
+alternates too); each model's median images/s and the median of the rounds' ratios new / old. Then both
+models' single-image latency with heatmap (`bench_latency.py`, the models alternating file by file).
 """
 
 from __future__ import annotations
@@ -51,19 +58,85 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="predict's default")
     ap.add_argument("--rounds", type=int, default=3, help="alternating runs of predict and the ceiling")
     ap.add_argument("--model", help="a checkpoint or run folder (default: the bundled model)")
+    ap.add_argument("--baseline", help="compare --model with this checkpoint instead (see above)")
+    ap.add_argument("--latency-runs", type=int, default=30, help="with --baseline: images timed one by one")
     args = ap.parse_args()
+    print(f"load average {os.getloadavg()[0]:.2f}")
+    if args.baseline:
+        if not args.model:
+            ap.error("--baseline needs --model: the checkpoint to compare with it")
+        compare(args)
+    else:
+        against_ceiling(args)
+
+
+def symlinked(files: list[Path], folder: Path) -> Path:
+    """A folder of links to `files` (numbered: a file repeated is predicted again, as a distinct input)."""
+    folder.mkdir()
+    for i, f in enumerate(files):
+        os.symlink(f.resolve(), folder / f"{i:05d}_{f.name}")
+    return folder
+
+
+def predict_cmd(model_path: Path | str) -> list[str]:
+    # Bytecode cached, as after `pip install` or any earlier run: with PYTHONDONTWRITEBYTECODE set (as in
+    # some shells and containers) an editable install would otherwise recompile bonefrac on every start.
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(Path(bonefrac.__file__).parent)], check=True)
+    return [sys.executable, "-m", "bonefrac", "predict", "--model", str(model_path), "--no-progress"]
+
+
+def timed_predict(cmd: list[str], folder: Path, n: int, csv: Path, batch_size: int) -> float:
+    """images/s of one whole `bonefrac predict FOLDER --csv` process."""
+    t0 = time.perf_counter()
+    r = subprocess.run([*cmd, str(folder), "--csv", str(csv), "--batch-size", str(batch_size)],
+                       capture_output=True, text=True)  # fmt: skip
+    ips = n / (time.perf_counter() - t0)
+    if r.returncode != 0:
+        sys.exit(f"bonefrac predict failed: {r.stderr}")
+    return ips
+
+
+def compare(args: argparse.Namespace) -> None:
+    """`bonefrac predict` images/s of --model against --baseline, side by side; then both latencies."""
+    from bench_latency import latencies
+    from bench_latency import load as load_warm
+    from bench_latency import summary as latency_summary
+
+    files = real_images(args.n)
+    models = {"baseline": args.baseline, "new": args.model}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = symlinked(files, Path(tmp) / "in")
+        cmds = {k: predict_cmd(m) for k, m in models.items()}
+        for cmd in cmds.values():  # warm-up: caches each model's ONNX export
+            subprocess.run([*cmd, str(files[0])], check=True, capture_output=True)
+        runs: dict[str, list[float]] = {k: [] for k in models}
+        for r in range(args.rounds):
+            for k in list(models)[:: 1 if r % 2 == 0 else -1]:  # who goes first alternates
+                runs[k].append(timed_predict(cmds[k], folder, len(files), Path(tmp) / f"{k}.csv", args.batch_size))
+    ratios = [n / b for n, b in zip(runs["new"], runs["baseline"], strict=True)]
+    dets = {k: load_warm(m) for k, m in models.items()}
+    print(f"{len(files)} real files, predict at batch size {args.batch_size}, "
+          f"{args.rounds} alternating rounds, {os.cpu_count()} CPUs")  # fmt: skip
+    for k in models:
+        d = dets[k]
+        print(f"{k:<9} {d.version} ({d.spec.arch}, {d.spec.image_size}px): {statistics.median(runs[k]):7.1f} images/s "
+              "(rounds " + ", ".join(f"{v:.1f}" for v in runs[k]) + ")")  # fmt: skip
+    ratio = statistics.median(ratios)
+    print(f"ratio new/baseline: {ratio:.3f} (goal >= 0.333: {'met' if ratio >= 1 / 3 else 'MISSED'}; rounds "
+          + ", ".join(f"{v:.3f}" for v in ratios) + ")")  # fmt: skip
+    files = real_images(3 + args.latency_runs)[3:]
+    for k, ms in latencies(dets, files).items():
+        print("single image with heatmap, " + latency_summary(k, dets[k], ms))
+
+
+def against_ceiling(args: argparse.Namespace) -> None:
+    """`bonefrac predict` against the model alone and a naive loop (the module's first part)."""
     files = real_images(args.n)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model_path = Path(args.model) if args.model else bundled_or_fresh(tmp)
-        folder = tmp / "in"
-        folder.mkdir()
-        for i, f in enumerate(files):
-            os.symlink(f.resolve(), folder / f"{i:05d}_{f.name}")
-        cmd = [sys.executable, "-m", "bonefrac", "predict", "--model", str(model_path), "--no-progress"]
-        # Bytecode cached, as after `pip install` or any earlier run: with PYTHONDONTWRITEBYTECODE set (as in
-        # some shells and containers) an editable install would otherwise recompile bonefrac on every start.
-        subprocess.run([sys.executable, "-m", "compileall", "-q", str(Path(bonefrac.__file__).parent)], check=True)
+        folder = symlinked(files, tmp / "in")
+        cmd = predict_cmd(model_path)
         subprocess.run([*cmd, str(files[0])], check=True, capture_output=True)  # warm-up: caches the ONNX export
         det = FractureDetector.load(model_path, backend="onnx")
         ready = np.stack([det.preprocess(read_image(f)).numpy() for f in files[:64]])
@@ -83,18 +156,13 @@ def main() -> None:
         best_b, best_way = max(sweep, key=sweep.__getitem__)
         predict_runs, ceiling_runs, naive_runs = [], [], []
         for _ in range(args.rounds):
-            t0 = time.perf_counter()
-            r = subprocess.run([*cmd, str(folder), "--csv", str(tmp / "out.csv"), "--batch-size", str(args.batch_size)],
-                               capture_output=True, text=True)  # fmt: skip
-            predict_runs.append(len(files) / (time.perf_counter() - t0))
-            if r.returncode != 0:
-                sys.exit(f"bonefrac predict failed: {r.stderr}")
+            predict_runs.append(timed_predict(cmd, folder, len(files), tmp / "out.csv", args.batch_size))
             ceiling_runs.append(model_alone(det, ready, best_b, len(files), best_way)[0])
             t0 = time.perf_counter()
             with torch.inference_mode():
                 for f in naive:
                     x = det_torch.preprocess(read_image(f))
-                    torch.sigmoid(det_torch.model(x[None]))
+                    det_torch.model(x[None])  # a classifier's logit, a detector's outputs: the model's work
             naive_runs.append(len(naive) / (time.perf_counter() - t0))
         ratios = [p / c for p, c in zip(predict_runs, ceiling_runs, strict=True)]
         naive_ratios = [p / n for p, n in zip(predict_runs, naive_runs, strict=True)]
