@@ -69,7 +69,7 @@ def test_what_cannot_be_fitted_is_refused_in_one_sentence() -> None:
 
 def test_recalibrating_a_detector_moves_its_probability_and_its_detections_together(tmp_path: Path) -> None:
     """A lite0_centernet: the refit calibration reaches the image probability and every detection's score (the
-    best detection scores the image's probability), from the same raw logits."""
+    detections are scored from their own centre logits), from the same raw logits."""
     from _models import FIXTURE_IMAGES, FIXTURES, make_checkpoint
 
     from bonefrac.calibration import recalibrate
@@ -86,4 +86,7 @@ def test_recalibrating_a_detector_moves_its_probability_and_its_detections_toget
         a, b = old.predict(path, heatmap=False), new.predict(path, heatmap=False)
         assert b.logit == pytest.approx(a.logit, abs=1e-6)
         assert b.probability == pytest.approx(float(apply(record["calibration"], [a.logit])[0]), abs=1e-9)
-        assert b.detections[0][4] == pytest.approx(b.probability, abs=1e-6)
+        # each detection's score: sigmoid(a c + b) of its centre logit c (the source's calibration: the identity)
+        for d_old, d_new in zip(a.detections, b.detections, strict=False):
+            c = np.log(d_old[4] / (1 - d_old[4]))
+            assert d_new[4] == pytest.approx(float(apply(record["calibration"], [c])[0]), abs=1e-6)

@@ -152,9 +152,10 @@ def test_a_detector_decodes_centernet_peaks_in_the_content_into_image_pixels() -
     heat[5, 0], size[0, 5, 0] = 1.0, np.log(4)  # z = 0.5, 32 px wide at the left edge: clipped
     r = read_detector(heat, size, offset, 0.0, g, {"scale": 1.0, "bias": 0.0}, heatmap=True)
     # centre (2.5, 3.25) cells = (20, 26) input px = (20, 10) content px; x2 onto the image
-    expected = [[24, 12, 56, 28, _sigmoid(2)], [88, 24, 104, 40, _sigmoid(1)], [0, 40, 32, 56, _sigmoid(0.5)]]
+    # each detection scored by its own centre logit (4, 2, 1), the image by z = (centre + global) / 2 at the best
+    expected = [[24, 12, 56, 28, _sigmoid(4)], [88, 24, 104, 40, _sigmoid(2)], [0, 40, 32, 56, _sigmoid(1)]]
     assert np.allclose(r.detections, expected, atol=1e-6)
-    assert r.logit == 2.0 and r.probability == r.detections[0][4] == _sigmoid(2)
+    assert r.logit == 2.0 and r.probability == _sigmoid(2)
     assert r.peak == pytest.approx([40.0, 20.0])
     # The heatmap is absolute: each cell's score, none from the padding cell (top rows of the image).
     assert r.heatmap is not None and r.heatmap.shape == (64, 128)
@@ -173,8 +174,8 @@ def test_detections_are_calibrated_capped_and_floored() -> None:
     calibration = {"scale": 2.0, "bias": -9.0}
     low = read_detector(heat, size, offset, 0.0, g, calibration, heatmap=False)
     assert low.probability == pytest.approx(_sigmoid(2 * 3.0 - 9)) and low.logit == r.logit == 3.0
-    # the same peaks, rescored sigmoid(2 z - 9); those under the floor (z < 2.2, 17 left) dropped
-    assert len(low.detections) == 17 and all(d[4] >= DETECTION_FLOOR for d in low.detections)
-    assert np.allclose(
-        low.detections, [[*d[:4], _sigmoid(2 * np.log(d[4] / (1 - d[4])) - 9)] for d in r.detections[:17]]
-    )
+    # the same peaks, rescored sigmoid(2 c - 9) from their centre logits c; under the floor (c < 2.2) dropped
+    assert all(d[4] >= DETECTION_FLOOR for d in low.detections) and low.detections[-1][4] == pytest.approx(
+        _sigmoid(2 * 6 * 44 / 63 - 9)
+    )  # the 20th best of 64 peaks c = 6 i / 63 (i = 63 ... 44)
+    assert np.allclose(low.detections, [[*d[:4], _sigmoid(2 * np.log(d[4] / (1 - d[4])) - 9)] for d in r.detections])
