@@ -19,7 +19,14 @@ from torch import nn
 from bonefrac.checkpoint import load_model
 from bonefrac.data import DecodeCache, Record
 from bonefrac.detection_model import STRIDE
-from bonefrac.detection_train import MAX_BOXES, CropSampler, centernet_targets, detection_loss, gaussian_radius
+from bonefrac.detection_train import (
+    MAX_BOXES,
+    CropSampler,
+    centernet_targets,
+    detection_loss,
+    gaussian_radius,
+    target_counts,
+)
 
 
 # ---------------------------------------------------------------- targets
@@ -181,6 +188,25 @@ def test_detection_loss_learns_one_batch(sampler: CropSampler) -> None:
     assert losses[-1] < 0.5 * losses[0], losses
 
 
+def test_halves_with_the_global_counts_add_up_to_the_whole_batch(sampler: CropSampler) -> None:
+    """The torchrun contract: each rank divides its sums by the global batch's counts, so the ranks' losses
+    add up to exactly one process's loss (the crops here hold 1 and 0 boxes: per-half counts would not)."""
+    torch.manual_seed(0)
+    sampler.records.append(Record(sampler.records[0].path, 0))  # a crop without boxes
+    x, targets = sampler.batch([0, 1, 0, 1], [1, 2, 3, 4])
+    outputs = TinyDetector()(x)
+    whole, parts = detection_loss(outputs, targets)
+    counts = target_counts(targets)
+    assert counts[1:] == (2, 4)
+    halves = [
+        detection_loss(tuple(o[rows] for o in outputs), {k: v[rows] for k, v in targets.items()}, counts=counts)
+        for rows in (slice(0, 4, 2), slice(1, 4, 2))  # as `distributed.shard` cuts them
+    ]
+    assert (halves[0][0] + halves[1][0]).item() == pytest.approx(whole.item(), rel=1e-6)
+    for k in parts:
+        assert halves[0][1][k] + halves[1][1][k] == pytest.approx(parts[k], rel=1e-6, abs=1e-9), k
+
+
 def test_a_perfect_prediction_costs_almost_nothing() -> None:
     box = np.array([[8, 8, 56, 56]], np.float32)  # 6 x 6 cells: a Gaussian of radius 1 around cell (4, 4)
     t = {k: torch.from_numpy(v)[None] for k, v in centernet_targets(box, 64).items()}
@@ -239,8 +265,14 @@ def test_train_a_detector_then_resume(tmp_path: Path) -> None:
     v = info["validation"]
     assert 0 <= v["pointing_game"] <= 1 and 0 <= v["auc"] <= 1 and v["n"] == info["n_val"]
     ops = spec.operating_points
-    assert set(ops) == {"default", "high_sensitivity", "high_specificity"}
-    assert set(spec.calibration) == {"scale", "bias"}
+    assert ops["high_sensitivity"] < ops["default"] < ops["high_specificity"]
+    # Calibrated on the validation logits; the operating points and the figures are on calibrated probabilities.
+    fit = info["calibration"]
+    assert fit["n_images"] == v["n"] and fit["subset"] == "val" and fit["error"] is None, fit
+    assert spec.calibration["scale"] > 0 and spec.calibration != {"scale": 1.0, "bias": 0.0}
+    assert v["calibration"] == {k: fit[k] for k in ("ece_before", "ece_after", "brier_before", "brier_after")}
+    assert all(0 <= x <= 1 for x in v["calibration"].values())
+    assert v["operating_points"]["default"]["threshold"] == ops["default"]
     with torch.no_grad():  # the saved weights are the detector's, in its checkpoint format
         heatmap, size, offset, global_logit, _ = model.eval()(torch.zeros(1, 1, 96, 96))
     assert heatmap.shape == (1, 1, 12, 12) and size.shape == offset.shape == (1, 2, 12, 12)

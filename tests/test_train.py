@@ -25,9 +25,10 @@ from bonefrac.augment import Augment
 from bonefrac.data import content_digest
 from bonefrac.errors import BonefracError
 from bonefrac.models import MODELS
+from bonefrac.precision import MixedPrecision, autocast_dtype
 from bonefrac.run_folder import resume_command
 from bonefrac.spec import DETECTOR_ARCHS
-from bonefrac.train import fit
+from bonefrac.train import EMA, fit
 from bonefrac.train_config import ARCHS, ConfigError, TrainConfig
 
 ARGS = [
@@ -114,6 +115,14 @@ def test_train_writes_a_loadable_run(tmp_path: Path) -> None:
     v = det.info["validation"]
     assert set(v["operating_points"]) == {"default", "high_sensitivity", "high_specificity"}
     assert det.operating_points["default"] == v["operating_points"]["default"]["threshold"]
+    # Platt scaling fitted on the validation logits (or the identity, with the reason, where it cannot be).
+    assert det.info["calibration"]["n_images"] == v["n"] and set(v["calibration"]) == {
+        "ece_before",
+        "ece_after",
+        "brier_before",
+        "brier_after",
+    }
+    assert (det.spec.calibration == {"scale": 1.0, "bias": 0.0}) == (det.info["calibration"]["error"] is not None)
     # What the model saw, by content: the digests of exactly the images of each side of the split.
     digests = det.info["image_digests"]
     images = FIXTURES / "images"
@@ -304,7 +313,6 @@ def test_augment_apply_always_returns_images_and_masks() -> None:
 def test_resume_state_carries_the_cuda_generator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """On a GPU, dropout draws from the device's generator: last.pt saves it and `restore` puts it back."""
     from bonefrac import run_folder
-    from bonefrac import train as train_module
 
     cuda_state = torch.arange(16, dtype=torch.uint8)
     restored: list[tuple[torch.Tensor, torch.device]] = []
@@ -315,9 +323,9 @@ def test_resume_state_carries_the_cuda_generator(tmp_path: Path, monkeypatch: py
         out=tmp_path,
         device=torch.device("cuda", 0),  # only compared: nothing is moved there
         model=model,
-        ema=train_module.EMA(model, 0.9),
+        ema=EMA(model, 0.9),
         opt=torch.optim.AdamW(model.parameters()),
-        scaler=torch.amp.GradScaler("cpu", enabled=False),
+        precision=MixedPrecision("fp32", torch.device("cpu")),
         best_score=0.7,
         stale=0,
         history=[{"epoch": 1}],
@@ -338,31 +346,27 @@ def test_an_fp16_runs_loss_scale_survives_a_resume(tmp_path: Path) -> None:
     from bonefrac import run_folder
 
     model = torch.nn.Linear(2, 1)
-    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)  # enabled: the fp16 path, on the CPU for the test
+    precision = MixedPrecision("fp32", torch.device("cpu"))
+    precision.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)  # enabled: fp16's, on the CPU for the test
     run = SimpleNamespace(
         out=tmp_path,
         device=torch.device("cpu"),
         model=model,
-        ema=train_module_ema(model),
+        ema=EMA(model, 0.9),
         opt=torch.optim.AdamW(model.parameters()),
-        scaler=scaler,
+        precision=precision,
         best_score=0.7,
         stale=0,
         history=[],
         first_epoch=0,
     )
     torch.save(run_folder.resume_state(run, epoch=2), tmp_path / "last.pt")
-    run.scaler = torch.amp.GradScaler("cpu", init_scale=2.0)
+    precision.scaler = torch.amp.GradScaler("cpu", init_scale=2.0)
     run_folder.restore(run)
-    assert run.scaler.get_scale() == 1024.0 and run.first_epoch == 3
-    run.scaler = torch.amp.GradScaler("cpu", enabled=False)  # resumed where fp16 is off: nothing to restore
+    assert precision.scaler.get_scale() == 1024.0 and run.first_epoch == 3
+    precision.scaler = torch.amp.GradScaler("cpu", enabled=False)  # resumed where fp16 is off: nothing to restore
     run_folder.restore(run)
-
-
-def train_module_ema(model: torch.nn.Module) -> object:
-    from bonefrac.train import EMA
-
-    return EMA(model, 0.9)
+    assert not precision.scaler.is_enabled()
 
 
 @pytest.mark.parametrize(
@@ -380,18 +384,15 @@ def train_module_ema(model: torch.nn.Module) -> object:
 def test_precision_follows_the_device(
     monkeypatch: pytest.MonkeyPatch, device: str, precision: str, cuda: bool, bf16: bool, expected: object
 ) -> None:
-    from bonefrac.train import autocast_dtype
-
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)  # set for GPUs; restored after the test
-    cfg = TrainConfig(str(FIXTURES), "run", device=device, precision=precision)
     dev = torch.device("cuda", 0) if device == "cuda" else torch.device("cpu")  # only compared
     if isinstance(expected, str):
         with pytest.raises(ConfigError, match=expected):
-            autocast_dtype(cfg, dev)
+            autocast_dtype(precision, dev)
     else:
-        assert autocast_dtype(cfg, dev) == expected
+        assert autocast_dtype(precision, dev) == expected
 
 
 def test_the_device_choice_picks_the_process_device(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,6 +9,7 @@ and a mild scale jitter keeps the model from learning one pixel size per fractur
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -161,13 +162,21 @@ def centernet_targets(boxes: np.ndarray, size: int) -> dict[str, np.ndarray]:
     return {"heatmap": heatmap[None], "index": index, "log_size": log_size, "offset": offset, "mask": mask}
 
 
-def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """CenterNet's penalty-reduced focal loss (alpha 2, beta 4), summed and divided by the number of centres."""
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, n_centres: int | None = None) -> torch.Tensor:
+    """CenterNet's penalty-reduced focal loss (alpha 2, beta 4), summed and divided by the number of centres
+    (`n_centres`, by default those of `target`)."""
     p = torch.sigmoid(logits.float()).clamp(1e-4, 1 - 1e-4)
     pos = target.eq(1).float()
     pos_term = torch.log(p) * (1 - p) ** 2 * pos
     neg_term = torch.log(1 - p) * p**2 * (1 - target) ** 4 * (1 - pos)
-    return -(pos_term.sum() + neg_term.sum()) / pos.sum().clamp(min=1)
+    n = pos.sum() if n_centres is None else torch.tensor(float(n_centres))
+    return -(pos_term.sum() + neg_term.sum()) / n.clamp(min=1)
+
+
+def target_counts(targets: dict[str, torch.Tensor]) -> tuple[int, int, int]:
+    """What `detection_loss` divides by: the centre cells, the boxes and the images of a batch's targets
+    (summed over ranks, the global batch's: see `detection_loss`)."""
+    return int(targets["heatmap"].eq(1).sum()), int(targets["mask"].sum()), len(targets["mask"])
 
 
 def _at(maps: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -178,17 +187,25 @@ def _at(maps: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 def detection_loss(
-    outputs: tuple[torch.Tensor, ...], targets: dict[str, torch.Tensor], cls_weight: float = 0.5
+    outputs: tuple[torch.Tensor, ...],
+    targets: dict[str, torch.Tensor],
+    cls_weight: float = 0.5,
+    counts: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Centre focal loss + L1 on log size and offset at the centres + `cls_weight` x the global head's
-    cross-entropy against "the crop holds a fracture centre". Returns the total and its parts."""
+    cross-entropy against "the crop holds a fracture centre". Returns the total and its parts.
+
+    Each term is a sum over the batch divided by a count (`target_counts`): centre cells, boxes x 2,
+    images. Under DDP `counts` are the global batch's, so that the ranks' losses add up to exactly the loss
+    one process computes on the whole batch (per-rank counts would weigh a rank's few centres more)."""
     heatmap, log_size, offset, global_logit, _ = outputs
+    n_centres, n_boxes, n_images = counts or target_counts(targets)
     mask = targets["mask"][..., None]
-    n = targets["mask"].sum().clamp(min=1) * 2
-    l_heat = focal_loss(heatmap, targets["heatmap"])
+    n = max(n_boxes, 1) * 2
+    l_heat = focal_loss(heatmap, targets["heatmap"], n_centres)
     l_size = (F.l1_loss(_at(log_size, targets["index"]), targets["log_size"], reduction="none") * mask).sum() / n
     l_off = (F.l1_loss(_at(offset, targets["index"]), targets["offset"], reduction="none") * mask).sum() / n
     label = (targets["mask"].sum(1) > 0).float()
-    l_cls = F.binary_cross_entropy_with_logits(global_logit.float(), label)
+    l_cls = F.binary_cross_entropy_with_logits(global_logit.float(), label, reduction="sum") / max(n_images, 1)
     total = l_heat + l_size + l_off + cls_weight * l_cls
     return total, {"heatmap": l_heat.item(), "size": l_size.item(), "offset": l_off.item(), "global": l_cls.item()}

@@ -165,9 +165,11 @@ def gather_predictions(predict: Callable[[list[Any]], np.ndarray], items: list[A
     local = np.asarray(predict([items[i] for i in idx]))
     parts: list[Any] = [None] * world_size()
     _dist().all_gather_object(parts, (idx, local))
-    # The dtype one process would return (an empty shard's placeholder array must not decide it).
-    dtypes = [values.dtype for part_idx, values in parts if part_idx]
-    out = np.zeros(len(items), dtype=np.result_type(*dtypes) if dtypes else local.dtype)
+    # The dtype and row shape one process would return (an empty shard's placeholder must not decide them):
+    # one value per item, or a row per item (a detector's logit and heatmap peak).
+    filled = [values for part_idx, values in parts if part_idx]
+    dtype = np.result_type(*(v.dtype for v in filled)) if filled else local.dtype
+    out = np.zeros((len(items), *(filled[0].shape[1:] if filled else ())), dtype=dtype)
     for part_idx, values in parts:
         out[part_idx] = values
     return out
@@ -175,13 +177,18 @@ def gather_predictions(predict: Callable[[list[Any]], np.ndarray], items: list[A
 
 def sum_int(value: int) -> int:
     """Sum an integer over all ranks (e.g. failure counts, so every rank returns the same exit code)."""
+    return sum_ints([value])[0]
+
+
+def sum_ints(values: list[int]) -> list[int]:
+    """Element-wise sums over all ranks of equal-length integer lists, in one collective."""
     if not is_dist():
-        return value
+        return values
     import torch
 
-    t = torch.tensor([value], dtype=torch.int64, device=_comm_device())
+    t = torch.tensor(values, dtype=torch.int64, device=_comm_device())
     _dist().all_reduce(t)
-    return int(t.item())
+    return [int(v) for v in t.tolist()]
 
 
 def mean_over_ranks(values: list[float]) -> list[float]:

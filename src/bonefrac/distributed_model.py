@@ -80,7 +80,11 @@ class GlobalBatchDropout(nn.Dropout):
         if not mine or x.shape[0] % mine:
             raise RuntimeError(f"dropout input of {x.shape[0]} rows: call set_global_batch() before the step")
         rows = x.shape[0] // mine
-        mask = torch.empty((self.global_batch * rows, *x.shape[1:]), dtype=x.dtype, device=x.device)
+        # In x's memory layout, as F.dropout's mask (empty_like): bernoulli_ fills memory in order, so a
+        # channels_last input (the detector's class-activation map) would otherwise get other masks.
+        cl = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        fmt = torch.channels_last if cl else torch.contiguous_format
+        mask = torch.empty((self.global_batch * rows, *x.shape[1:]), dtype=x.dtype, device=x.device, memory_format=fmt)
         mask = shard(mask.bernoulli_(1 - self.p).unflatten(0, (self.global_batch, rows))).flatten(0, 1)
         return x * mask.div(1 - self.p)
 

@@ -109,8 +109,8 @@ def restore(run: Run) -> None:
     run.ema.module.load_state_dict(state["ema"])
     run.ema.updates = state["ema_updates"]
     run.opt.load_state_dict(state["optimizer"])
-    if state.get("scaler"):  # an fp16 run's loss scale; none from fp32/bf16 runs (or another device)
-        run.scaler.load_state_dict(state["scaler"])
+    if state.get("scaler") and run.precision.scaler.is_enabled():  # an fp16 run's loss scale, into fp16
+        run.precision.scaler.load_state_dict(state["scaler"])
     run.first_epoch, run.best_score, run.stale = state["epoch"] + 1, state["best_score"], state["stale"]
     run.history = state["history"]
     # Dropout and stochastic depth continue as if never stopped: they draw from the device's generator.
@@ -135,7 +135,7 @@ def resume_state(run: Run, epoch: int) -> dict[str, Any]:
         "stale": run.stale,
         "history": run.history,
         "torch_rng": torch.get_rng_state(),
-        "scaler": run.scaler.state_dict(),  # {} unless fp16
+        "scaler": run.precision.scaler.state_dict(),  # {} unless fp16
     }
     if run.device.type == "cuda":
         state["cuda_rng"] = torch.cuda.get_rng_state(run.device)

@@ -17,9 +17,10 @@ from __future__ import annotations
 import copy
 import math
 import time
-from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,12 +30,14 @@ from tqdm import tqdm
 from . import __version__, distributed, distributed_model, run_folder
 from .augment import Augment
 from .box_supervision import box_targets, load_box_masks, localization_loss
+from .calibration import IDENTITY, CalibrationError, apply, compare, fit_platt
 from .checkpoint import atomic_save, load_model, save_model
 from .data import DecodeCache, Record, image_digests, prepare_data
-from .detection_train import CropSampler, detection_loss, logits_and_peaks, pointing_game
+from .detection_train import CropSampler, detection_loss, logits_and_peaks, pointing_game, target_counts
 from .errors import DatasetError
 from .metrics import auc, choose_operating_points, discrimination
 from .models import ModelSpec, build_model
+from .precision import MixedPrecision
 from .train_config import ConfigError, TrainConfig, check_start
 from .transforms import normalize
 
@@ -107,8 +110,7 @@ class Run:
     step_model: torch.nn.Module  # what a step calls: DistributedDataParallel around `model` under torchrun
     ema: EMA
     opt: torch.optim.Optimizer
-    amp: torch.dtype | None  # the steps' autocast dtype; None: fp32
-    scaler: torch.amp.GradScaler  # loss scaling for fp16 (a pass-through otherwise)
+    precision: MixedPrecision  # fp32 on a CPU; bf16, or fp16 with loss scaling, on a GPU
     pos_weight: torch.Tensor
     steps_per_epoch: int
     use_boxes: bool
@@ -169,7 +171,7 @@ def set_up(cfg: TrainConfig, overwrite: bool) -> Run:
         torch.set_num_threads(cfg.threads)
     distributed.choose_device(cfg.device)  # the CLI chose it already (before torchrun's process group)
     dev = distributed.device()
-    amp = autocast_dtype(cfg, dev)
+    precision = MixedPrecision(cfg.precision, dev)  # refuses an unusable --device or --precision
     spec = ModelSpec(arch=cfg.arch, image_size=cfg.image_size, reduce_from=cfg.reduce_from)
     # Built first: a wrong --init-from fails before any writing or decoding (no torch RNG is drawn in between).
     model = initial_model(cfg, spec).to(dev, memory_format=torch.channels_last)
@@ -208,8 +210,7 @@ def set_up(cfg: TrainConfig, overwrite: bool) -> Run:
         ema=EMA(model, cfg.ema_decay),
         step_model=distributed_model.wrap(model),  # `model` keeps its identity and parameters
         opt=torch.optim.AdamW(groups, lr=cfg.lr),
-        amp=amp,
-        scaler=torch.amp.GradScaler(dev.type, enabled=amp == torch.float16),
+        precision=precision,
         pos_weight=torch.tensor((len(train) - n_pos) / max(n_pos, 1), device=dev),  # balance the classes
         # The same steps and the same global batches whatever the number of processes.
         steps_per_epoch=len(pool) // cfg.batch_size or 1,
@@ -217,26 +218,6 @@ def set_up(cfg: TrainConfig, overwrite: bool) -> Run:
         pool=pool,
         sampler=sampler,
     )
-
-
-def autocast_dtype(cfg: TrainConfig, dev: torch.device) -> torch.dtype | None:
-    """The training steps' autocast dtype (None: fp32) for `--precision` on `dev`; refuses what cannot run.
-
-    "auto" is fp32 on a CPU: bf16 autocast pays only on CPUs with AVX512-BF16 (bench_train_detector.py
-    measures it), and ran ~12x slower on one without. On a GPU bf16 needs no loss scaling, so it is
-    preferred where supported (Ampere and later); older GPUs get fp16 with a GradScaler.
-    """
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        built = "" if torch.backends.cuda.is_built() else f" (torch {torch.__version__} is built without CUDA)"
-        raise ConfigError(f"--device cuda: torch sees no CUDA GPU{built}")
-    choice = cfg.precision
-    if choice == "auto":
-        choice = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if dev.type == "cuda" else "fp32"
-    if choice == "fp16" and dev.type != "cuda":
-        raise ConfigError("--precision fp16: needs a GPU (--device cuda); on a CPU use fp32 or bf16")
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input sizes (crops, whole images): tuned kernels pay
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[choice]
 
 
 def initial_model(cfg: TrainConfig, spec: ModelSpec) -> torch.nn.Module:
@@ -300,7 +281,7 @@ def train_step(run: Run, batch: list[int], params: torch.Tensor) -> tuple[float,
     share = len(idx) * world / len(batch)
     distributed_model.set_global_batch(run.model, len(batch))
     loc: torch.Tensor | float = 0.0
-    with autocast(run):
+    with run.precision.autocast():
         if masks is not None:
             logits, cam = run.step_model(x, return_cam=True)
             cam, masks = cam.float(), masks.to(dev)
@@ -318,30 +299,27 @@ def train_step(run: Run, batch: list[int], params: torch.Tensor) -> tuple[float,
 
 def detector_step(run: Run, batch: list[int], seeds: list[int]) -> tuple[float, float]:
     """One optimiser step of a detector on this rank's share of the global `batch` of crops. Returns this
-    rank's loss and its centre-heatmap part."""
-    share = len(distributed.shard(batch)) * distributed.world_size() / len(batch)
+    rank's loss and its centre-heatmap part (scaled, like `train_step`'s, so that their mean over ranks is
+    the global batch's)."""
+    world = distributed.world_size()
     assert run.sampler is not None
     x, targets = run.sampler.batch(distributed.shard(batch), distributed.shard(seeds))
     x = normalize(x, run.spec).to(run.device).contiguous(memory_format=torch.channels_last)
     distributed_model.set_global_batch(run.model, len(batch))
-    with autocast(run):  # the loss itself is computed in fp32 (detection_loss casts)
-        # Each rank normalises its focal loss by its own centres: close to, not exactly, one process's loss.
-        loss, parts = detection_loss(run.step_model(x), {k: v.to(run.device) for k, v in targets.items()})
-    optimise(run, loss * share)
-    return loss.item(), parts["heatmap"]
-
-
-def autocast(run: Run) -> AbstractContextManager[None]:
-    """Mixed precision for a step's forward pass and loss, where the run uses it (`autocast_dtype`)."""
-    return torch.autocast(run.device.type, dtype=run.amp, enabled=run.amp is not None)
+    # Ranks hold different numbers of centres: each divides its sums by the global batch's counts, times
+    # world for DDP's average (in one process: this batch's counts, times 1).
+    counts = distributed.sum_ints(list(target_counts(targets))) if world > 1 else None
+    with run.precision.autocast():  # the loss itself is computed in fp32 (detection_loss casts)
+        loss, parts = detection_loss(
+            run.step_model(x), {k: v.to(run.device) for k, v in targets.items()}, counts=counts
+        )
+    optimise(run, loss * world)
+    return loss.item() * world, parts["heatmap"] * world
 
 
 def optimise(run: Run, loss: torch.Tensor) -> None:
     """Backward, optimiser step (through the fp16 loss scaler, a pass-through otherwise), EMA update."""
-    run.opt.zero_grad(set_to_none=True)
-    run.scaler.scale(loss).backward()
-    run.scaler.step(run.opt)
-    run.scaler.update()
+    run.precision.step(loss, run.opt)
     run.ema.update(run.model)  # weights are identical on every rank after the step, so every EMA is too
 
 
@@ -366,8 +344,8 @@ def select_and_save(run: Run, epoch: int, row: dict[str, float], y: np.ndarray, 
     if not distributed.is_main():
         return
     if improved:
-        p = 1 / (1 + np.exp(-z.astype(np.float64)))
-        run.spec.operating_points = choose_operating_points(y, p)
+        p, fit = calibrate(run, y, z)
+        run.spec.operating_points = choose_operating_points(y, p)  # on the calibrated probabilities
         info = {
             "bonefrac_version": __version__,
             "trained_epochs": epoch + 1,
@@ -375,7 +353,12 @@ def select_and_save(run: Run, epoch: int, row: dict[str, float], y: np.ndarray, 
             "dataset": str(run.cfg.dataset),
             "n_train": len(run.train),
             "n_val": len(run.val),
-            "validation": {**discrimination(y, p, run.spec.operating_points), "pointing_game": row["val_pointing"]},
+            "validation": {
+                **discrimination(y, p, run.spec.operating_points),
+                "pointing_game": row["val_pointing"],
+                "calibration": {k: fit[k] for k in ("ece_before", "ece_after", "brier_before", "brier_after")},
+            },
+            "calibration": fit,
             "image_digests": run.image_digests,
         }
         save_model(run.ema.module, run.spec, run.out / "model.pt", info)
@@ -386,3 +369,29 @@ def select_and_save(run: Run, epoch: int, row: dict[str, float], y: np.ndarray, 
     )
     run_folder.write_history(run.out, run.history)
     atomic_save(run_folder.resume_state(run, epoch), run.out / "last.pt")
+
+
+def calibrate(run: Run, y: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    """Platt scaling fitted on the validation logits `z` into `run.spec.calibration`; returns the calibrated
+    probabilities and the record of the fit (info["calibration"], as `bonefrac calibrate` writes it).
+
+    In-sample: the same images choose the epoch, the calibration and the operating points, so the ECE
+    "after" is optimistic. Where none can be fitted (an early epoch ranking the images backwards, equal
+    logits), the identity stays and the record says why.
+    """
+    try:
+        run.spec.calibration, error = fit_platt(z, y), None
+    except CalibrationError as e:
+        run.spec.calibration, error = dict(IDENTITY), str(e)
+    fit = {
+        "fitted_on": str(run.cfg.dataset),
+        "split_file": str(run.out / "split.json"),
+        "subset": "val",
+        "n_images": int(len(y)),
+        "n_fractured": int(np.sum(y)),
+        **compare(y, z, IDENTITY, run.spec.calibration),
+        "fitted_at": datetime.now(timezone.utc).date().isoformat(),
+        "by": "bonefrac train (in-sample: the validation images that chose the epoch)",
+        "error": error,
+    }
+    return apply(run.spec.calibration, z), fit
