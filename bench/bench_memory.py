@@ -53,7 +53,7 @@ PROBE = textwrap.dedent(
             write_overlay(pred, Path(out), 0)
     def server(overlay):
         with open(image, "rb") as f:
-            _predict_upload(det, f, Path(image).name, "default", overlay)
+            _predict_upload(det, f, Path(image).name, "default", None, overlay)
     path, overlay = case.split("-")
     print(json.dumps(measure(lambda: (cli if path == "cli" else server)(overlay == "overlay"))))
     """

@@ -55,7 +55,7 @@ _PROBE = textwrap.dedent(
         write_overlay(pred, Path(out), 0)
     def server():
         with open(image, "rb") as f:
-            _predict_upload(det, f, Path(image).name, "default", True)
+            _predict_upload(det, f, Path(image).name, "default", None, True)
     print(json.dumps({"cli": peak_of(cli), "server": peak_of(server)}))
     """
 )
