@@ -77,7 +77,7 @@ def test_walkthrough_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 
     examples = tagged(nb, "predict-examples")
     assert has_image(examples), "the example overlays were not drawn"
-    assert stdout(examples).count("probability") == 4
+    assert stdout(examples).count("probability") == 4 and stdout(examples).count("detections") == 4
     assert "AUC 0." in stdout(tagged(nb, "evaluate-bundled"))
     tiny = stdout(tagged(nb, "evaluate-tiny"))
     assert "'train': 32" in tiny and "'validation': 8" in tiny, tiny  # the report counted the tiny model's images
