@@ -188,6 +188,8 @@ def _demo_legend(det: FractureDetector, out: Path, csv: Path) -> list[str]:
 
     ops = det.operating_points
     lines = [f"boxes: the detections kept at the default operating point (score >= {ops['default']:.3f})"]
+    if det.spec.is_detector:  # a box's score is its own centre's; the decision weighs the whole image too
+        lines.append("  (a box is scored on its own, the decision on the whole image: a FRACTURE may have no box)")
     kinds = []
     if "high_specificity" in ops:
         kinds.append(f"solid 'fracture' boxes (score >= {ops['high_specificity']:.3f}, high_specificity)")
