@@ -28,6 +28,7 @@ models' single-image latency with heatmap (`bench_latency.py`, the models altern
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import subprocess
@@ -99,8 +100,6 @@ def timed_predict(cmd: list[str], folder: Path, n: int, csv: Path, batch_size: i
 def compare(args: argparse.Namespace) -> None:
     """`bonefrac predict` images/s of --model against --baseline, side by side; then both latencies."""
     from bench_latency import latencies
-    from bench_latency import load as load_warm
-    from bench_latency import summary as latency_summary
 
     files = real_images(args.n)
     models = {"baseline": args.baseline, "new": args.model}
@@ -114,7 +113,7 @@ def compare(args: argparse.Namespace) -> None:
             for k in list(models)[:: 1 if r % 2 == 0 else -1]:  # who goes first alternates
                 runs[k].append(timed_predict(cmds[k], folder, len(files), Path(tmp) / f"{k}.csv", args.batch_size))
     ratios = [n / b for n, b in zip(runs["new"], runs["baseline"], strict=True)]
-    dets = {k: load_warm(m) for k, m in models.items()}
+    dets = {k: FractureDetector.load(m) for k, m in models.items()}  # to name them
     print(f"{len(files)} real files, predict at batch size {args.batch_size}, "
           f"{args.rounds} alternating rounds, {os.cpu_count()} CPUs")  # fmt: skip
     for k in models:
@@ -124,9 +123,10 @@ def compare(args: argparse.Namespace) -> None:
     ratio = statistics.median(ratios)
     print(f"ratio new/baseline: {ratio:.3f} (goal >= 0.333: {'met' if ratio >= 1 / 3 else 'MISSED'}; rounds "
           + ", ".join(f"{v:.3f}" for v in ratios) + ")")  # fmt: skip
-    files = real_images(3 + args.latency_runs)[3:]
-    for k, ms in latencies(dets, files).items():
-        print("single image with heatmap, " + latency_summary(k, dets[k], ms))
+    del dets  # their onnxruntime sessions would slow the latency runs down (bench_latency.py)
+    gc.collect()
+    for timed in latencies(models, real_images(3 + args.latency_runs)[3:]).values():
+        print("single image with heatmap, " + timed.summary())
 
 
 def against_ceiling(args: argparse.Namespace) -> None:
