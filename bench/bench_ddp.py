@@ -28,7 +28,7 @@ from pathlib import Path
 
 from _common import DATASET, real_images
 
-from bonefrac.data import DecodeCache
+from bonefrac.train.data import DecodeCache
 
 
 def bonefrac(args: list[str], nproc: int, env: dict[str, str]) -> float:

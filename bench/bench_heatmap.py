@@ -17,8 +17,8 @@ import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 
-from bonefrac.models import bicubic_weights
-from bonefrac.postprocess import boxes_from_heatmap, normalize_heatmap
+from bonefrac.inference.decode import boxes_from_heatmap, normalize_heatmap
+from bonefrac.models.classifier import bicubic_weights
 
 
 class Resize(torch.nn.Module):

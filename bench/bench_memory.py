@@ -26,8 +26,8 @@ PROBE = textwrap.dedent(
     import json, os, sys, threading, time
     from pathlib import Path
     from bonefrac import FractureDetector
-    from bonefrac.batch import write_overlay
-    from bonefrac.server import _predict_upload
+    from bonefrac.apps.predict import write_overlay
+    from bonefrac.apps.server.app import _predict_upload
 
     page = os.sysconf("SC_PAGE_SIZE")
     def rss():

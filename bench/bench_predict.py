@@ -45,8 +45,8 @@ from _common import bundled_or_fresh, real_images, stored_size
 
 import bonefrac
 from bonefrac import FractureDetector, read_image
-from bonefrac.backends import DEFAULT_BATCH_SIZE, Backend
-from bonefrac.transforms import reduction_factor
+from bonefrac.inference.backends import DEFAULT_BATCH_SIZE, Backend
+from bonefrac.preprocess import reduction_factor
 
 CEILING_BATCH_SIZES = (1, 2, 4, 8)
 WAYS = ("all threads", "one per core")

@@ -27,12 +27,12 @@ from pathlib import Path
 
 from _common import DATASET, stored_size
 
-from bonefrac.data import DecodeCache
 from bonefrac.errors import ImageReadError
-from bonefrac.image import ImageReadWarning
-from bonefrac.io import find_images, read_image
+from bonefrac.io.image import ImageReadWarning
+from bonefrac.io.read import find_images, read_image
+from bonefrac.preprocess import reduction_factor
 from bonefrac.spec import LEGACY_REDUCE_FROM, REDUCE_FROM
-from bonefrac.transforms import reduction_factor
+from bonefrac.train.data import DecodeCache
 
 
 def time_reads(paths: list[Path]) -> tuple[float, int]:
@@ -109,7 +109,7 @@ def time_model_reads(paths: list[Path], size: int, repeats: int = 5, legacy_whol
     """Milliseconds per image to go from file to model input: full decode (+ box reduction in memory, or
     with `legacy_whole` none, as older models' 8x rule leaves these files), against the reduced read
     (libjpeg DCT scaling) that bonefrac uses."""
-    from bonefrac.transforms import letterbox_image
+    from bonefrac.preprocess import letterbox_image
 
     def per_image(reduce_for: int | None, reduce_from: int) -> float:
         t0 = time.perf_counter()

@@ -23,9 +23,9 @@ import time
 import numpy as np
 import torch
 
-from bonefrac.detection_model import CenterNetLite0
-from bonefrac.detection_train import centernet_targets, detection_loss
-from bonefrac.precision import MixedPrecision
+from bonefrac.models.centernet import CenterNetLite0
+from bonefrac.train.detector import centernet_targets, detection_loss
+from bonefrac.train.precision import MixedPrecision
 
 CONFIGS = [("fp32", True), ("fp32", False), ("bf16", True), ("bf16", False)]  # (precision, channels-last)
 

@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 from _common import real_images
 
-from bonefrac.augment import Augment
-from bonefrac.data import DecodeCache, Record
-from bonefrac.models import ModelSpec, build_model
-from bonefrac.train import load_batch
-from bonefrac.transforms import normalize
+from bonefrac.models.classifier import ModelSpec, build_model
+from bonefrac.preprocess import normalize
+from bonefrac.train.augment import Augment
+from bonefrac.train.data import DecodeCache, Record
+from bonefrac.train.loop import load_batch
 
 
 def main() -> None:

@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from bonefrac.checkpoint import save_model
-from bonefrac.models import ModelSpec, build_model
+from bonefrac.models.checkpoint import save_model
+from bonefrac.models.classifier import ModelSpec, build_model
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FIXTURE_IMAGES = sorted((FIXTURES / "images").glob("*.jpg"))

@@ -78,7 +78,7 @@ def fracatlas_dir() -> Path:
 @pytest.fixture(scope="session")
 def grey() -> np.ndarray:
     """The base radiograph as 8-bit grey values (H, W) uint8, exactly as the reader returns it x 255."""
-    from bonefrac.io import read_image
+    from bonefrac.io.read import read_image
 
     pixels = read_image(FIXTURES / "images" / BASE_IMAGE).pixels
     out = np.round(pixels * 255).astype(np.uint8)

@@ -34,7 +34,7 @@ def radiograph_study(folder: Path, images: tuple[str, ...] = VIEW_IMAGES, study_
     """One DX study (a series of `images`, one view each) with patient and study modules filled in."""
     from pydicom.uid import generate_uid
 
-    from bonefrac.io import read_image
+    from bonefrac.io.read import read_image
 
     folder.mkdir(parents=True, exist_ok=True)
     study_uid = study_uid or generate_uid()

@@ -16,8 +16,8 @@ from _models import make_checkpoint
 from PIL import Image
 
 from bonefrac import FractureDetector
-from bonefrac.checkpoint import save_model
-from bonefrac.models import ModelSpec, build_model
+from bonefrac.models.checkpoint import save_model
+from bonefrac.models.classifier import ModelSpec, build_model
 
 FIXTURES = Path(__file__).parent / "fixtures"
 IMAGES = FIXTURES / "images"

@@ -17,8 +17,8 @@ from fastapi import FastAPI
 from server_helpers import fixture_images, make_test_detector, make_test_model
 
 from bonefrac import FractureDetector
-from bonefrac.overlay import box_kinds
-from bonefrac.server import ServerSettings, create_app
+from bonefrac.apps.server.app import ServerSettings, create_app
+from bonefrac.render import box_kinds
 
 pytestmark = pytest.mark.browser
 CHROMIUM = Path("/usr/bin/chromium")

@@ -14,9 +14,10 @@ import pytest
 from _models import FIXTURES
 
 from bonefrac import FractureDetector
-from bonefrac.calibration import IDENTITY
-from bonefrac.checkpoint import bundled_model_path, sha256_file
-from bonefrac.postprocess import DETECTION_FLOOR, MAX_DETECTIONS, Prediction
+from bonefrac.evaluation.calibration import IDENTITY
+from bonefrac.inference.decode import DETECTION_FLOOR, MAX_DETECTIONS
+from bonefrac.models.checkpoint import bundled_model_path, sha256_file
+from bonefrac.results import Prediction
 
 WEIGHTS = bundled_model_path().parent
 EXAMPLES = WEIGHTS.parent / "examples"
@@ -121,7 +122,7 @@ def test_detections_are_in_bounds_and_decide(det: FractureDetector, examples: di
 def test_demo_writes_overlays_and_explains_the_boxes(tmp_path: Path) -> None:
     """`bonefrac demo` (make demo) runs the bundled model on the examples: the table, an overlay per example, the
     CSV with every detection, and a legend that says what the two kinds of boxes mean at this model's points."""
-    from bonefrac.cli import main
+    from bonefrac.apps.cli import main
 
     text = io.StringIO()
     with redirect_stdout(text):
@@ -143,7 +144,7 @@ def test_demo_writes_overlays_and_explains_the_boxes(tmp_path: Path) -> None:
 def test_validation_auc_reproduces_the_model_card(det: FractureDetector, fracatlas_dir: Path, tmp_path: Path) -> None:
     """Re-evaluating the bundled model on its own validation split gives the AUC and the pointing game its
     checkpoint records."""
-    from bonefrac.evaluate import evaluate
+    from bonefrac.evaluation.evaluate import evaluate
 
     split = WEIGHTS / "split.json"
     m = evaluate(fracatlas_dir, tmp_path, split_file=split, subset="val", progress=False)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy.special import expit
 
-from bonefrac.calibration import IDENTITY, CalibrationError, apply, compare, fit_platt
-from bonefrac.metrics import calibration
+from bonefrac.evaluation.calibration import IDENTITY, CalibrationError, apply, compare, fit_platt
+from bonefrac.evaluation.metrics import calibration
 
 
 def _labels(z: np.ndarray, a: float, b: float, seed: int = 0) -> np.ndarray:
@@ -72,8 +72,8 @@ def test_recalibrating_a_detector_moves_its_probability_and_its_detections_toget
     detections are scored from their own centre logits), from the same raw logits."""
     from _models import FIXTURE_IMAGES, FIXTURES, make_checkpoint
 
-    from bonefrac.calibration import recalibrate
-    from bonefrac.detector import FractureDetector
+    from bonefrac.evaluation.calibration import recalibrate
+    from bonefrac.inference.detector import FractureDetector
 
     source = make_checkpoint(tmp_path / "det.pt", arch="lite0_centernet", image_size=96)
     record = recalibrate(FIXTURES, tmp_path / "site.pt", model=source, backend="torch", workers=1, progress=False)

@@ -7,8 +7,8 @@ import pytest
 import torch
 from _models import make_checkpoint
 
-from bonefrac.checkpoint import load_model, sha256_file
 from bonefrac.errors import ModelLoadError
+from bonefrac.models.checkpoint import load_model, sha256_file
 
 
 def test_roundtrip_rebuilds_model_from_spec_alone(tmp_path: Path) -> None:

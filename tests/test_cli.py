@@ -134,7 +134,7 @@ def test_export_onnx(tmp_path: Path) -> None:
 def test_serve_is_parsed_by_the_server_and_predict_does_not_import_it() -> None:
     assert "bonefrac serve" in run("serve", "--help").stdout
     assert run("serve", "--port", "not-a-port").returncode == 2
-    probe = "import sys, bonefrac.cli as c; c.build_parser(); print('fastapi' in sys.modules)"
+    probe = "import sys, bonefrac.apps.cli as c; c.build_parser(); print('fastapi' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120).stdout
     assert out.strip() == "False"  # ~0.4 s of start-up saved on every predict
 
@@ -165,7 +165,7 @@ def test_a_bad_operating_point_fails_before_any_image_is_read(model: Path, tmp_p
 def test_the_cli_leaves_warning_filters_as_it_found_them(model: Path) -> None:
     import warnings
 
-    from bonefrac.cli import main
+    from bonefrac.apps.cli import main
 
     before = list(warnings.filters)
     assert main(["predict", str(FIXTURE_IMAGES[0]), "--model", str(model), "--backend", "torch"]) == 0
@@ -219,9 +219,9 @@ def test_predict_threshold_usage(model: Path) -> None:
 def test_calibrate_refits_calibration_and_points_and_keeps_the_weights(model: Path, tmp_path: Path) -> None:
     import torch
 
-    from bonefrac.calibration import IDENTITY, apply
-    from bonefrac.checkpoint import sha256_file
-    from bonefrac.detector import FractureDetector
+    from bonefrac.evaluation.calibration import IDENTITY, apply
+    from bonefrac.inference.detector import FractureDetector
+    from bonefrac.models.checkpoint import sha256_file
 
     out = tmp_path / "site.pt"
     r = run("calibrate", str(FIXTURES), "--model", str(model), "--out", str(out), "--backend", "torch",
@@ -255,7 +255,7 @@ def test_calibrate_on_a_split_subset_and_what_it_refuses(
 ) -> None:
     import torch
 
-    from bonefrac.cli import main  # in this process: the same parser and edge as the console script
+    from bonefrac.apps.cli import main  # in this process: the same parser and edge as the console script
 
     rows = list(csv.DictReader(open(FIXTURES / "labels.csv")))
     val = [r["filename"] for r in rows[:9]]

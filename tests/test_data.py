@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-import bonefrac.data as data
-from bonefrac.cache import cache_dir
-from bonefrac.data import DecodeCache, Record, content_digest, load_dataset, load_split, save_split, split_dataset
+import bonefrac.train.data as data
 from bonefrac.errors import DatasetError
+from bonefrac.paths import cache_dir
+from bonefrac.preprocess import letterbox_image, read_for_model
 from bonefrac.spec import ModelSpec
-from bonefrac.transforms import letterbox_image, read_for_model
+from bonefrac.train.data import DecodeCache, Record, content_digest, load_dataset, load_split, save_split, split_dataset
 
 
 def write_csv(path: Path, header: list[str], rows: list[list[str]], bom: bool = False) -> Path:
@@ -270,7 +270,7 @@ def copy_images(fixtures_dir: Path, dest: Path, n: int = 3) -> list[str]:
     return [str(shutil.copy2(fixtures_dir / "images" / name, dest / name)) for name in names]
 
 
-@pytest.mark.filterwarnings("ignore::bonefrac.io.ImageReadWarning")  # IMG0004228.jpg is truncated
+@pytest.mark.filterwarnings("ignore::bonefrac.io.read.ImageReadWarning")  # IMG0004228.jpg is truncated
 def test_cache_builds_letterboxed_uint8(fixtures_dir: Path, tmp_path: Path) -> None:
     paths = copy_images(fixtures_dir, tmp_path / "img", n=4)  # includes a truncated JPEG
     cache = DecodeCache(tmp_path / "cache", size=64)

@@ -11,9 +11,9 @@ import pytest
 from _models import FIXTURE_IMAGES, make_checkpoint
 
 from bonefrac import BonefracError, FractureDetector, Prediction
-from bonefrac.image import XrayImage
-from bonefrac.postprocess import DETECTION_FLOOR, MAX_DETECTIONS, display_shape, predictions
-from bonefrac.transforms import preprocess
+from bonefrac.inference.decode import DETECTION_FLOOR, MAX_DETECTIONS, display_shape, predictions
+from bonefrac.io.image import XrayImage
+from bonefrac.preprocess import preprocess
 
 IMAGES = FIXTURE_IMAGES[:3]
 
@@ -67,7 +67,7 @@ def test_the_export_names_the_detectors_outputs_and_carries_the_calibration(onnx
 
 
 def _read(path: Path) -> XrayImage:
-    from bonefrac.io import read_image
+    from bonefrac.io.read import read_image
 
     return read_image(path)
 
@@ -147,7 +147,7 @@ def test_heatmap_full_and_display_size(torch_det: FractureDetector) -> None:
 
 
 def test_bonefrac_export_checks_a_detectors_parity(checkpoint: Path, tmp_path: Path) -> None:
-    from bonefrac.export import export_model
+    from bonefrac.inference.export import export_model
 
     report = export_model(checkpoint, tmp_path / "detector.onnx", check_on=list(IMAGES[:2]))
     assert report.spec.is_detector and report.parity_images == 2

@@ -16,10 +16,10 @@ import torch
 from _models import FIXTURES
 from torch import nn
 
-from bonefrac.checkpoint import load_model
-from bonefrac.data import DecodeCache, Record
-from bonefrac.detection_model import STRIDE
-from bonefrac.detection_train import (
+from bonefrac.models.centernet import STRIDE
+from bonefrac.models.checkpoint import load_model
+from bonefrac.train.data import DecodeCache, Record
+from bonefrac.train.detector import (
     MAX_BOXES,
     CropSampler,
     centernet_targets,

@@ -167,9 +167,9 @@ def test_cached_export_predicts_without_importing_torch(tmp_path: Path) -> None:
 def test_cached_export_keeps_the_torch_model_at_hand_and_the_digest_checked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from bonefrac.backends import TorchBackend
     from bonefrac.errors import ModelLoadError
-    from bonefrac.export import onnx_cache_path
+    from bonefrac.inference.backends import TorchBackend
+    from bonefrac.inference.export import onnx_cache_path
 
     monkeypatch.setenv("BONEFRAC_CACHE", str(tmp_path / "cache"))
     path = make_checkpoint(tmp_path / "model.pt", arch="efficientnet_lite0", image_size=96)
@@ -215,8 +215,8 @@ def test_workers_share_the_cores_and_agree(tmp_path: Path, monkeypatch: pytest.M
 def test_the_onnx_session_is_made_ahead_and_a_broken_one_reported_by_the_batch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from bonefrac.backends import OnnxBackend
-    from bonefrac.detector import _warm_quietly
+    from bonefrac.inference.backends import OnnxBackend
+    from bonefrac.inference.detector import _warm_quietly
 
     monkeypatch.setenv("BONEFRAC_CACHE", str(tmp_path / "cache"))
     det = FractureDetector.load(make_checkpoint(tmp_path / "model.pt", arch="efficientnet_lite0", image_size=96))
@@ -239,8 +239,8 @@ def test_the_onnx_session_is_made_ahead_and_a_broken_one_reported_by_the_batch(
 def test_the_constructor_only_stores_and_load_builds_the_backend(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from bonefrac.backends import TorchBackend
-    from bonefrac.models import build_model
+    from bonefrac.inference.backends import TorchBackend
+    from bonefrac.models.classifier import build_model
     from bonefrac.spec import ModelSpec
 
     monkeypatch.setenv("BONEFRAC_CACHE", str(tmp_path / "cache"))
@@ -260,7 +260,7 @@ def test_onnx_export_carries_the_model_metadata_and_the_cache_key_changes_with_t
 
     import onnx
 
-    from bonefrac import export
+    from bonefrac.inference import export
 
     monkeypatch.setenv("BONEFRAC_CACHE", str(tmp_path / "cache"))
     # mean and std differ from the defaults and from each other: the metadata must carry this model's

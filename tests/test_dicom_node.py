@@ -31,10 +31,10 @@ from dicom_helpers import (
 )
 from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation, Verification
 
-from bonefrac.detector import FractureDetector
-from bonefrac.dicom_node import Destination, DicomNode, NodeConfig, NodeConfigError, quiet_dicom_library_logs
-from bonefrac.dicom_results import report_probabilities, study_digest
-from bonefrac.io import read_image
+from bonefrac.dicom.node import Destination, DicomNode, NodeConfig, NodeConfigError, quiet_dicom_library_logs
+from bonefrac.dicom.results import report_probabilities, study_digest
+from bonefrac.inference.detector import FractureDetector
+from bonefrac.io.read import read_image
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,7 @@ from _models import make_checkpoint
 from dicom_helpers import IDENTIFIERS, PATIENT_ID, PATIENT_NAME, need, radiograph_study
 from pydicom.sr.codedict import codes
 
-from bonefrac.detector import FractureDetector
-from bonefrac.dicom_results import (
+from bonefrac.dicom.results import (
     FRACTURE,
     MANUFACTURER,
     SOFTWARE_VERSION,
@@ -24,7 +23,8 @@ from bonefrac.dicom_results import (
     report_probabilities,
 )
 from bonefrac.errors import ImageReadError
-from bonefrac.io import read_image
+from bonefrac.inference.detector import FractureDetector
+from bonefrac.io.read import read_image
 
 
 @pytest.fixture(scope="module")

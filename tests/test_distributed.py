@@ -41,8 +41,8 @@ import torch.distributed as dist
 from _models import FIXTURE_IMAGES, FIXTURES, make_checkpoint
 
 from bonefrac import FractureDetector
-from bonefrac.checkpoint import load_model
-from bonefrac.models import ModelSpec, build_model
+from bonefrac.models.checkpoint import load_model
+from bonefrac.models.classifier import ModelSpec, build_model
 
 pytestmark = [
     pytest.mark.slow,
@@ -137,7 +137,8 @@ def test_global_batch_dropout_draws_one_process_masks(
 ) -> None:
     """Each rank's rows get exactly the mask F.dropout draws for them on the whole batch, in either memory
     layout (the detector's class-activation map is channels-last; the classifier's head sees rows)."""
-    from bonefrac import distributed, distributed_model
+    from bonefrac.train import ddp as distributed_model
+    from bonefrac.train import distributed
 
     x = torch.randn(4, 8, 3, 3).contiguous(memory_format=layout)
     torch.manual_seed(0)
@@ -156,8 +157,8 @@ def test_global_batch_dropout_draws_one_process_masks(
 #: `bonefrac` with the detector's stochastic depth off (it draws per rank: the known gap, see the docstring).
 NO_DROP_PATH = """
 import sys
-from bonefrac import detection_model
-from bonefrac.cli import main
+from bonefrac.models import centernet as detection_model
+from bonefrac.apps.cli import main
 
 built = detection_model.CenterNetLite0
 detection_model.CenterNetLite0 = lambda drop_rate, drop_path_rate: built(drop_rate, 0.0)

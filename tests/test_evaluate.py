@@ -19,11 +19,11 @@ import torch
 from _models import FIXTURES, make_checkpoint
 from terminal import run_on_a_terminal
 
-from bonefrac.checkpoint import atomic_save, sha256_file
-from bonefrac.data import content_digest, load_dataset
 from bonefrac.errors import DatasetError
-from bonefrac.evaluate import evaluate, select_records
-from bonefrac.metrics import auc
+from bonefrac.evaluation.evaluate import evaluate, select_records
+from bonefrac.evaluation.metrics import auc
+from bonefrac.models.checkpoint import atomic_save, sha256_file
+from bonefrac.train.data import content_digest, load_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = FIXTURES / "images"
@@ -95,7 +95,7 @@ def test_a_model_without_digests_says_the_overlap_is_unknown(tmp_path: Path) -> 
 
 def test_bundled_model_knows_its_training_images() -> None:
     """The fixtures are FracAtlas images: 12 trained the bundled model and 2 validated it (its split.json)."""
-    from bonefrac.detector import FractureDetector
+    from bonefrac.inference.detector import FractureDetector
 
     det = FractureDetector.load(backend="torch")
     split = json.loads((ROOT / "src/bonefrac/weights/split.json").read_text())
@@ -140,7 +140,7 @@ def test_plots_leave_matplotlib_backend_alone(tmp_path: Path) -> None:
     code = f"""
 import sys, matplotlib, numpy as np
 before = dict.__getitem__(matplotlib.rcParams, "backend")
-from bonefrac import report
+from bonefrac.evaluation import report
 y = np.array([0, 1] * 20); p = np.linspace(0, 1, 40)
 report.write_plots(y, p, {{"default": 0.5}}, __import__("pathlib").Path({str(tmp_path)!r}))
 report.plot_learning_curve([{{"epoch": 1, "train_loss": 1, "val_loss": 1, "val_auc": 0.5}}], \
@@ -156,7 +156,7 @@ assert dict.__getitem__(matplotlib.rcParams, "backend") == before, "backend chan
 
 
 def test_evaluate_help_shows_every_default() -> None:
-    from bonefrac.cli import build_parser
+    from bonefrac.apps.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     parser = sub.choices["evaluate"]
@@ -220,7 +220,7 @@ def test_stamp_digests_tool_adds_digests_and_keeps_the_weights(
 def test_sensitivity_at_specificity_reads_the_roc() -> None:
     from sklearn.metrics import roc_curve
 
-    from bonefrac.metrics import sensitivity_at_specificity
+    from bonefrac.evaluation.metrics import sensitivity_at_specificity
 
     # 10 negatives, 5 positives: at specificity >= 0.9 one negative may score at or above the threshold.
     y = np.array([0] * 10 + [1] * 5)
@@ -240,9 +240,9 @@ def test_sensitivity_at_specificity_reads_the_roc() -> None:
 def test_a_detector_is_evaluated_on_its_boxes(tmp_path: Path) -> None:
     """A lite0_centernet checkpoint: metrics.json carries the ROC sensitivity at specificity 0.90 beside the AUC,
     and the detection figures are those of its own detections and peaks, recomputed here from the public API."""
-    from bonefrac.detection_metrics import average_precision
-    from bonefrac.detector import FractureDetector
-    from bonefrac.metrics import sensitivity_at_specificity
+    from bonefrac.evaluation.detection import average_precision
+    from bonefrac.evaluation.metrics import sensitivity_at_specificity
+    from bonefrac.inference.detector import FractureDetector
 
     model = make_checkpoint(tmp_path / "det.pt", arch="lite0_centernet", image_size=64)
     m = evaluate(FIXTURES, tmp_path / "rep", model=model, backend="torch", workers=1, progress=False)
@@ -296,7 +296,7 @@ def _fake_report(folder: Path, y: np.ndarray, p: np.ndarray, **metrics: object) 
 
 
 def test_compare_models_prints_one_row_per_evaluation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from bonefrac.metrics import sensitivity_at_specificity
+    from bonefrac.evaluation.metrics import sensitivity_at_specificity
 
     tool = _tool("compare_models")
     rng = np.random.default_rng(0)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from conftest import LIBRARY_HOME_DIRS
 
-from bonefrac.cache import cache_dir
+from bonefrac.paths import cache_dir
 
 
 def test_caches_are_outside_home_here_and_in_subprocesses(_caches_outside_home: Path) -> None:
@@ -18,6 +18,6 @@ def test_caches_are_outside_home_here_and_in_subprocesses(_caches_outside_home: 
     here = [cache_dir(), *(Path(os.environ[name]) for name in LIBRARY_HOME_DIRS)]
     assert cache_dir() == _caches_outside_home
     assert not any(path.resolve().is_relative_to(home) for path in here), (home, here)
-    probe = "from bonefrac.cache import cache_dir; print(cache_dir())"
+    probe = "from bonefrac.paths import cache_dir; print(cache_dir())"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60)
     assert Path(out.stdout.strip()) == _caches_outside_home

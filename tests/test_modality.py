@@ -16,9 +16,9 @@ from make_variants import FIXTURES
 from PIL import Image
 
 from bonefrac.errors import ImageReadError, NotARadiographError
-from bonefrac.image import XrayImage
-from bonefrac.io import read_image
-from bonefrac.modality import MIN_SIDE, check_radiograph
+from bonefrac.io.image import XrayImage
+from bonefrac.io.modality import MIN_SIDE, check_radiograph
+from bonefrac.io.read import read_image
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"

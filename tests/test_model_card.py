@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from _models import FIXTURE_IMAGES, FIXTURES, make_checkpoint
 
-from bonefrac.calibration import recalibrate
-from bonefrac.checkpoint import load_model
-from bonefrac.evaluate import evaluate
+from bonefrac.evaluation.calibration import recalibrate
+from bonefrac.evaluation.evaluate import evaluate
+from bonefrac.models.checkpoint import load_model
 
 TOOL = Path(__file__).parents[1] / "tools" / "model_card.py"
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bonefrac.models import MODELS, EfficientNetLite0, ModelSpec, build_model
+from bonefrac.models.classifier import MODELS, EfficientNetLite0, ModelSpec, build_model
 
 
 @pytest.mark.parametrize("arch", sorted(MODELS))

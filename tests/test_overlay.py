@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bonefrac.io import XrayImage
-from bonefrac.overlay import (
+from bonefrac.io.read import XrayImage
+from bonefrac.render import (
     FRACTURE_COLOUR,
     HEAT_FLOOR,
     SUSPICIOUS_COLOUR,
@@ -16,7 +16,7 @@ from bonefrac.overlay import (
     heatmap_rgba,
     render_overlay,
 )
-from bonefrac.postprocess import Prediction
+from bonefrac.results import Prediction
 
 OPS = {"default": 0.5, "high_sensitivity": 0.2, "high_specificity": 0.8}
 H, W = 400, 600

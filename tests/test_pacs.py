@@ -26,10 +26,10 @@ import pytest
 from _models import make_checkpoint
 from dicom_helpers import free_port, radiograph_study
 
-from bonefrac.batch import PredictOptions, run_predict
-from bonefrac.detector import FractureDetector
-from bonefrac.dicom_node import Destination, DicomNode, NodeConfig
-from bonefrac.dicom_results import report_probabilities
+from bonefrac.apps.predict import PredictOptions, run_predict
+from bonefrac.dicom.node import Destination, DicomNode, NodeConfig
+from bonefrac.dicom.results import report_probabilities
+from bonefrac.inference.detector import FractureDetector
 
 ROUTE_SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "orthanc-route-to-bonefrac.lua"
 

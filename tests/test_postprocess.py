@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from bonefrac.postprocess import (
+from bonefrac.inference.decode import (
     DETECTION_FLOOR,
     DISPLAY_SIDE,
     MAX_BOXES,
@@ -21,8 +21,8 @@ from bonefrac.postprocess import (
     probabilities,
     read_detector,
 )
+from bonefrac.preprocess import letterbox_geometry
 from bonefrac.spec import ModelSpec
-from bonefrac.transforms import letterbox_geometry
 
 POINTS = {"default": 0.5, "high_sensitivity": 0.2, "high_specificity": 0.8}
 SPEC = ModelSpec(operating_points=POINTS)

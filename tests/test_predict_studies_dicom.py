@@ -13,10 +13,10 @@ import pytest
 from _models import make_checkpoint
 from dicom_helpers import radiograph_study
 
-from bonefrac.batch import PredictOptions, run_predict
-from bonefrac.cli import build_parser
-from bonefrac.detector import FractureDetector
-from bonefrac.dicom_results import report_probabilities
+from bonefrac.apps.cli import build_parser
+from bonefrac.apps.predict import PredictOptions, run_predict
+from bonefrac.dicom.results import report_probabilities
+from bonefrac.inference.detector import FractureDetector
 
 
 @pytest.fixture(scope="module")

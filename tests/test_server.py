@@ -33,11 +33,11 @@ from server_helpers import (
 )
 
 from bonefrac import FractureDetector, read_image
-from bonefrac.io import ImageReadWarning
-from bonefrac.overlay import render_overlay
-from bonefrac.server import bundled_model_card, create_app, sanitize_filename
-from bonefrac.server_middleware import TokenAuth, UploadLimit
-from bonefrac.server_settings import TOKEN_ENV, ServerSettings, ServerSettingsError
+from bonefrac.apps.server.app import bundled_model_card, create_app, sanitize_filename
+from bonefrac.apps.server.middleware import TokenAuth, UploadLimit
+from bonefrac.apps.server.settings import TOKEN_ENV, ServerSettings, ServerSettingsError
+from bonefrac.io.read import ImageReadWarning
+from bonefrac.render import render_overlay
 
 PREDICTION_KEYS = {
     "path",
@@ -259,7 +259,7 @@ def test_internal_error_is_a_bare_500_logged_server_side(
         raise RuntimeError("model exploded at /srv/secret/path")
 
     monkeypatch.setattr(det, "predict", broken)
-    caplog.set_level(logging.ERROR, logger="bonefrac.server")
+    caplog.set_level(logging.ERROR, logger="bonefrac.apps.server.app")
     r = TestClient(create_app(det), raise_server_exceptions=False).post(
         "/api/predict", files={"file": ("a.jpg", fracture_jpeg.read_bytes())}
     )
@@ -415,7 +415,7 @@ def test_open_paths_without_the_token(locked: TestClient) -> None:
 
 
 def test_tokens_are_compared_in_constant_time(locked: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    import bonefrac.server_middleware as middleware
+    import bonefrac.apps.server.middleware as middleware
 
     calls: list[tuple[bytes, bytes]] = []
     real = middleware.hmac.compare_digest
@@ -493,11 +493,11 @@ def test_serve_refuses_an_exposed_address_without_a_token(tmp_path: Path) -> Non
 
 
 def test_serve_takes_the_token_from_the_environment(model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import bonefrac.server
-    from bonefrac.cli import main
+    import bonefrac.apps.server.app
+    from bonefrac.apps.cli import main
 
     served: list[ServerSettings] = []
-    monkeypatch.setattr(bonefrac.server, "serve", lambda det, settings: served.append(settings))
+    monkeypatch.setattr(bonefrac.apps.server.app, "serve", lambda det, settings: served.append(settings))
     monkeypatch.setattr(logging, "basicConfig", lambda **kw: None)  # the test run's logging stays as it is
     monkeypatch.setenv(TOKEN_ENV, "from-the-environment-0123456789")
     args = ["serve", "--host", "0.0.0.0", "--port", "8765", "--model", str(model_path), "--backend", "torch"]
@@ -510,7 +510,7 @@ def test_serve_takes_the_token_from_the_environment(model_path: Path, monkeypatc
 
 
 def test_serve_help_shows_every_default(capsys: pytest.CaptureFixture[str]) -> None:
-    from bonefrac.cli import main
+    from bonefrac.apps.cli import main
 
     with pytest.raises(SystemExit) as exit_:
         main(["serve", "--help"])
@@ -530,10 +530,12 @@ def test_predict_does_not_import_the_server(model_path: Path, fracture_jpeg: Pat
     )  # fmt: skip
     assert r.returncode == 0 and '"probability"' in r.stdout
     imported = {line.split("|")[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
-    assert "bonefrac.cli" in imported and "bonefrac.detector" in imported  # the import log is there
+    assert "bonefrac.apps.cli" in imported and "bonefrac.inference.detector" in imported  # the import log is there
     server_side = {m for m in imported if m.split(".")[0] in ("fastapi", "starlette", "uvicorn")}
-    assert server_side | ({"bonefrac.server", "bonefrac.server_middleware"} & imported) == set()
-    code = "import logging, bonefrac.server; print(len(logging.getLogger().handlers), logging.getLogger().level)"
+    assert server_side | ({"bonefrac.apps.server.app", "bonefrac.apps.server.middleware"} & imported) == set()
+    code = (
+        "import logging, bonefrac.apps.server.app; print(len(logging.getLogger().handlers), logging.getLogger().level)"
+    )
     assert bonefrac("-c", code).stdout.split() == ["0", str(logging.WARNING)]
 
 

@@ -14,8 +14,8 @@ from PIL import Image
 from server_helpers import fixture_images, make_test_detector, make_test_model
 
 from bonefrac import FractureDetector, read_image
-from bonefrac.overlay import box_kinds, heat_alpha, render_overlay
-from bonefrac.server import create_app
+from bonefrac.apps.server.app import create_app
+from bonefrac.render import box_kinds, heat_alpha, render_overlay
 
 
 @pytest.fixture(scope="module")

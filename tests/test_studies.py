@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 from dicom_helpers import radiograph_study
 
-from bonefrac.postprocess import Prediction, PredictionError
-from bonefrac.studies import STUDY_RULE, group_studies, study_key, study_result
+from bonefrac.results import STUDY_RULE, Prediction, PredictionError, group_studies, study_key, study_result
 
 
 def _pred(path: str, p: float, threshold: float = 0.5, point: str = "default") -> Prediction:

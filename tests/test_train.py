@@ -21,15 +21,15 @@ import torch
 from _models import FIXTURES
 
 from bonefrac import FractureDetector
-from bonefrac.augment import Augment
-from bonefrac.data import content_digest
 from bonefrac.errors import BonefracError
-from bonefrac.models import MODELS
-from bonefrac.precision import MixedPrecision, autocast_dtype
-from bonefrac.run_folder import resume_command
+from bonefrac.models.classifier import MODELS
 from bonefrac.spec import DETECTOR_ARCHS
-from bonefrac.train import EMA, fit
-from bonefrac.train_config import ARCHS, ConfigError, TrainConfig
+from bonefrac.train.augment import Augment
+from bonefrac.train.config import ARCHS, ConfigError, TrainConfig
+from bonefrac.train.data import content_digest
+from bonefrac.train.loop import EMA, fit
+from bonefrac.train.precision import MixedPrecision, autocast_dtype
+from bonefrac.train.run_folder import resume_command
 
 ARGS = [
     "--arch",
@@ -312,7 +312,7 @@ def test_augment_apply_always_returns_images_and_masks() -> None:
 
 def test_resume_state_carries_the_cuda_generator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """On a GPU, dropout draws from the device's generator: last.pt saves it and `restore` puts it back."""
-    from bonefrac import run_folder
+    from bonefrac.train import run_folder
 
     cuda_state = torch.arange(16, dtype=torch.uint8)
     restored: list[tuple[torch.Tensor, torch.device]] = []
@@ -343,7 +343,7 @@ def test_resume_state_carries_the_cuda_generator(tmp_path: Path, monkeypatch: py
 def test_an_fp16_runs_loss_scale_survives_a_resume(tmp_path: Path) -> None:
     """fp16 training skips steps while its loss scale settles: last.pt keeps the scale, so a resumed run does
     not start that again (an fp32 or bf16 run saves an empty scaler state, and restores nothing)."""
-    from bonefrac import run_folder
+    from bonefrac.train import run_folder
 
     model = torch.nn.Linear(2, 1)
     precision = MixedPrecision("fp32", torch.device("cpu"))
@@ -396,7 +396,7 @@ def test_precision_follows_the_device(
 
 
 def test_the_device_choice_picks_the_process_device(monkeypatch: pytest.MonkeyPatch) -> None:
-    from bonefrac import distributed
+    from bonefrac.train import distributed
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setenv("LOCAL_RANK", "1")  # torchrun's second process on this node: its own GPU
@@ -421,7 +421,7 @@ def test_device_and_precision_may_change_on_resume(tmp_path: Path) -> None:
 
 
 def test_train_help_shows_every_default() -> None:
-    from bonefrac.cli import build_parser
+    from bonefrac.apps.cli import build_parser
 
     subparsers = next(a for a in build_parser()._actions if a.dest == "command")
     train_parser = subparsers.choices["train"]

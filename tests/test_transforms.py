@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from bonefrac.augment import Augment
-from bonefrac.io import XrayImage
-from bonefrac.models import ModelSpec
-from bonefrac.postprocess import content_box_to_image, content_map, heatmap_on_image
-from bonefrac.transforms import letterbox, preprocess
+from bonefrac.inference.decode import content_box_to_image, content_map, heatmap_on_image
+from bonefrac.io.read import XrayImage
+from bonefrac.models.classifier import ModelSpec
+from bonefrac.preprocess import letterbox, preprocess
+from bonefrac.train.augment import Augment
 
 
 @pytest.mark.parametrize("shape", [(373, 454), (454, 373), (1024, 1024), (50, 300)])
@@ -68,7 +68,7 @@ def test_augment_is_seeded_and_stays_in_range() -> None:
 
 
 def test_box_mask_lands_where_letterbox_puts_the_box() -> None:
-    from bonefrac.transforms import box_mask, letterbox_geometry
+    from bonefrac.preprocess import box_mask, letterbox_geometry
 
     g = letterbox_geometry(300, 600, 128)  # scale 128/600, padded top and bottom
     mask = box_mask([[300, 150, 360, 210]], g)
@@ -102,7 +102,7 @@ def test_the_inference_graph_upsamples_the_cam_bicubic_onto_the_input() -> None:
     beside it (bilinear never does), and a flat map stays flat."""
     from torch import nn
 
-    from bonefrac.models import ClassifierHead, FractureNet, LogitAndCam
+    from bonefrac.models.classifier import ClassifierHead, FractureNet, LogitAndCam
 
     class GivenMap(FractureNet):  # forward_features returns the map; the head copies it: CAM = the map
         def __init__(self, cam: torch.Tensor) -> None:
@@ -129,7 +129,7 @@ def test_the_inference_graph_upsamples_the_cam_bicubic_onto_the_input() -> None:
 
 
 def test_heatmap_on_the_full_image_is_bilinear_upsampling() -> None:
-    from bonefrac.transforms import letterbox_geometry
+    from bonefrac.preprocess import letterbox_geometry
 
     g = letterbox_geometry(900, 700, 64)
     content = np.random.default_rng(6).random((64, 50), dtype=np.float32)

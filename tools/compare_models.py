@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from bonefrac.metrics import ROC_SPECIFICITY, sensitivity_at_specificity
+from bonefrac.evaluation.metrics import ROC_SPECIFICITY, sensitivity_at_specificity
 
 COLUMNS = (
     "model",

@@ -18,10 +18,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bonefrac.checkpoint import load_model
-from bonefrac.detection_model import STRIDE
-from bonefrac.metrics import HIGH_SENSITIVITY_TARGET, HIGH_SPECIFICITY_TARGET
-from bonefrac.postprocess import DETECTION_FLOOR, MAX_DETECTIONS
+from bonefrac.evaluation.metrics import HIGH_SENSITIVITY_TARGET, HIGH_SPECIFICITY_TARGET
+from bonefrac.inference.decode import DETECTION_FLOOR, MAX_DETECTIONS
+from bonefrac.models.centernet import STRIDE
+from bonefrac.models.checkpoint import load_model
 
 #: The operating points in the order a reader meets them (most sensitive first), with the rule that chose each.
 RULES = {

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from bonefrac import __version__
-from bonefrac.checkpoint import load_checkpoint, save_model, sha256_file
-from bonefrac.data import DecodeCache, load_dataset, load_split
-from bonefrac.metrics import choose_operating_points, discrimination
-from bonefrac.models import ModelSpec, build_model
-from bonefrac.train import predict_cached
+from bonefrac.evaluation.metrics import choose_operating_points, discrimination
+from bonefrac.models.checkpoint import load_checkpoint, save_model, sha256_file
+from bonefrac.models.classifier import ModelSpec, build_model
+from bonefrac.train.data import DecodeCache, load_dataset, load_split
+from bonefrac.train.loop import predict_cached
 
 
 def main() -> None:

@@ -7,12 +7,13 @@ pred = det.predict("hand.jpg")         # probability, decision, heatmap, boxes
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from .detector import FractureDetector, Prediction, PredictionError  # noqa: E402
-from .errors import BonefracError, DatasetError, ImageReadError, ImageTooLargeError, ModelLoadError  # noqa: E402
-from .io import XrayImage, read_image  # noqa: E402
-from .spec import ModelSpec  # noqa: E402
+from bonefrac._version import __version__
+from bonefrac.errors import BonefracError, DatasetError, ImageReadError, ImageTooLargeError, ModelLoadError
+from bonefrac.inference.detector import FractureDetector
+from bonefrac.io.image import XrayImage
+from bonefrac.io.read import read_image
+from bonefrac.results import Prediction, PredictionError, StudyResult
+from bonefrac.spec import ModelSpec
 
 __all__ = [
     "BonefracError",
@@ -24,6 +25,7 @@ __all__ = [
     "ModelSpec",
     "Prediction",
     "PredictionError",
+    "StudyResult",
     "XrayImage",
     "__version__",
     "read_image",

@@ -1,3 +1,3 @@
-from .cli import run
+from bonefrac.apps.cli import run
 
 run()

@@ -43,8 +43,8 @@ torch.set_num_threads(2)
 
 # ------------------------------------------------------------------------------------------------ data
 def decode(limit: int | None = None) -> str:
-    from bonefrac.data import load_dataset
-    from bonefrac.io import read_image
+    from bonefrac.io.read import read_image
+    from bonefrac.train.data import load_dataset
 
     records = load_dataset(DATA)
     split = json.load(open(SPLIT))
@@ -216,7 +216,7 @@ class V2Net(nn.Module):
 
     def __init__(self, pretrained: bool = True, ch: int = 64):
         super().__init__()
-        from bonefrac.models import EfficientNetLite0
+        from bonefrac.models.classifier import EfficientNetLite0
 
         bb = EfficientNetLite0()
         if pretrained:
@@ -446,8 +446,8 @@ def sens_at_spec(y, p, spec=0.90):
 
 
 def cmd_eval(a):
-    from bonefrac.detection_metrics import detection_scores
-    from bonefrac.metrics import auc, auc_ci
+    from bonefrac.evaluation.detection import detection_scores
+    from bonefrac.evaluation.metrics import auc, auc_ci
 
     items = load_cache(a.limit)
     val = [it for it in items if it["split"] == "val"] if not a.limit else items

@@ -62,8 +62,8 @@ def convert_state(pilot_state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
 def main(argv: list[str] | None = None) -> int:
     from v2_pilot import V2Net
 
-    from bonefrac.checkpoint import save_model
-    from bonefrac.detection_model import build_detector
+    from bonefrac.models.centernet import build_detector
+    from bonefrac.models.checkpoint import save_model
     from bonefrac.spec import ModelSpec
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -1,0 +1,272 @@
+"""FractureDetector: the public API. Load a model, predict on files or images, with heatmaps and boxes.
+
+det = FractureDetector.load()              # the bundled default model
+pred = det.predict("wrist.dcm")            # Prediction(probability, fractured, heatmap, boxes, ...)
+for p in det.predict_many(paths): ...      # batched, decoding in parallel, bad files as errors
+
+Data flow: file -> `transforms.read_for_model` -> `transforms.preprocess` -> backend (named outputs) ->
+`postprocess.predictions`. Nothing else turns model outputs into results.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from bonefrac.errors import BonefracError
+from bonefrac.inference.backends import DEFAULT_BATCH_SIZE, Backend, OnnxBackend, onnxruntime_available, process_cores
+from bonefrac.inference.decode import HeatmapOption, predictions
+from bonefrac.io.modality import check_radiograph
+from bonefrac.io.read import XrayImage
+from bonefrac.models.checkpoint import bundled_model_path, load_model, resolve_checkpoint, verified_digest
+from bonefrac.preprocess import Geometry, preprocess, read_for_model
+from bonefrac.results import Prediction, PredictionError
+from bonefrac.spec import ModelSpec
+
+if TYPE_CHECKING:  # torch is imported only when the torch model is used: ONNX inference runs without it
+    import torch
+
+__all__ = ["FractureDetector", "Prediction", "PredictionError"]
+
+#: Default cap on `predict_many` workers: each holds a batch in flight (decoded images and the model's
+#: activations), so memory grows with them; beyond it, the workers' model runs get several threads each.
+MAX_WORKERS = 8
+BACKENDS = ("auto", "onnx", "torch")
+
+
+@dataclass
+class _Prepared:
+    path: str | None
+    tensor: np.ndarray
+    geometry: Geometry
+    warnings: list[str]
+
+
+class FractureDetector:
+    """A trained fracture model (a detector, or a classifier with a heatmap) with its preprocessing,
+    calibration, operating points and inference backend.
+
+    Build one with `FractureDetector.load`; the constructor only stores what it is given."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        backend: Backend,
+        info: dict[str, Any] | None = None,
+        checkpoint: str | Path | None = None,
+        model: torch.nn.Module | None = None,
+    ) -> None:
+        """`model` may be None when `checkpoint` says where the torch model is (loaded on first use)."""
+        self.spec = spec
+        self.backend = backend
+        self.info = info or {}
+        self.checkpoint = checkpoint
+        self._model = model
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, backend: str = "auto") -> FractureDetector:
+        """The bundled default model, or a training run folder / checkpoint file.
+
+        `backend`: "onnx" (onnxruntime), "torch", or "auto" (onnx when onnxruntime imports). The ONNX export
+        is cached per checkpoint; with a cached export, torch is not imported at all (a fast start)."""
+        if backend not in BACKENDS:
+            raise BonefracError(f"unknown backend {backend!r}: choose {', '.join(BACKENDS)}")
+        checkpoint = resolve_checkpoint(bundled_model_path() if path is None else path)
+        use_onnx = backend != "torch" and onnxruntime_available()
+        if backend == "onnx" and not use_onnx:
+            raise BonefracError("backend onnx: onnxruntime is not installed (pip install onnxruntime)")
+        if use_onnx:
+            from bonefrac.inference.export import read_cached_export
+
+            cached = read_cached_export(verified_digest(checkpoint))
+            if cached is not None:
+                onnx_path, spec, info = cached
+                return cls(spec, OnnxBackend(onnx_path), info, checkpoint)
+        model, spec, info = load_model(checkpoint)
+        if use_onnx:
+            from bonefrac.inference.export import cached_export
+
+            return cls(spec, OnnxBackend(cached_export(model, spec, info)), info, checkpoint, model)
+        from bonefrac.inference.backends import TorchBackend
+
+        return cls(spec, TorchBackend(model, spec.image_size), info, checkpoint, model)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The torch module (`FractureNet` or `CenterNetLite0`); loaded on first use when predicting via ONNX."""
+        if self._model is None:
+            if self.checkpoint is None:
+                raise BonefracError("this detector has no checkpoint to load its torch model from")
+            self._model = load_model(self.checkpoint)[0]
+        return self._model
+
+    @property
+    def sha256(self) -> str:
+        return str(self.info.get("sha256", "unversioned"))
+
+    @property
+    def version(self) -> str:
+        return str(self.info.get("model_version") or f"{self.spec.arch}-{self.spec.image_size}px-{self.sha256[:12]}")
+
+    @property
+    def operating_points(self) -> dict[str, float]:
+        return dict(self.spec.operating_points)
+
+    def facts(self) -> dict[str, Any]:
+        """The model card facts as plain JSON (what `/api/model` and `metrics.json` show)."""
+        from bonefrac.models.metadata import model_facts
+
+        return {**model_facts(self.spec, self.info, self.version, self.sha256), "backend": self.backend.name}
+
+    def preprocess(self, image: XrayImage) -> torch.Tensor:
+        """The one preprocessing: (1, S, S) float32 model input for an `XrayImage`."""
+        import torch
+
+        return torch.from_numpy(preprocess(image, self.spec)[0])
+
+    def check_operating_point(self, name: str) -> None:
+        """Raise a one-line `BonefracError` unless `name` is one of the model's operating points."""
+        if name not in self.spec.operating_points:
+            raise BonefracError(
+                f"unknown operating point {name!r}; choose one of {', '.join(self.spec.operating_points)}"
+            )
+
+    def decision(self, operating_point: str, threshold: float | None) -> tuple[str, float]:
+        """(operating point, threshold) to decide at: a named point's, or "custom" with a threshold given by
+        hand (0 < threshold < 1). Raises a one-line `BonefracError` for anything else."""
+        if threshold is None:
+            self.check_operating_point(operating_point)
+            return operating_point, self.spec.operating_points[operating_point]
+        if not 0.0 < float(threshold) < 1.0:
+            raise BonefracError(f"threshold {threshold} is not a probability strictly between 0 and 1")
+        return "custom", float(threshold)
+
+    # ------------------------------------------------------------------ single images
+    def predict(
+        self,
+        source: str | Path | XrayImage,
+        operating_point: str = "default",
+        heatmap: HeatmapOption = True,
+        any_modality: bool = False,
+        threshold: float | None = None,
+    ) -> Prediction:
+        """Predict one file or `XrayImage`. Raises `BonefracError` for unreadable files, and
+        `NotARadiographError` for images that are not projection radiographs (`modality.check_radiograph`)
+        unless `any_modality`.
+
+        `heatmap`: True for a heatmap at display resolution (long side at most `postprocess.DISPLAY_SIDE`),
+        "full" for one at the image's full resolution, False for none. `threshold`: decide at this probability
+        (operating point "custom") instead of at `operating_point`'s."""
+        decision = self.decision(operating_point, threshold)
+        return self._run([self._prepare(source, any_modality)], self.backend, decision, heatmap)[0]
+
+    # ------------------------------------------------------------------ many files
+    def predict_many(
+        self,
+        paths: Iterable[str | Path],
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        workers: int | None = None,
+        operating_point: str = "default",
+        heatmap: HeatmapOption = False,
+        any_modality: bool = False,
+        threshold: float | None = None,
+    ) -> Iterator[Prediction | PredictionError]:
+        """Stream results in input order; unreadable files (and, unless `any_modality`, images that are not
+        projection radiographs) come out as `PredictionError`.
+
+        Each of `workers` threads (default: one per core of this process, at most `MAX_WORKERS`) takes a batch
+        through read -> preprocess -> model -> heatmap and boxes, so one worker decodes while another runs
+        the model. Each model run gets cores // workers threads: a run on several threads stalls at every
+        layer whenever a decoding thread holds one of its cores (bench/README.md). `threshold` as in `predict`.
+        """
+        decision = self.decision(operating_point, threshold)
+        workers = max(1, workers or min(process_cores(), MAX_WORKERS))
+        backend = self.backend.for_workers(workers) if workers > 1 else self.backend
+        # The onnxruntime session is made while the workers read their first batches, not after.
+        threading.Thread(target=_warm_quietly, args=(backend,), daemon=True).start()
+        pool = ThreadPoolExecutor(workers)
+        inflight: deque[Future[list[Prediction | PredictionError]]] = deque()
+        try:
+            for batch in _chunks(paths, batch_size, workers):
+                inflight.append(pool.submit(self._predict_batch, batch, backend, decision, heatmap, any_modality))
+                # Every worker busy and as many batches queued: memory stays bounded, and a worker that
+                # finishes while the oldest batch is still running finds the next one waiting.
+                if len(inflight) >= 2 * workers:
+                    yield from inflight.popleft().result()
+            while inflight:
+                yield from inflight.popleft().result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _predict_batch(
+        self,
+        paths: list[str | Path],
+        backend: Backend,
+        decision: tuple[str, float],
+        heatmap: HeatmapOption,
+        any_modality: bool,
+    ) -> list[Prediction | PredictionError]:
+        pending = [self._try_prepare(p, any_modality) for p in paths]
+        ready = [p for p in pending if isinstance(p, _Prepared)]
+        results = iter(self._run(ready, backend, decision, heatmap) if ready else [])
+        return [next(results) if isinstance(p, _Prepared) else p for p in pending]
+
+    def _try_prepare(self, path: str | Path, any_modality: bool) -> _Prepared | PredictionError:
+        try:
+            return self._prepare(path, any_modality)
+        except BonefracError as e:
+            return PredictionError(str(path), str(e))
+        except Exception as e:  # never let one hostile file take the batch down
+            return PredictionError(str(path), f"{Path(path).name}: unexpected error: {type(e).__name__}: {e}")
+
+    # ------------------------------------------------------------------ internals
+    def _prepare(self, source: str | Path | XrayImage, any_modality: bool = False) -> _Prepared:
+        image = source if isinstance(source, XrayImage) else read_for_model(source, self.spec)
+        notes = check_radiograph(image, allow_any=any_modality)  # the one rule: only what the model is for
+        tensor, geometry = preprocess(image, self.spec)
+        path = image.path if isinstance(source, XrayImage) else str(source)
+        return _Prepared(path, tensor, geometry, [*image.meta.get("warnings", []), *notes])
+
+    def _run(
+        self, items: list[_Prepared], backend: Backend, decision: tuple[str, float], heatmap: HeatmapOption
+    ) -> list[Prediction]:
+        operating_point, threshold = decision
+        return predictions(
+            backend.run(np.stack([i.tensor for i in items])),
+            [i.geometry for i in items],
+            [i.path for i in items],
+            [i.warnings for i in items],
+            self.spec,
+            operating_point,
+            self.version,
+            heatmap,
+            threshold,
+        )
+
+
+def _warm_quietly(backend: Backend) -> None:
+    try:
+        backend.warm()
+    except Exception:  # noqa: S110 (the first batch makes the session again and reports what went wrong there)
+        pass
+
+
+def _chunks(items: Iterable[str | Path], n: int, parts: int = 1) -> Iterator[list[str | Path]]:
+    """Batches of `n`; the last `parts` batches' worth is split evenly, so that the run does not end on
+    one worker finishing a whole batch while the others wait."""
+    it, n = iter(items), max(1, n)
+    ahead = list(islice(it, n * parts))
+    while len(ahead) == n * parts:
+        yield ahead[:n]
+        ahead = ahead[n:] + list(islice(it, n))
+    k = min(parts, len(ahead))
+    for i in range(k):
+        yield ahead[i * len(ahead) // k : (i + 1) * len(ahead) // k]

@@ -1,0 +1,203 @@
+"""ONNX export: the graph, its metadata, its per-checkpoint cache, and the torch/onnxruntime parity check.
+
+The exported graph takes a float32 batch (N, 1, S, S), preprocessed as `transforms.preprocess` does, and
+returns the backends' named outputs (`backends`): a classifier's `logit` (N,) and `cam` (N, S, S); a
+detector's `heatmap` (N, h, w), `size` and `offset` (N, 2, h, w) and `global` (N,). The file stands on its
+own: its `metadata_props` carry the input size, normalisation, calibration, operating points and versions,
+so another runtime needs nothing from bonefrac.
+
+`bonefrac predict` spends most of its start-up importing torch, which onnxruntime does not need. So each
+export is cached under a key made of the checkpoint's SHA-256, the bonefrac version and the export settings
+(an upgrade never runs a stale graph), with a JSON copy of the spec and facts beside it: later runs find it
+and predict without importing torch. torch is imported only to export.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from bonefrac._version import __version__
+from bonefrac.models.metadata import jsonable
+from bonefrac.paths import EXAMPLES_DIR, cache_dir
+from bonefrac.spec import ModelSpec
+
+if TYPE_CHECKING:
+    import torch
+
+ONNX_OPSET = 17
+#: Everything about the export besides the checkpoint that changes the file: part of the cache key.
+EXPORT_SETTINGS = (
+    f"opset={ONNX_OPSET};inputs=image;outputs=logit,cam (input grid, bicubic by matmul) | "
+    "heatmap,size,offset,global (detector);batch=dynamic;exporter=torchscript;metadata=calibration"
+)
+CACHE_FORMAT = "bonefrac-onnx-cache-v3"
+PREPROCESSING = (
+    "greyscale radiograph, bone bright; per-image min-max to [0, 1]; long side resized to image_size "
+    "(antialiased bilinear; images of reduce_from x image_size or more box-reduced by 2, 4 or 8 first); "
+    "zero padding to a centred square; values rounded to multiples of 1/255; then (x - mean) / std"
+)
+CALIBRATED = "probability = sigmoid(scale * z + bias), (scale, bias) = the calibration property"
+OUTPUTS = {
+    "classifier": f"logit (N,) = z, {CALIBRATED}; cam (N, S, S): per-location logits (mean = logit)",
+    "detector": (
+        "heatmap (N, h, w): fracture-centre logits on a stride-8 grid; size (N, 2, h, w): log(width / 8), "
+        "log(height / 8); offset (N, 2, h, w): the centre's (dx, dy) in the cell, so centre = (cell + offset) * 8 "
+        "input pixels; global (N,): the global head's logit. Per cell z = (heatmap + global) / 2, its score "
+        f"sigmoid(scale * z + bias); image z = the highest z over the image content (not the padding); {CALIBRATED}"
+    ),
+}
+
+
+def export_onnx(model: torch.nn.Module, spec: ModelSpec, path: str | Path, info: dict[str, Any] | None = None) -> Path:
+    """Write the model's inference graph (`backends.inference_graph`) as ONNX: dynamic batch, the named
+    outputs, metadata_props; atomically."""
+    import onnx
+    import torch
+
+    from bonefrac.inference.backends import inference_graph
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    dummy = torch.zeros(1, 1, spec.image_size, spec.image_size)
+    graph_module = inference_graph(model, spec.image_size).eval()
+    names = list(graph_module.output_names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated but needs no onnxscript
+        torch.onnx.export(
+            graph_module,
+            (dummy,),
+            str(tmp),
+            input_names=["image"],
+            output_names=names,
+            dynamic_axes={name: {0: "batch"} for name in ["image", *names]},
+            opset_version=ONNX_OPSET,
+            dynamo=False,
+        )
+    graph = onnx.load(str(tmp))
+    onnx.helper.set_model_props(graph, onnx_metadata(spec, info or {}))
+    onnx.save(graph, str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+def onnx_metadata(spec: ModelSpec, info: dict[str, Any]) -> dict[str, str]:
+    """The `metadata_props` of an export: what any runtime needs to prepare inputs and read outputs."""
+    return {
+        "bonefrac_version": __version__,
+        "model_version": str(info.get("model_version") or ""),
+        "checkpoint_sha256": str(info.get("sha256") or ""),
+        "arch": spec.arch,
+        "image_size": str(spec.image_size),
+        "mean": repr(spec.mean),
+        "std": repr(spec.std),
+        "reduce_from": str(spec.reduce_from),
+        "operating_points": json.dumps(spec.operating_points),
+        "calibration": json.dumps(spec.calibration),
+        "spec": json.dumps(spec.to_dict()),
+        "preprocessing": PREPROCESSING,
+        "outputs": OUTPUTS["detector" if spec.is_detector else "classifier"],
+    }
+
+
+# ---------------------------------------------------------------- the cache
+def cache_key(sha256: str) -> str:
+    return hashlib.sha256(f"{sha256}|bonefrac {__version__}|{EXPORT_SETTINGS}".encode()).hexdigest()[:16]
+
+
+def onnx_cache_path(sha256: str) -> Path:
+    return cache_dir() / "onnx" / f"{cache_key(sha256)}.onnx"
+
+
+def read_cached_export(sha256: str) -> tuple[Path, ModelSpec, dict[str, Any]] | None:
+    """The cached export of the checkpoint with this digest: (ONNX file, spec, info), or None."""
+    onnx_path = onnx_cache_path(sha256)
+    try:
+        meta = json.loads(onnx_path.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("format") != CACHE_FORMAT or meta.get("sha256") != sha256:
+        return None
+    if not onnx_path.is_file():
+        return None
+    return onnx_path, ModelSpec.from_dict(meta["spec"]), dict(meta.get("info") or {})
+
+
+def cached_export(model: torch.nn.Module, spec: ModelSpec, info: dict[str, Any]) -> Path:
+    """The export of this checkpoint (`info["sha256"]`) in the cache, made now if missing, with the spec and
+    facts beside it. A cache that cannot be written gets a one-run export in a temporary folder."""
+    sha256 = str(info["sha256"])
+    path = onnx_cache_path(sha256)
+    try:
+        if not path.is_file():
+            export_onnx(model, spec, path, info)
+        meta_path = path.with_suffix(".json")
+        tmp = meta_path.with_name(f".{meta_path.name}.{os.getpid()}.tmp")
+        meta = {"format": CACHE_FORMAT, "sha256": sha256, "spec": spec.to_dict(), "info": jsonable(info)}
+        tmp.write_text(json.dumps(meta))
+        os.replace(tmp, meta_path)  # after the ONNX file: a meta file always has its export
+    except OSError as e:  # a read-only home must not stop predictions: export for this run only
+        tmp_dir = Path(tempfile.mkdtemp(prefix="bonefrac-onnx-"))
+        warnings.warn(
+            f"cannot write the ONNX cache in {path.parent} ({e.strerror or e}); exported to {tmp_dir} for this "
+            "run only (set BONEFRAC_CACHE to a writable folder)",
+            stacklevel=2,
+        )
+        return export_onnx(model, spec, tmp_dir / path.name, info)
+    return path
+
+
+# ---------------------------------------------------------------- `bonefrac export`
+@dataclass(frozen=True)
+class ExportReport:
+    path: Path
+    spec: ModelSpec
+    parity_images: int
+    #: the largest difference between torch and onnxruntime over the outputs (`parity`).
+    max_probability_difference: float
+
+
+def export_model(checkpoint: str | Path | None, out: str | Path, check_on: list[Path] | None = None) -> ExportReport:
+    """Export a checkpoint (None: the bundled model) to `out` and check onnxruntime against torch on
+    `check_on` (default: the bundled example radiographs)."""
+    from bonefrac.io.read import read_image
+    from bonefrac.models.checkpoint import bundled_model_path, load_model
+    from bonefrac.preprocess import preprocess
+
+    model, spec, info = load_model(checkpoint or bundled_model_path())
+    path = export_onnx(model, spec, out, info)
+    files = check_on if check_on is not None else sorted(EXAMPLES_DIR.glob("*.jpg"))
+    diff = float("nan")
+    if files:
+        x = np.stack([preprocess(read_image(p), spec)[0] for p in files])
+        diff = parity(model, path, x, spec)
+    return ExportReport(path, spec, len(files), diff)
+
+
+def parity(model: torch.nn.Module, onnx_path: str | Path, x: np.ndarray, spec: ModelSpec | None = None) -> float:
+    """The largest difference between eager torch and onnxruntime on a batch, over every output as a
+    (calibrated) probability: the image's (logit / global) and, for a detector, each heatmap cell's.
+    The box size and offset are compared as they are (cells)."""
+    from bonefrac.inference.backends import OnnxBackend, TorchBackend
+    from bonefrac.inference.decode import probabilities
+
+    calibration = spec.calibration if spec is not None else None
+    torch_out, onnx_out = TorchBackend(model, x.shape[-1]).run(x), OnnxBackend(onnx_path).run(x)
+    if set(torch_out) != set(onnx_out):
+        raise ValueError(f"the export's outputs {sorted(onnx_out)} are not the model's {sorted(torch_out)}")
+    diffs = []
+    for name in ("logit", "global", "heatmap"):
+        if name in torch_out:
+            p_torch, p_onnx = probabilities(torch_out[name], calibration), probabilities(onnx_out[name], calibration)
+            diffs.append(float(np.abs(p_torch - p_onnx).max()))
+    diffs += [float(np.abs(torch_out[n] - onnx_out[n]).max()) for n in ("size", "offset") if n in torch_out]
+    return max(diffs)
