@@ -236,7 +236,7 @@ def test_destination_syntax_is_checked() -> None:
 
 def test_sigterm_stops_run_cleanly(detector: FractureDetector, tmp_path: Path) -> None:
     """`run` (what `bonefrac dicom-node` calls) serves until SIGTERM, then returns 0 and restores the handlers.
-    (tests/test_pacs.py stops the real command the same way.)"""
+    (tests/dicom/test_pacs.py stops the real command the same way.)"""
     node = DicomNode(detector, NodeConfig(port=0, host="127.0.0.1", out=tmp_path / "out", study_idle=0.3))
     before = signal.getsignal(signal.SIGTERM)
     echoed: list[int] = []

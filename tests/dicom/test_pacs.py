@@ -31,7 +31,7 @@ from bonefrac.dicom.node import Destination, DicomNode, NodeConfig
 from bonefrac.dicom.results import report_probabilities
 from bonefrac.inference.detector import FractureDetector
 
-ROUTE_SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "orthanc-route-to-bonefrac.lua"
+ROUTE_SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "orthanc-route-to-bonefrac.lua"
 
 
 class Orthanc:

@@ -15,7 +15,7 @@ from bonefrac.evaluation.calibration import recalibrate
 from bonefrac.evaluation.evaluate import evaluate
 from bonefrac.models.checkpoint import load_model
 
-TOOL = Path(__file__).parents[1] / "tools" / "model_card.py"
+TOOL = Path(__file__).parents[2] / "tools" / "model_card.py"
 
 
 def _card(tmp_path: Path, model: Path, report: Path, *extra: str) -> str:

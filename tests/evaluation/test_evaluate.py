@@ -25,7 +25,7 @@ from bonefrac.evaluation.metrics import auc
 from bonefrac.models.checkpoint import atomic_save, sha256_file
 from bonefrac.train.data import content_digest, load_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 IMAGES = FIXTURES / "images"
 TRAIN = ["IMG0000505.jpg", "IMG0001089.jpg", "IMG0001271.jpg", "IMG0001763.jpg"]
 VALIDATION = ["IMG0001910.jpg", "IMG0002385.jpg"]
