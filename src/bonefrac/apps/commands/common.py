@@ -1,0 +1,26 @@
+"""Options that several commands share."""
+
+from __future__ import annotations
+
+import argparse
+
+from bonefrac.inference.backends import DEFAULT_BATCH_SIZE
+
+
+def model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="checkpoint file or training run folder (default: the bundled model)")
+    p.add_argument(
+        "--backend", default="auto", choices=["auto", "onnx", "torch"], help="default auto = onnx when available"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        help=f"images per model run (default {DEFAULT_BATCH_SIZE}: measured fastest)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="threads, each taking batches through read, model and heatmap (default: one per core, at most 8)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (default: a bar on stderr)")

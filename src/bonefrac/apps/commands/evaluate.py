@@ -1,0 +1,86 @@
+"""`bonefrac evaluate` and `bonefrac calibrate`: a model against a labelled dataset."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bonefrac.apps.commands.common import model_args
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from bonefrac.evaluation.evaluate import evaluate
+
+    m = evaluate(
+        args.dataset,
+        args.out,
+        model=args.model,
+        split_file=args.split,
+        subset=args.subset,
+        backend=args.backend,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )
+    print((Path(args.out) / "results.txt").read_text(), end="")
+    print(f"report written to {args.out}/ (metrics.json, results.txt, plots)")
+    return 0 if not m["unreadable"] else 1
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from bonefrac.evaluation.calibration import recalibrate, summary
+
+    record = recalibrate(
+        args.dataset,
+        args.out,
+        model=args.model,
+        split_file=args.split,
+        subset=args.subset,
+        backend=args.backend,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )
+    print(summary(record))
+    print(f"recalibrated model written to {record['path']} (sha256 {record['sha256'][:12]}...)")
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser(
+        "evaluate",
+        help="metrics, plots and results.txt on a labelled dataset",
+        description="Evaluate a model on a labelled dataset: AUC with its CI, the model's operating points, "
+        "per body region, localisation, plots. Images the model was trained or validated on are counted "
+        "and the unseen images' figures come first.",
+    )
+    e.add_argument("dataset", help="FracAtlas-style folder, fractured/ + not_fractured/ folders, or a CSV")
+    e.add_argument("--out", required=True, help="report folder (metrics.json, results.txt, predictions.csv, plots)")
+    e.add_argument(
+        "--split", help="a training run's split.json: evaluate only one subset of it (default: none, every image)"
+    )
+    e.add_argument(
+        "--subset", default="val", choices=["train", "val"], help="with --split: which subset (default %(default)s)"
+    )
+    model_args(e)
+    e.set_defaults(func=_evaluate)
+
+    c = sub.add_parser(
+        "calibrate",
+        help="refit the model's calibration and operating points on your own labelled images",
+        description="Refit a model's probability calibration (Platt scaling of its raw image logit) and its three "
+        "operating points on a site's labelled images; write a new checkpoint with the same weights that records "
+        "what it was fitted on, ECE and Brier before and after. Fit on images the model was not trained on, "
+        "with both classes; the more the better.",
+    )
+    c.add_argument("dataset", help="FracAtlas-style folder, fractured/ + not_fractured/ folders, or a CSV")
+    c.add_argument("--out", required=True, help="the recalibrated checkpoint (.pt; a folder: model.pt in it)")
+    c.add_argument("--split", help="a split.json: fit on one subset of it only (default: none, every image)")
+    c.add_argument(
+        "--subset",
+        default="val",
+        choices=["val", "train", "all"],
+        help="with --split: which images (default %(default)s; all = every image of the dataset)",
+    )
+    model_args(c)
+    c.set_defaults(func=_calibrate)

@@ -1,0 +1,27 @@
+"""`bonefrac export`: the model as an ONNX file."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _export(args: argparse.Namespace) -> int:
+    from bonefrac.inference.export import export_model
+
+    report = export_model(args.model, args.out)
+    if report.parity_images:
+        print(
+            f"torch/onnxruntime parity on {report.parity_images} example images: "
+            f"max |dp| = {report.max_probability_difference:.2e}"
+        )
+    spec = report.spec
+    print(f"exported {spec.arch} ({spec.image_size}px, dynamic batch, outputs: logit, cam) to {report.path}")
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    x = sub.add_parser("export", help="export the model to ONNX (dynamic batch, heatmap features output)")
+    x.add_argument("--format", choices=["onnx"], default="onnx")
+    x.add_argument("--out", required=True, help="output .onnx file")
+    x.add_argument("--model", help="checkpoint or run folder (default: the bundled model)")
+    x.set_defaults(func=_export)
