@@ -190,8 +190,11 @@ class FractureDetector:
         decision = self.decision(operating_point, threshold)
         workers = max(1, workers or min(process_cores(), MAX_WORKERS))
         backend = self.backend.for_workers(workers) if workers > 1 else self.backend
-        # The onnxruntime session is made while the workers read their first batches, not after.
-        threading.Thread(target=_warm_quietly, args=(backend,), daemon=True).start()
+        # The onnxruntime session is made while the workers read their first batches, not after. Joined
+        # below: when no input reaches the model, an interpreter exiting while the thread is still making
+        # the session aborts (SIGABRT, "terminate called without an active exception").
+        warm_up = threading.Thread(target=_warm_quietly, args=(backend,))
+        warm_up.start()
         pool = ThreadPoolExecutor(workers)
         inflight: deque[Future[list[Prediction | PredictionError]]] = deque()
         try:
@@ -205,6 +208,7 @@ class FractureDetector:
                 yield from inflight.popleft().result()
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+            warm_up.join()
 
     def _predict_batch(
         self,
