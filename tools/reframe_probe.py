@@ -6,7 +6,7 @@ fills more of the image than in FracAtlas. This re-frames each fractured validat
 original long side; then asks whether the model's peak lands in a fracture box. A proxy, not a second
 source: it moves the scale, not the scanner, processing or population.
 
-    python tools/experiments/reframe_probe.py --model src/bonefrac/weights/model.pt \
+    python tools/reframe_probe.py --model src/bonefrac/weights/model.pt \
         --split src/bonefrac/weights/split.json --dataset ../shared/data/fracatlas --zoom 1 1.5 2 3
 """
 
