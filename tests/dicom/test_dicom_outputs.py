@@ -13,15 +13,15 @@ from _models import make_checkpoint
 from dicom_helpers import IDENTIFIERS, PATIENT_ID, PATIENT_NAME, need, radiograph_study
 from pydicom.sr.codedict import codes
 
-from bonefrac.dicom.results import (
+from bonefrac.dicom.report import (
     FRACTURE,
     MANUFACTURER,
     SOFTWARE_VERSION,
-    DicomResultsWriter,
     StudyResults,
     read_source_header,
     report_probabilities,
 )
+from bonefrac.dicom.writer import DicomResultsWriter
 from bonefrac.errors import ImageReadError
 from bonefrac.inference.detector import FractureDetector
 from bonefrac.io.read import read_image

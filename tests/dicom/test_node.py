@@ -32,7 +32,7 @@ from dicom_helpers import (
 from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation, Verification
 
 from bonefrac.dicom.node import Destination, DicomNode, NodeConfig, NodeConfigError, quiet_dicom_library_logs
-from bonefrac.dicom.results import report_probabilities, study_digest
+from bonefrac.dicom.report import report_probabilities, study_digest
 from bonefrac.inference.detector import FractureDetector
 from bonefrac.io.read import read_image
 

@@ -28,7 +28,7 @@ from dicom_helpers import free_port, radiograph_study
 
 from bonefrac.apps.predict import PredictOptions, run_predict
 from bonefrac.dicom.node import Destination, DicomNode, NodeConfig
-from bonefrac.dicom.results import report_probabilities
+from bonefrac.dicom.report import report_probabilities
 from bonefrac.inference.detector import FractureDetector
 
 ROUTE_SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "orthanc-route-to-bonefrac.lua"

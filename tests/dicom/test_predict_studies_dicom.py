@@ -15,7 +15,7 @@ from dicom_helpers import radiograph_study
 
 from bonefrac.apps.cli import build_parser
 from bonefrac.apps.predict import PredictOptions, run_predict
-from bonefrac.dicom.results import report_probabilities
+from bonefrac.dicom.report import report_probabilities
 from bonefrac.inference.detector import FractureDetector
 
 
@@ -108,3 +108,4 @@ def test_help_shows_the_new_options_and_their_defaults(capsys: pytest.CaptureFix
     assert "--dicom-out DIR" in text and "--by-study" in text and "(default: image lines only)" in text
     node = parser.parse_args(["dicom-node", "--port", "11112"])
     assert (node.ae_title, node.out, node.study_idle, node.max_pending) == ("BONEFRAC", "dicom-results", 5.0, 500)
+    assert (node.host, node.allow) == ("127.0.0.1", [])  # loopback unless --host says otherwise, as `serve`

@@ -6,6 +6,8 @@ For each study (one or more DICOM views of it), built with highdicom:
   threshold, a Fracture present/absent evaluation and the algorithm (TID 4019: model name, model version,
   operating point, threshold, study rule); and one planar ROI group (TID 1410) per box, a closed POLYLINE
   SCOORD on the source image referenced by its SOP Instance UID, with the box's score.
+  A view whose reading was warned about (a truncated JPEG, the first frame of a multi-frame DICOM, ...) carries
+  the warnings as a TEXT "Comment" in its group: they are seen where the result is.
 - one Secondary Capture image per view: the overlay picture (radiograph, heatmap, boxes, verdict) with a
   "NOT FOR DIAGNOSTIC USE" band burnt in.
 
@@ -30,7 +32,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
-from pydicom.uid import generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from bonefrac._version import __version__
 from bonefrac.errors import ImageReadError
@@ -65,15 +67,6 @@ TYPE2_COPIED = (
     "StudyID",
     "AccessionNumber",
 )
-
-
-def is_dicom_file(path: str | Path) -> bool:
-    """True when the file has the DICOM Part 10 magic (the same sniffing as the reader)."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(132)[128:] == b"DICM"
-    except OSError:
-        return False
 
 
 def read_source_header(path: str | Path) -> Dataset:
@@ -188,64 +181,6 @@ def save_dataset(ds: Dataset, folder: Path) -> Path:
     return path
 
 
-class DicomResultsWriter:
-    """`bonefrac predict --dicom-out DIR`: each DICOM view's overlay is written as it is predicted, each study's
-    SR by `close` (a study's report needs all its views), all under `DIR/<study digest>/`."""
-
-    def __init__(self, out_dir: str | Path, model_name: str, operating_points: dict[str, float] | None = None) -> None:
-        self.out_dir = Path(out_dir)
-        self.model_name = model_name
-        self.operating_points = operating_points or {}
-        self.studies: dict[str, StudyResults] = {}
-        self.written: list[Path] = []
-        self.not_dicom: list[str] = []
-        self.problems: list[str] = []
-
-    def add_prediction(self, pred: Prediction) -> None:
-        """`add` for `bonefrac predict`: the file read again at display size for the overlay; a non-DICOM file
-        is noted (for `summary`), a DICOM file whose results cannot be made is noted with its reason."""
-        from bonefrac.errors import BonefracError
-        from bonefrac.render import read_for_display
-
-        assert pred.path is not None
-        if not is_dicom_file(pred.path):
-            self.not_dicom.append(pred.path)
-            return
-        try:
-            self.add(pred.path, read_for_display(pred.path), pred)
-        except BonefracError as e:
-            self.problems.append(str(e))
-
-    def summary(self) -> list[str]:
-        """Lines for stderr after `close`: where the results are, non-DICOM inputs (said once), problems."""
-        n_sr = sum(p.name.startswith("SR_") for p in self.written)
-        lines = [f"DICOM results: {n_sr} reports and {len(self.written) - n_sr} overlays in {self.out_dir}"]
-        if self.not_dicom:
-            example = ", ".join(Path(p).name for p in self.not_dicom[:3]) + (", ..." if len(self.not_dicom) > 3 else "")
-            lines.append(f"{len(self.not_dicom)} inputs are not DICOM ({example}): no DICOM results for them")
-        return lines + self.problems
-
-    def add(self, path: str | Path, image: XrayImage, pred: Prediction) -> bool:
-        """The overlay of one predicted file; False (nothing written) when the file is not DICOM.
-        Raises `ImageReadError` for a DICOM file whose header cannot place results in a study."""
-        if not is_dicom_file(path):
-            return False
-        source = read_source_header(path)
-        study = self.studies.setdefault(
-            str(source.StudyInstanceUID), StudyResults(self.model_name, operating_points=self.operating_points)
-        )
-        sc = study.add_view(source, image, pred)
-        self.written.append(save_dataset(sc, self.out_dir / study_digest(str(source.StudyInstanceUID))))
-        return True
-
-    def close(self) -> list[Path]:
-        """Write every study's SR; returns all the files written (overlays and reports)."""
-        for uid, study in self.studies.items():
-            self.written.append(save_dataset(study.report(), self.out_dir / study_digest(uid)))
-        self.studies = {}
-        return self.written
-
-
 def overlay_instance(
     source: Dataset, picture: Image.Image, series_uid: str, instance_number: int, pred: Prediction
 ) -> Dataset:
@@ -265,7 +200,7 @@ def overlay_instance(
         series_description=f"bonefrac overlay ({NOT_FOR_DIAGNOSIS.lower()})",
         manufacturer_model_name=pred.model_version[:64],
         software_versions=SOFTWARE_VERSION,
-        transfer_syntax_uid="1.2.840.10008.1.2.1",  # Explicit VR Little Endian: every viewer and PACS reads it
+        transfer_syntax_uid=ExplicitVRLittleEndian,  # every viewer and PACS reads it
     )
     # The overlay shows the source's pixels as stored (shrunk to display size at most): the source's orientation
     # holds for it, or it is unknown (empty).
@@ -311,16 +246,17 @@ def report_instance(views: list[_View], study: StudyResult, model_name: str, ser
     ]
     for i, view in enumerate(views, start=1):
         pred = view.prediction
-        groups.append(
-            hd.sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(uid=_uid(), identifier=f"view {i}"),
-                finding_type=FRACTURE,
-                algorithm_id=algorithm,
-                measurements=_decision_measurements(pred.probability, pred.threshold),
-                qualitative_evaluations=[_evaluation(pred.fractured)],
-                source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(view.source)],
-            )
+        group = hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=_uid(), identifier=f"view {i}"),
+            finding_type=FRACTURE,
+            algorithm_id=algorithm,
+            measurements=_decision_measurements(pred.probability, pred.threshold),
+            qualitative_evaluations=[_evaluation(pred.fractured)],
+            source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(view.source)],
         )
+        if pred.warnings:
+            group[0].ContentSequence.append(_comment(pred.warnings))
+        groups.append(group)
         for k, (x0, y0, x1, y1, score) in enumerate(pred.boxes, start=1):
             # SCOORD columns/rows with (0, 0) the top-left corner of the top-left pixel, as the boxes' pixels.
             corners = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], dtype=np.float32)
@@ -386,6 +322,26 @@ def _decision_measurements(probability: float, threshold: float) -> list[object]
         hd.sr.Measurement(name=codes.DCM.Probability, value=float(probability), unit=codes.UCUM.NoUnits),
         hd.sr.Measurement(name=codes.DCM.ThresholdValue, value=float(threshold), unit=codes.UCUM.NoUnits),
     ]
+
+
+def _comment(warnings: list[str]) -> hd.sr.TextContentItem:
+    """The view's warnings as one TEXT item (UT holds up to 2**32 - 2 characters: no truncation needed)."""
+    return hd.sr.TextContentItem(
+        name=codes.DCM.Comment,
+        value="\n".join(warnings),
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+
+
+def report_comments(sr: Dataset) -> dict[str, str]:
+    """The warnings of each view of one of our SRs, by the view's SOP Instance UID (a view without any is left out)."""
+    report = hd.sr.ComprehensiveSR.from_dataset(sr)
+    out = {}
+    for group in report.content.get_image_measurement_groups():
+        texts = [item.TextValue for item in group[0].ContentSequence if item.ValueType == "TEXT"]
+        if texts and group.tracking_identifier != "study":
+            out[str(group.source_images[0].referenced_sop_instance_uid)] = "\n".join(texts)
+    return out
 
 
 def _evaluation(fractured: bool) -> object:

@@ -59,24 +59,8 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
         ds = pydicom.dcmread(path, defer_size="256 KB", force=True)
     except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError, AttributeError) as e:
         raise ImageReadError(f"{name}: not a readable DICOM file ({type(e).__name__})") from None
-    if not any(t in ds for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        if not getattr(ds, "preamble", None) and not ds.get("SOPClassUID"):
-            # Reached only through a .dcm extension, and pydicom's forced parse found nothing DICOM-like.
-            raise ImageReadError(f"{name}: not a recognised image (JPEG, PNG or DICOM)")
-        raise ImageReadError(f"{name}: DICOM file has no pixel data (not an image object)")
-    try:
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        bits_stored = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
-    except (AttributeError, TypeError, ValueError):
-        raise ImageReadError(f"{name}: DICOM image attributes (Rows, Columns, ...) are missing or invalid") from None
-    check_size(cols, rows, name)
-    if photometric not in DICOM_PHOTOMETRICS:
-        raise ImageReadError(
-            f"{name}: unsupported DICOM photometric interpretation {photometric!r} "
-            f"(supported: {', '.join(DICOM_PHOTOMETRICS)})"
-        )
+    meta = header_meta(ds, name)
+    photometric, frames, bits_stored = meta["photometric"], meta["frames"], meta["bit_depth"]
     notes: dict[str, Any] = {}
     if frames > 1:
         warn(notes, f"{name}: multi-frame DICOM ({frames} frames); reading the first", stacklevel=4)
@@ -98,10 +82,44 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     values = np.clip(values, 0.0, 1.0)
     if photometric == "MONOCHROME1":
         values = 1.0 - values  # MONOCHROME1 stores bone dark; show it the way MONOCHROME2 does
+    meta = {k: v for k, v in meta.items() if k not in ("height", "width")}  # (read_image sets them)
+    meta.update(notes)
+    return values.astype(np.float32), meta
+
+
+def header_meta(ds: Any, name: str) -> dict[str, Any]:
+    """What the header says, checked before any pixel is decoded: pixel data present (and, uncompressed, as
+    long as the header says), a supported size and photometric interpretation. The DICOM node refuses an image
+    with this alone, so that its pixels are decoded once, when it is predicted.
+
+    Raises:
+        ImageReadError: one line naming `name`.
+    """
+    if not any(t in ds for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        if not getattr(ds, "preamble", None) and not ds.get("SOPClassUID"):
+            # Reached only through a .dcm extension, and pydicom's forced parse found nothing DICOM-like.
+            raise ImageReadError(f"{name}: not a recognised image (JPEG, PNG or DICOM)")
+        raise ImageReadError(f"{name}: DICOM file has no pixel data (not an image object)")
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        bits_stored = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
+    except (AttributeError, TypeError, ValueError):
+        raise ImageReadError(f"{name}: DICOM image attributes (Rows, Columns, ...) are missing or invalid") from None
+    check_size(cols, rows, name)
+    if photometric not in DICOM_PHOTOMETRICS:
+        raise ImageReadError(
+            f"{name}: unsupported DICOM photometric interpretation {photometric!r} "
+            f"(supported: {', '.join(DICOM_PHOTOMETRICS)})"
+        )
+    _check_native_length(ds, name)
     file_meta = getattr(ds, "file_meta", None)
     sop_class = ds.get("SOPClassUID") or (file_meta.get("MediaStorageSOPClassUID") if file_meta else None)
-    meta = {
+    return {
         "format": "dicom",
+        "height": rows,
+        "width": cols,
         "bit_depth": bits_stored,
         "photometric": photometric,
         "body_part": _text(ds.get("BodyPartExamined")),
@@ -109,9 +127,24 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
         "modality": (_text(ds.get("Modality")) or "").upper() or None,
         "sop_class_uid": _text(sop_class),
         "frames": frames,
-        **notes,
     }
-    return values.astype(np.float32), meta
+
+
+def _check_native_length(ds: Any, name: str) -> None:
+    """Uncompressed pixel data shorter than its header says cannot be decoded (a compressed one is only known
+    bad once decoded)."""
+    from pydicom.pixels.utils import get_expected_length
+
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts is None or ts.is_compressed or "PixelData" not in ds:
+        return
+    try:
+        expected = get_expected_length(ds, unit="bytes")
+        actual = len(ds.PixelData)
+    except (AttributeError, TypeError, ValueError, KeyError):
+        return  # the decoder says what is wrong, with more detail
+    if actual < expected:
+        raise ImageReadError(f"{name}: DICOM pixel data is {actual} bytes; its header says {expected}")
 
 
 def _text(value: Any) -> str | None:

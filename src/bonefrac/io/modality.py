@@ -22,6 +22,7 @@ The rule, from what the file says about itself:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from bonefrac.errors import NotARadiographError
 from bonefrac.io.image import XrayImage
@@ -88,12 +89,19 @@ def check_radiograph(image: XrayImage, allow_any: bool = False) -> list[str]:
         NotARadiographError: (unless `allow_any`) one line naming the file and its modality or size.
     """
     name = Path(image.path).name if image.path else "image"
+    meta = {"height": image.height, "width": image.width, **image.meta}
+    return check_radiograph_meta(meta, name, allow_any)
+
+
+def check_radiograph_meta(meta: dict[str, Any], name: str, allow_any: bool = False) -> list[str]:
+    """`check_radiograph` on what the reader says about an image (`meta`, with `height` and `width`), before
+    or without its pixels: the DICOM node checks a received image's header this way."""
     refusals, notes = [], []
-    if image.meta.get("format") == "dicom":
-        refusal, note = _dicom_kind(image, name)
+    if meta.get("format") == "dicom":
+        refusal, note = _dicom_kind(meta, name)
         refusals += [refusal] if refusal else []
         notes += [note] if note else []
-    height, width = int(image.meta.get("height", image.height)), int(image.meta.get("width", image.width))
+    height, width = int(meta["height"]), int(meta["width"])
     if min(height, width) < MIN_SIDE:
         refusals.append(
             f"{name}: image of {width}x{height} pixels is too small to be a radiograph "
@@ -104,10 +112,10 @@ def check_radiograph(image: XrayImage, allow_any: bool = False) -> list[str]:
     return notes + [f"{r}; predicted anyway (any modality allowed)" for r in refusals]
 
 
-def _dicom_kind(image: XrayImage, name: str) -> tuple[str | None, str | None]:
+def _dicom_kind(meta: dict[str, Any], name: str) -> tuple[str | None, str | None]:
     """(why the file is refused, or None; what to warn about, or None) from its Modality and SOP class."""
-    modality = str(image.meta.get("modality") or "").strip().upper()
-    sop_class = str(image.meta.get("sop_class_uid") or "").strip()
+    modality = str(meta.get("modality") or "").strip().upper()
+    sop_class = str(meta.get("sop_class_uid") or "").strip()
     if modality in RADIOGRAPHY:
         return None, None
     if modality not in ("", "OT"):

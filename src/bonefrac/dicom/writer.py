@@ -1,0 +1,80 @@
+"""`bonefrac predict --dicom-out DIR`: the DICOM results (`report`) of the DICOM files a predict run reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydicom.misc import is_dicom
+
+from bonefrac.dicom.report import StudyResults, read_source_header, save_dataset, study_digest
+
+if TYPE_CHECKING:
+    from bonefrac.io.read import XrayImage
+    from bonefrac.results import Prediction
+
+
+class DicomResultsWriter:
+    """`bonefrac predict --dicom-out DIR`: each DICOM view's overlay is written as it is predicted, each study's
+    SR by `close` (a study's report needs all its views), all under `DIR/<study digest>/`."""
+
+    def __init__(self, out_dir: str | Path, model_name: str, operating_points: dict[str, float] | None = None) -> None:
+        self.out_dir = Path(out_dir)
+        self.model_name = model_name
+        self.operating_points = operating_points or {}
+        self.studies: dict[str, StudyResults] = {}
+        self.written: list[Path] = []
+        self.not_dicom: list[str] = []
+        self.problems: list[str] = []
+
+    def add_prediction(self, pred: Prediction) -> None:
+        """`add` for `bonefrac predict`: the file read again at display size for the overlay; a non-DICOM file
+        is noted (for `summary`), a DICOM file whose results cannot be made is noted with its reason."""
+        from bonefrac.errors import BonefracError
+        from bonefrac.render import read_for_display
+
+        assert pred.path is not None
+        if not _is_dicom(pred.path):
+            self.not_dicom.append(pred.path)
+            return
+        try:
+            self.add(pred.path, read_for_display(pred.path), pred)
+        except BonefracError as e:
+            self.problems.append(str(e))
+
+    def summary(self) -> list[str]:
+        """Lines for stderr after `close`: where the results are, non-DICOM inputs (said once), problems."""
+        n_sr = sum(p.name.startswith("SR_") for p in self.written)
+        lines = [f"DICOM results: {n_sr} reports and {len(self.written) - n_sr} overlays in {self.out_dir}"]
+        if self.not_dicom:
+            example = ", ".join(Path(p).name for p in self.not_dicom[:3]) + (", ..." if len(self.not_dicom) > 3 else "")
+            lines.append(f"{len(self.not_dicom)} inputs are not DICOM ({example}): no DICOM results for them")
+        return lines + self.problems
+
+    def add(self, path: str | Path, image: XrayImage, pred: Prediction) -> bool:
+        """The overlay of one predicted file; False (nothing written) when the file is not DICOM.
+        Raises `ImageReadError` for a DICOM file whose header cannot place results in a study."""
+        if not _is_dicom(path):
+            return False
+        source = read_source_header(path)
+        study = self.studies.setdefault(
+            str(source.StudyInstanceUID), StudyResults(self.model_name, operating_points=self.operating_points)
+        )
+        sc = study.add_view(source, image, pred)
+        self.written.append(save_dataset(sc, self.out_dir / study_digest(str(source.StudyInstanceUID))))
+        return True
+
+    def close(self) -> list[Path]:
+        """Write every study's SR; returns all the files written (overlays and reports)."""
+        for uid, study in self.studies.items():
+            self.written.append(save_dataset(study.report(), self.out_dir / study_digest(uid)))
+        self.studies = {}
+        return self.written
+
+
+def _is_dicom(path: str | Path) -> bool:
+    """pydicom's sniff (the Part 10 `DICM` magic), False for a file that cannot be opened."""
+    try:
+        return is_dicom(path)
+    except OSError:
+        return False
