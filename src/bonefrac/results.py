@@ -18,7 +18,6 @@ otherwise.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -99,6 +98,27 @@ class Prediction:
             **({"warnings": self.warnings} if self.warnings else {}),
         }
 
+    def to_row(self) -> dict[str, str]:
+        """CSV-ready: one row of `bonefrac predict --csv` in `CSV_COLUMNS`, the values of `to_dict` as text."""
+        d = self.to_dict()
+        return {
+            "path": str(d["path"]),
+            "probability": f"{d['probability']:.6f}",
+            "fractured": str(int(d["fractured"])),
+            "threshold": f"{d['threshold']:.6f}",
+            "operating_point": d["operating_point"],
+            "boxes": boxes_text(d["boxes"]),
+            "detections": boxes_text(d["detections"]),
+            "warnings": WARNINGS_SEPARATOR.join(self.warnings),
+            "model_version": d["model_version"],
+            "error": "",
+        }
+
+    def table_line(self, width: int) -> str:
+        """One line of `bonefrac predict`'s table (`width` = the path column), its warnings at the end."""
+        line = f"{self.path or '':<{width}}  {self.probability:11.3f}  {verdict(self.fractured):<11}  {len(self.boxes)}"
+        return line + "".join(f"  warning: {w}" for w in self.warnings)
+
 
 @dataclass(frozen=True)
 class PredictionError:
@@ -110,10 +130,36 @@ class PredictionError:
     def to_dict(self) -> dict[str, Any]:
         return {"path": self.path, "error": self.error}
 
+    def to_row(self) -> dict[str, str]:
+        """The CSV row: the path and the error, the other columns empty."""
+        return {column: "" for column in CSV_COLUMNS} | {"path": self.path, "error": self.error}
+
+    def table_line(self, width: int) -> str:
+        return f"{self.path:<{width}}  ERROR  {self.error}"
+
+
+#: The columns of `bonefrac predict --csv` (`Prediction.to_row`); `STUDY_CSV_COLUMNS` follow with --by-study.
+CSV_COLUMNS = [
+    "path", "probability", "fractured", "threshold", "operating_point", "boxes", "detections", "warnings",
+    "model_version", "error",
+]  # fmt: skip
+#: Between the warnings of one image in its CSV cell (a warning's text may hold commas and semicolons).
+WARNINGS_SEPARATOR = " | "
+
+
+def verdict(fractured: bool) -> str:
+    """The decision in words, as the table, the overlays and the reports say it."""
+    return "FRACTURE" if fractured else "no fracture"
+
 
 def rounded_boxes(boxes: list[list[float]]) -> list[list[float]]:
     """Coordinates to 0.1 pixel, scores to 6 decimals (as the probability)."""
     return [[round(v, 1) for v in b[:4]] + [round(b[4], 6)] for b in boxes]
+
+
+def boxes_text(boxes: list[list[float]]) -> str:
+    """Boxes as in a dataset's labels.csv ("x0 y0 x1 y1;..."), each with its score: "x0 y0 x1 y1 score;..."."""
+    return ";".join(" ".join(str(float(v)) for v in b) for b in boxes)
 
 
 STUDY_RULE = "maximum over views"
@@ -151,6 +197,28 @@ class StudyResult:
         if self.probability is None:
             out["error"] = "no view of this study could be predicted"
         return out
+
+    def to_row(self) -> dict[str, str]:
+        """One study's CSV row, in `CSV_COLUMNS` plus `STUDY_CSV_COLUMNS` (`level` "study")."""
+        d = self.to_dict()
+        decided = self.probability is not None
+        return {column: "" for column in CSV_COLUMNS} | {
+            "probability": f"{d['probability']:.6f}" if decided else "",
+            "fractured": str(int(self.fractured)) if decided else "",
+            "threshold": f"{d['threshold']:.6f}" if decided else "",
+            "operating_point": self.operating_point,
+            "error": d.get("error", ""),
+            "level": "study",
+            "study": self.study,
+        }
+
+    def table_line(self, width: int) -> str:
+        """One study's table line under the image lines (`width` = the path column)."""
+        label = f"study {self.study}"
+        if self.probability is None:
+            return f"{label:<{width}}  ERROR  no view of this study could be predicted"
+        views = f"({len(self.views)} views, {self.rule})"
+        return f"{label:<{width}}  {self.probability:11.3f}  {verdict(self.fractured):<11}  {views}"
 
 
 def study_result(study: str, views: list[Prediction], failed: list[str] | None = None) -> StudyResult:
@@ -205,29 +273,3 @@ def group_studies(results: Iterable[tuple[str, Prediction | PredictionError]]) -
 def without_heatmap(res: Prediction | PredictionError) -> Prediction | PredictionError:
     """What a study line needs of a result (kept for every input until the end, or sent between ranks)."""
     return replace(res, heatmap=None) if isinstance(res, Prediction) else res
-
-
-def study_line(study: StudyResult, as_json: bool, width: int) -> str:
-    """One study's line: a JSON object, or a table row under the image rows (`width` = the path column)."""
-    if as_json:
-        return json.dumps(study.to_dict())
-    label = f"study {study.study}"
-    if study.probability is None:
-        return f"{label:<{width}}  ERROR  no view of this study could be predicted"
-    verdict = "FRACTURE" if study.fractured else "no fracture"
-    return f"{label:<{width}}  {study.probability:11.3f}  {verdict:<11}  ({len(study.views)} views, {STUDY_RULE})"
-
-
-def study_csv_row(study: StudyResult) -> dict[str, str]:
-    """One study's CSV row, in the columns of the image rows plus `STUDY_CSV_COLUMNS`."""
-    d = study.to_dict()
-    return {
-        "path": "",
-        "probability": "" if study.probability is None else f"{d['probability']:.6f}",
-        "fractured": "" if study.probability is None else str(int(study.fractured)),
-        "threshold": "" if study.probability is None else f"{d['threshold']:.6f}",
-        "boxes": "",
-        "error": d.get("error", ""),
-        "level": "study",
-        "study": study.study,
-    }

@@ -3,9 +3,10 @@
 det = FractureDetector.load()              # the bundled default model
 pred = det.predict("wrist.dcm")            # Prediction(probability, fractured, heatmap, boxes, ...)
 for p in det.predict_many(paths): ...      # batched, decoding in parallel, bad files as errors
+for image, p in det.predict_many(paths, with_images=True): ...   # each with the image it was made from
 
-Data flow: file -> `transforms.read_for_model` -> `transforms.preprocess` -> backend (named outputs) ->
-`postprocess.predictions`. Nothing else turns model outputs into results.
+Data flow: file -> `preprocess.read_for_model` -> `preprocess.preprocess` -> backend (named outputs) ->
+`decode.predictions`. Nothing else turns model outputs into results.
 """
 
 from __future__ import annotations
@@ -17,17 +18,18 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
+from PIL import Image
 
 from bonefrac.errors import BonefracError
 from bonefrac.inference.backends import DEFAULT_BATCH_SIZE, Backend, OnnxBackend, onnxruntime_available, process_cores
-from bonefrac.inference.decode import HeatmapOption, predictions
+from bonefrac.inference.decode import DISPLAY_SIDE, HeatmapOption, display_shape, predictions
 from bonefrac.io.modality import check_radiograph
 from bonefrac.io.read import XrayImage
 from bonefrac.models.checkpoint import bundled_model_path, load_model, resolve_checkpoint, verified_digest
-from bonefrac.preprocess import Geometry, preprocess, read_for_model
+from bonefrac.preprocess import Geometry, float_image, preprocess, read_for_model
 from bonefrac.results import Prediction, PredictionError
 from bonefrac.spec import ModelSpec
 
@@ -41,6 +43,11 @@ __all__ = ["FractureDetector", "Prediction", "PredictionError"]
 MAX_WORKERS = 8
 BACKENDS = ("auto", "onnx", "torch")
 
+Result = Prediction | PredictionError
+#: `predict_many(..., with_images=True)`: each result with the image it was made from (None for a file that
+#: could not be read), at display size (`display_image`).
+ImageResult = tuple[XrayImage | None, Result]
+
 
 @dataclass
 class _Prepared:
@@ -48,6 +55,7 @@ class _Prepared:
     tensor: np.ndarray
     geometry: Geometry
     warnings: list[str]
+    image: XrayImage | None = None  # kept (at display size) only for `predict_many(..., with_images=True)`
 
 
 class FractureDetector:
@@ -169,6 +177,33 @@ class FractureDetector:
         return self._run([self._prepare(source, any_modality)], self.backend, decision, heatmap)[0]
 
     # ------------------------------------------------------------------ many files
+    @overload
+    def predict_many(
+        self,
+        paths: Iterable[str | Path],
+        batch_size: int = ...,
+        workers: int | None = ...,
+        operating_point: str = ...,
+        heatmap: HeatmapOption = ...,
+        any_modality: bool = ...,
+        threshold: float | None = ...,
+        with_images: Literal[False] = ...,
+    ) -> Iterator[Result]: ...
+
+    @overload
+    def predict_many(
+        self,
+        paths: Iterable[str | Path],
+        batch_size: int = ...,
+        workers: int | None = ...,
+        operating_point: str = ...,
+        heatmap: HeatmapOption = ...,
+        any_modality: bool = ...,
+        threshold: float | None = ...,
+        *,
+        with_images: Literal[True],
+    ) -> Iterator[ImageResult]: ...
+
     def predict_many(
         self,
         paths: Iterable[str | Path],
@@ -178,7 +213,8 @@ class FractureDetector:
         heatmap: HeatmapOption = False,
         any_modality: bool = False,
         threshold: float | None = None,
-    ) -> Iterator[Prediction | PredictionError]:
+        with_images: bool = False,
+    ) -> Iterator[Result] | Iterator[ImageResult]:
         """Stream results in input order; unreadable files (and, unless `any_modality`, images that are not
         projection radiographs) come out as `PredictionError`.
 
@@ -186,8 +222,25 @@ class FractureDetector:
         through read -> preprocess -> model -> heatmap and boxes, so one worker decodes while another runs
         the model. Each model run gets cores // workers threads: a run on several threads stalls at every
         layer whenever a decoding thread holds one of its cores (bench/README.md). `threshold` as in `predict`.
+
+        `with_images`: yield (image, result) pairs instead, the image as decoded for the model, shrunk to
+        display size (`display_image`), so that overlays and DICOM outputs draw on it without decoding the
+        file again; None for a file that could not be read. Only the batches in flight hold images.
         """
-        decision = self.decision(operating_point, threshold)
+        results = self._stream(paths, batch_size, workers, self.decision(operating_point, threshold), heatmap,
+                               any_modality, with_images)  # fmt: skip
+        return results if with_images else (res for _, res in results)
+
+    def _stream(
+        self,
+        paths: Iterable[str | Path],
+        batch_size: int,
+        workers: int | None,
+        decision: tuple[str, float],
+        heatmap: HeatmapOption,
+        any_modality: bool,
+        with_images: bool,
+    ) -> Iterator[ImageResult]:
         workers = max(1, workers or min(process_cores(), MAX_WORKERS))
         backend = self.backend.for_workers(workers) if workers > 1 else self.backend
         # The onnxruntime session is made while the workers read their first batches, not after. Joined
@@ -196,10 +249,11 @@ class FractureDetector:
         warm_up = threading.Thread(target=_warm_quietly, args=(backend,))
         warm_up.start()
         pool = ThreadPoolExecutor(workers)
-        inflight: deque[Future[list[Prediction | PredictionError]]] = deque()
+        inflight: deque[Future[list[ImageResult]]] = deque()
+        args = (backend, decision, heatmap, any_modality, with_images)
         try:
             for batch in _chunks(paths, batch_size, workers):
-                inflight.append(pool.submit(self._predict_batch, batch, backend, decision, heatmap, any_modality))
+                inflight.append(pool.submit(self._predict_batch, batch, *args))
                 # Every worker busy and as many batches queued: memory stays bounded, and a worker that
                 # finishes while the oldest batch is still running finds the next one waiting.
                 if len(inflight) >= 2 * workers:
@@ -217,27 +271,33 @@ class FractureDetector:
         decision: tuple[str, float],
         heatmap: HeatmapOption,
         any_modality: bool,
-    ) -> list[Prediction | PredictionError]:
-        pending = [self._try_prepare(p, any_modality) for p in paths]
+        with_images: bool,
+    ) -> list[ImageResult]:
+        pending = [self._try_prepare(p, any_modality, with_images) for p in paths]
         ready = [p for p in pending if isinstance(p, _Prepared)]
         results = iter(self._run(ready, backend, decision, heatmap) if ready else [])
-        return [next(results) if isinstance(p, _Prepared) else p for p in pending]
+        return [(p.image, next(results)) if isinstance(p, _Prepared) else (None, p) for p in pending]
 
-    def _try_prepare(self, path: str | Path, any_modality: bool) -> _Prepared | PredictionError:
+    def _try_prepare(
+        self, path: str | Path, any_modality: bool, keep_image: bool = False
+    ) -> _Prepared | PredictionError:
         try:
-            return self._prepare(path, any_modality)
+            return self._prepare(path, any_modality, keep_image)
         except BonefracError as e:
             return PredictionError(str(path), str(e))
         except Exception as e:  # never let one hostile file take the batch down
             return PredictionError(str(path), f"{Path(path).name}: unexpected error: {type(e).__name__}: {e}")
 
     # ------------------------------------------------------------------ internals
-    def _prepare(self, source: str | Path | XrayImage, any_modality: bool = False) -> _Prepared:
+    def _prepare(
+        self, source: str | Path | XrayImage, any_modality: bool = False, keep_image: bool = False
+    ) -> _Prepared:
         image = source if isinstance(source, XrayImage) else read_for_model(source, self.spec)
         notes = check_radiograph(image, allow_any=any_modality)  # the one rule: only what the model is for
         tensor, geometry = preprocess(image, self.spec)
         path = image.path if isinstance(source, XrayImage) else str(source)
-        return _Prepared(path, tensor, geometry, [*image.meta.get("warnings", []), *notes])
+        kept = display_image(image) if keep_image else None
+        return _Prepared(path, tensor, geometry, [*image.meta.get("warnings", []), *notes], kept)
 
     def _run(
         self, items: list[_Prepared], backend: Backend, decision: tuple[str, float], heatmap: HeatmapOption
@@ -254,6 +314,18 @@ class FractureDetector:
             heatmap,
             threshold,
         )
+
+
+def display_image(image: XrayImage, side: int = DISPLAY_SIDE) -> XrayImage:
+    """`image` with its pixels shrunk (antialiased) to the display size of the full image (long side at most
+    `side`, `decode.display_shape`): all that an overlay draws, in bounded memory while results wait for
+    their outputs. An image already no larger is returned as it is. `meta` (full size, warnings) is kept."""
+    full = (int(image.meta.get("height", image.height)), int(image.meta.get("width", image.width)))
+    shape = display_shape(*full, side=side)
+    if image.height * image.width <= shape[0] * shape[1]:
+        return image
+    pixels = np.asarray(float_image(image.pixels).resize(shape[::-1], Image.BILINEAR, reducing_gap=2.0))
+    return XrayImage(pixels, {**image.meta, "display": True}, image.path)
 
 
 def _warm_quietly(backend: Backend) -> None:

@@ -1,4 +1,4 @@
-"""`bonefrac predict` and `bonefrac demo`: images in, one line (or JSON object) per image out."""
+"""`bonefrac predict` and `bonefrac demo`: images in, one line (or JSON object) per image out (`apps.predict`)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ def _predict(args: argparse.Namespace) -> int:
         opts = PredictOptions(
             json=args.json,
             csv=args.csv,
+            coco=args.coco,
             overlay_dir=args.overlay_dir,
             operating_point=args.operating_point,
             threshold=args.threshold,
@@ -80,7 +81,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="predict on image files or folders (JPEG, PNG, DICOM)")
     p.add_argument("paths", nargs="+", help="files or folders (searched recursively)")
     p.add_argument("--json", action="store_true", help="one JSON object per input on stdout")
-    p.add_argument("--csv", help="also write results to this CSV file")
+    p.add_argument(
+        "--csv", help="also write results to this CSV file, a row per input as it is predicted (default: none)"
+    )
+    p.add_argument(
+        "--coco",
+        metavar="FILE",
+        help="also write COCO-format predictions here: images (file_name relative to the input folder), the "
+        "fracture category, an annotation per detection with its score (default: none)",
+    )
     p.add_argument("--overlay-dir", help="write a heatmap + boxes overlay PNG per input here")
     p.add_argument(
         "--dicom-out",
