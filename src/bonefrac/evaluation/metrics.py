@@ -110,11 +110,49 @@ def operating_point_stats(y: np.ndarray, p: np.ndarray, threshold: float) -> dic
         "specificity": ratio(tn, tn + fp),
         "ppv": ratio(tp, tp + fp),
         "npv": ratio(tn, tn + fn),
+        "sensitivity_ci95": wilson_ci(int(tp), int(tp + fn)),
+        "specificity_ci95": wilson_ci(int(tn), int(tn + fp)),
+        "ppv_ci95": wilson_ci(int(tp), int(tp + fp)),
+        "npv_ci95": wilson_ci(int(tn), int(tn + fn)),
         "tp": int(tp),
         "fp": int(fp),
         "tn": int(tn),
         "fn": int(fn),
     }
+
+
+def wilson_ci(successes: int, n: int, confidence: float = 0.95) -> list[float]:
+    """Wilson score interval of a proportion `successes / n`: unlike the normal approximation it stays inside
+    [0, 1] and is not of zero width at 0/n or n/n, where a small evaluation set puts many sensitivities.
+    [nan, nan] when n is 0."""
+    from scipy.stats import norm
+
+    if n <= 0:
+        return [float("nan"), float("nan")]
+    z = float(norm.ppf(0.5 + confidence / 2))
+    p, z2 = successes / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z / (1 + z2 / n) * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    # At 0/n and n/n the interval touches 0 (or 1) exactly; the float sum would leave it 1e-16 short.
+    lo = 0.0 if successes == 0 else max(0.0, centre - half)
+    hi = 1.0 if successes == n else min(1.0, centre + half)
+    return [float(lo), float(hi)]
+
+
+def auc_verdict(d: Mapping[str, Any], what: str = "this set") -> str:
+    """One plain sentence on whether the AUC `d["auc"]` with its 95% CI `d["auc_ci95"]` shows the model
+    telling fractured from other images on `what`: a CI including 0.5 is no evidence that it does."""
+    a, (lo, hi) = d.get("auc", float("nan")), d.get("auc_ci95", (float("nan"), float("nan")))
+    if not np.isfinite(a):
+        return f"AUC undefined: {what} lacks images of one class; no conclusion on discrimination"
+    if not np.isfinite([lo, hi]).all():
+        return f"AUC {a:.2f} with no CI (under 2 images of a class): no conclusion on discrimination from {what}"
+    head = f"AUC {a:.2f}, 95% CI {lo:.2f}-{hi:.2f}"
+    if lo <= 0.5 <= hi:
+        return f"{head} includes 0.5: no evidence that the model discriminates on {what}"
+    if hi < 0.5:
+        return f"{head} lies below 0.5: the model ranks {what} against its labels (labels swapped?)"
+    return f"{head} excludes 0.5: the model discriminates fractured from other images on {what}"
 
 
 def discrimination(y: np.ndarray, p: np.ndarray, operating_points: Mapping[str, float]) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from bonefrac.evaluation.calibration import IDENTITY, CalibrationError, apply, c
 from bonefrac.evaluation.metrics import auc, choose_operating_points, discrimination
 from bonefrac.models.checkpoint import atomic_save, load_model, save_model
 from bonefrac.models.classifier import ModelSpec, build_model
+from bonefrac.models.metadata import without_machine_paths
 from bonefrac.preprocess import normalize
 from bonefrac.train import ddp as distributed_model
 from bonefrac.train import distributed, run_folder
@@ -363,7 +364,7 @@ def select_and_save(run: Run, epoch: int, row: dict[str, float], y: np.ndarray, 
             "calibration": fit,
             "image_digests": run.image_digests,
         }
-        save_model(run.ema.module, run.spec, run.out / "model.pt", info)
+        save_model(run.ema.module, run.spec, run.out / "model.pt", without_machine_paths(info))
     tqdm.write(
         f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  "
         f"val AUC {row['val_auc']:.4f}  pointing {row['val_pointing']:.3f}{' *' if improved else ''}  "
@@ -386,8 +387,8 @@ def calibrate(run: Run, y: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, dict[
     except CalibrationError as e:
         run.spec.calibration, error = dict(IDENTITY), str(e)
     fit = {
-        "fitted_on": str(run.cfg.dataset),
-        "split_file": str(run.out / "split.json"),
+        "fitted_on": Path(run.cfg.dataset).name,  # a name, not a path of this machine
+        "split_file": "split.json",
         "subset": "val",
         "n_images": int(len(y)),
         "n_fractured": int(np.sum(y)),
