@@ -20,9 +20,9 @@ import numpy as np
 from PIL import Image
 
 from bonefrac import FractureDetector
+from bonefrac.datasets import load_dataset, load_split
 from bonefrac.io.image import XrayImage
 from bonefrac.io.read import read_image
-from bonefrac.train.data import load_dataset, load_split
 
 
 def reframe(

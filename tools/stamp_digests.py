@@ -21,10 +21,10 @@ from typing import Any
 
 import torch
 
+from bonefrac.datasets import content_digest, load_dataset, load_split
 from bonefrac.errors import BonefracError
 from bonefrac.evaluation.evaluate import split_subsets
 from bonefrac.models.checkpoint import atomic_save, load_checkpoint, sha256_file
-from bonefrac.train.data import content_digest, load_dataset, load_split
 
 #: split.json's names for the subsets -> the names `info["image_digests"]` uses.
 SUBSETS = {"train": "train", "val": "validation"}

@@ -15,7 +15,7 @@ from bonefrac.evaluation.detection import _coco_eval, average_precision, detecti
 from bonefrac.evaluation.evaluate import compute_metrics, evaluate
 from bonefrac.evaluation.metrics import calibration
 from bonefrac.results import Prediction
-from bonefrac.train.data import Record
+from bonefrac.datasets import Record
 
 # Three images: two fractured (one with two boxes), one without a fracture.
 TRUTH = [[[0, 0, 20, 20], [50, 50, 70, 70]], [[10, 10, 30, 30]], []]

@@ -14,11 +14,12 @@ import pytest
 import torch
 
 import bonefrac.train.data as data
+from bonefrac.datasets import Record, content_digest, load_dataset, load_split, save_split, split_dataset
 from bonefrac.errors import DatasetError
 from bonefrac.paths import cache_dir
 from bonefrac.preprocess import letterbox_image, read_for_model
 from bonefrac.spec import ModelSpec
-from bonefrac.train.data import DecodeCache, Record, content_digest, load_dataset, load_split, save_split, split_dataset
+from bonefrac.train.data import DecodeCache
 
 
 def write_csv(path: Path, header: list[str], rows: list[list[str]], bom: bool = False) -> Path:

@@ -1,29 +1,21 @@
-"""Dataset layouts, a grouped stratified split saved to disk, and the decode cache.
-
-Three layouts, detected from the path:
-- FracAtlas-style folder: `labels.csv` (filename, fractured, optional body_region, dup_group, boxes) + `images/`
-- class folders: `fractured/` and `not_fractured/` (any depth below each)
-- a CSV file with `path,label` columns (paths relative to the CSV's folder, or absolute)
-"""
+"""A training run's data: the decode cache (letterboxed images at the model's size, decoded once) and the
+records of its train/val split. The dataset layouts, splits and content digests live in `bonefrac.datasets`."""
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
 import os
 import sys
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from bonefrac.datasets import Record, content_digest, layout_split, load_dataset, load_split, save_split, split_dataset
 from bonefrac.errors import BonefracError, DatasetError
-from bonefrac.io.read import find_images, read_image
+from bonefrac.io.read import read_image
 from bonefrac.paths import cache_dir
 from bonefrac.preprocess import Geometry, letterbox_geometry, letterbox_image, reduction_factor
 from bonefrac.spec import REDUCE_FROM
@@ -36,172 +28,6 @@ if TYPE_CHECKING:
 CACHE_VERSION = 4  # bump when letterbox() or the entry format changes (4: reduce_from in the key)
 
 
-@dataclass
-class Record:
-    """One labelled image. `boxes` are [x0, y0, x1, y1] in the pixels of the image as read.
-
-    `name` identifies the image in split files: the file name for FracAtlas folders, the path relative to
-    the dataset root for class folders, the path as written for CSVs (so `IM0001` in two folders differ).
-    """
-
-    path: str
-    label: int
-    region: str = "unknown"
-    group: str = ""
-    boxes: list[list[float]] = field(default_factory=list)
-    hardware: int | None = None
-    name: str = ""
-
-    @property
-    def key(self) -> str:
-        return self.name or Path(self.path).name
-
-
-def load_dataset(path: str | Path) -> list[Record]:
-    """Read any supported layout into records, in a stable (sorted) order."""
-    path = Path(path)
-    if not path.exists():
-        raise DatasetError(f"{path}: no such dataset folder or CSV file")
-    if path.is_file():
-        return _from_csv(path)
-    if (path / "labels.csv").is_file():
-        return _from_fracatlas(path)
-    pos, neg = path / "fractured", path / "not_fractured"
-    if pos.is_dir() and neg.is_dir():
-        records = sorted(
-            (
-                Record(str(p), label, name=p.relative_to(path).as_posix())
-                for label, folder in ((1, pos), (0, neg))
-                for p in find_images([folder])
-            ),
-            key=lambda r: r.path,
-        )
-        return _checked(records, path)
-    raise DatasetError(
-        f"{path}: not a dataset. Expected labels.csv + images/, fractured/ + not_fractured/ folders, or a CSV file"
-    )
-
-
-def _parse_boxes(text: str) -> list[list[float]]:
-    boxes = []
-    for part in filter(None, (p.strip() for p in (text or "").split(";"))):
-        values = [float(v) for v in part.split()]
-        if len(values) == 4:
-            boxes.append(values)
-    return boxes
-
-
-def _label(value: str, where: str) -> int:
-    v = str(value).strip().lower()
-    if v in ("1", "true", "yes", "fractured", "positive"):
-        return 1
-    if v in ("0", "false", "no", "not_fractured", "negative"):
-        return 0
-    raise DatasetError(f"{where}: label {value!r} is not 0/1")
-
-
-def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    """Column names and rows of a UTF-8 CSV file; a byte-order mark (as Excel writes one) is fine."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            return list(reader.fieldnames or []), list(reader)
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise DatasetError(f"{path}: not a UTF-8 CSV file ({type(e).__name__})") from None
-
-
-def _from_fracatlas(root: Path) -> list[Record]:
-    labels = root / "labels.csv"
-    return _records_from_csv(labels, root, "filename", "fractured", "dup_group", lambda name: root / "images" / name)
-
-
-def _from_csv(path: Path) -> list[Record]:
-    return _records_from_csv(path, path, "path", "label", "group", lambda name: path.parent / name)
-
-
-def _records_from_csv(
-    csv_path: Path, where: Path, path_col: str, label_col: str, group_col: str, locate: Callable[[str], Path]
-) -> list[Record]:
-    """Rows of a labels CSV -> records. `path_col` names the image (located by `locate` unless absolute)."""
-    columns, rows = _read_csv(csv_path)
-    if not {path_col, label_col} <= set(columns):
-        raise DatasetError(f"{csv_path}: needs '{path_col}' and '{label_col}' columns")
-    records = []
-    for i, row in enumerate(rows):
-        at = f"{csv_path.name} row {i + 2}"
-        name = (row.get(path_col) or "").strip()
-        if not name:
-            raise DatasetError(f"{at}: empty {path_col}")
-        hw = row.get("hardware")
-        try:
-            records.append(
-                Record(
-                    path=str(Path(name) if os.path.isabs(name) else locate(name)),
-                    label=_label(row[label_col], at),
-                    region=(row.get("body_region") or "unknown").strip() or "unknown",
-                    group=(row.get(group_col) or "").strip(),
-                    boxes=_parse_boxes(row.get("boxes", "")),
-                    hardware=int(hw) if hw not in (None, "") else None,
-                    name=name,
-                )
-            )
-        except ValueError as e:  # a malformed box or hardware value
-            raise DatasetError(f"{at}: {e}") from None
-    return _checked(records, where)
-
-
-def _checked(records: list[Record], where: Path) -> list[Record]:
-    if not records:
-        raise DatasetError(f"{where}: the dataset has no images")
-    if len({r.label for r in records}) < 2:
-        warnings.warn(f"{where}: only one class present", stacklevel=3)
-    seen: set[str] = set()
-    for r in records:
-        if r.key in seen:  # split files are keyed by name: a repeat would silently join two images
-            raise DatasetError(f"{where}: {r.key!r} is listed twice")
-        seen.add(r.key)
-    return records
-
-
-# ---------------------------------------------------------------- split
-def split_dataset(records: list[Record], val_fraction: float = 0.2, seed: int = 0) -> dict[str, str]:
-    """Stratified split that keeps each duplicate group on one side. Returns {record.key: "train"|"val"}."""
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    n_splits = max(2, round(1 / val_fraction))
-    labels = np.array([r.label for r in records])
-    groups = np.array([r.group or r.key for r in records])
-    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    try:
-        _, val_idx = next(splitter.split(np.zeros(len(records)), labels, groups))
-    except ValueError as e:  # more folds than images or groups
-        raise DatasetError(f"--val-fraction {val_fraction} holds out 1 in {n_splits}: too few images ({e})") from None
-    val = set(val_idx.tolist())
-    return {r.key: ("val" if i in val else "train") for i, r in enumerate(records)}
-
-
-def save_split(split: dict[str, str], path: Path) -> None:
-    """Written atomically: `--resume` reads it back, and a kill mid-write must not leave half a split."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(dict(sorted(split.items())), indent=0))
-    os.replace(tmp, path)
-
-
-def load_split(path: Path) -> dict[str, str]:
-    return json.loads(path.read_text())
-
-
-def content_digest(path: str | Path) -> str:
-    """The first 16 hex digits of the SHA-256 of the file's bytes. A model stores these for its training and
-    validation images: they recognise an image however it is named or wherever it was copied."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
-# ---------------------------------------------------------------- decode cache
 def cache_key(path: str, size: int, reduce_from: int = REDUCE_FROM) -> str:
     """Changes when the file (path, size in bytes, mtime) or the input size or the preprocessing changes."""
     st = os.stat(path)
@@ -294,8 +120,8 @@ def prepare_data(cfg: TrainConfig, spec: ModelSpec, out: Path) -> tuple[list[Rec
         split_path = Path(cfg.split_file) if cfg.split_file else out / "split.json"
         if split_path.is_file():
             split = load_split(split_path)  # resume, or a split chosen elsewhere: reuse it exactly
-        else:
-            split = split_dataset(records, cfg.val_fraction, cfg.seed)
+        else:  # the layout's own train/val (a YOLO data.yaml), else a grouped stratified split
+            split = layout_split(records) or split_dataset(records, cfg.val_fraction, cfg.seed)
         save_split(split, out / "split.json")
     # Rank 0 decides and the others receive it: nobody reads a split.json while it is being written.
     split = distributed.broadcast_object(split)
