@@ -12,6 +12,7 @@ as 4xx `{"error": "..."}`; anything else is logged and answered with a bare 500 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import logging
 import re
@@ -21,14 +22,14 @@ import tempfile
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, BinaryIO
+from typing import Annotated, Any, BinaryIO, get_type_hints
 
 import anyio
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPBearer
 from PIL import Image
-from pydantic import BaseModel
+from pydantic import BaseModel, create_model
 
 from bonefrac._version import __version__
 from bonefrac.apps.server.middleware import TokenAuth, UploadLimit, add_error_handlers, json_error
@@ -63,28 +64,23 @@ _UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]")
 _BEARER = HTTPBearer(auto_error=False, description="the server's access token (`--token` or $BONEFRAC_TOKEN)")
 
 
-class PredictionResponse(BaseModel):
-    """`Prediction.to_dict()` plus what the page needs to re-decide and draw without a re-upload: the
-    thresholds of the named operating points, and the detections whatever the decision."""
+def _response_fields() -> dict[str, Any]:
+    """`Prediction`'s fields as `Prediction.to_dict()` gives them (no heatmap array; a field with a default may
+    be absent or null), plus what the page needs to re-decide and draw without a re-upload: the thresholds of
+    the named operating points, and the pictures."""
+    hints = get_type_hints(Prediction)
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(Prediction):
+        if f.name == "heatmap":
+            continue
+        has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        fields[f.name] = (hints[f.name] | None, None) if has_default else (hints[f.name], ...)
+    extras = {"thresholds": (dict[str, float], ...)}
+    return fields | extras | {name: (str | None, None) for name in ("image_png", "heatmap_png", "overlay_png")}
 
-    path: str
-    probability: float
-    logit: float | None = None
-    fractured: bool
-    threshold: float
-    operating_point: str
-    operating_points: dict[str, bool]
-    thresholds: dict[str, float]
-    boxes: list[list[float]]
-    detections: list[list[float]]
-    peak: list[float]
-    width: int
-    height: int
-    model_version: str
-    warnings: list[str] | None = None
-    image_png: str | None = None
-    heatmap_png: str | None = None
-    overlay_png: str | None = None
+
+#: The response of /api/predict, derived from the `Prediction` dataclass (never a hand copy of its fields).
+PredictionResponse = create_model("PredictionResponse", **_response_fields())
 
 
 class ErrorResponse(BaseModel):
