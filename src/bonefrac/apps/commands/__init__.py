@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from bonefrac.apps.commands import dicom_node, evaluate, export, predict, serve, train
+from bonefrac.apps.commands import dicom_node, evaluate, export, inspect, predict, serve, train
 
-COMMANDS = (predict, evaluate, train, export, serve, dicom_node)
+COMMANDS = (predict, evaluate, inspect, train, export, serve, dicom_node)

@@ -24,3 +24,14 @@ def model_args(p: argparse.ArgumentParser) -> None:
         help="threads, each taking batches through read, model and heatmap (default: one per core, at most 8)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar (default: a bar on stderr)")
+
+
+def fracture_class_arg(p: argparse.ArgumentParser) -> None:
+    """--fracture-class, shared by every command that reads a labelled dataset."""
+    p.add_argument(
+        "--fracture-class",
+        action="append",
+        metavar="NAME",
+        help="COCO/YOLO category that means fracture (repeatable; default: the categories named fracture or "
+        "fractured, or the only one); boxes of other categories are ignored",
+    )
