@@ -1,13 +1,26 @@
-"""Study-level results: the maximum over views, decided at the views' threshold; grouping by study."""
+"""Results: one row / dict / table line per prediction, error and study; the study rule (maximum over views)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from dicom_helpers import radiograph_study
 
-from bonefrac.results import STUDY_RULE, Prediction, PredictionError, group_studies, study_key, study_result
+from bonefrac.results import (
+    CSV_COLUMNS,
+    STUDY_CSV_COLUMNS,
+    STUDY_RULE,
+    WARNINGS_SEPARATOR,
+    Prediction,
+    PredictionError,
+    boxes_text,
+    group_studies,
+    study_key,
+    study_result,
+    verdict,
+)
 
 
 def _pred(path: str, p: float, threshold: float = 0.5, point: str = "default") -> Prediction:
@@ -64,3 +77,38 @@ def test_study_key_is_the_study_instance_uid_for_dicom_else_the_folder(tmp_path:
     jpeg.parent.mkdir()
     jpeg.write_bytes(b"\xff\xd8 not really")
     assert study_key(jpeg) == str(tmp_path / "wrist")
+
+
+def test_prediction_row_and_table_line_are_its_dict_as_text() -> None:
+    pred = replace(
+        _pred("a.jpg", 0.7123456, 0.5),
+        detections=[[1.04, 2.0, 30.0, 40.0, 0.7123456], [5.0, 6.0, 7.0, 8.0, 0.2]],
+        warnings=["a.jpg: JPEG file is truncated; 37% of rows missing (filled grey)", "second"],
+    )
+    pred = pred.decided_at("default", 0.5)  # boxes: the detections scoring >= 0.5
+    row, d = pred.to_row(), pred.to_dict()
+    assert list(row) == CSV_COLUMNS
+    assert row["probability"] == "0.712346" and row["fractured"] == "1" and row["threshold"] == "0.500000"
+    assert row["operating_point"] == "default" and row["model_version"] == "test" and row["error"] == ""
+    # One box format in both columns: "x0 y0 x1 y1 score;...", the values of to_dict.
+    assert row["boxes"] == "1.0 2.0 30.0 40.0 0.712346" == boxes_text(d["boxes"])
+    assert [[float(v) for v in b.split()] for b in row["detections"].split(";")] == d["detections"]
+    assert row["warnings"].split(WARNINGS_SEPARATOR) == pred.warnings
+    line = pred.table_line(10)
+    assert line.startswith("a.jpg     ") and verdict(True) in line and "0.712" in line
+    assert line.endswith("warning: a.jpg: JPEG file is truncated; 37% of rows missing (filled grey)  warning: second")
+    assert "warning" not in _pred("b.jpg", 0.1).table_line(10) and verdict(False) in _pred("b.jpg", 0.1).table_line(10)
+
+
+def test_error_and_study_rows_fill_the_same_columns() -> None:
+    error = PredictionError("x.jpg", "x.jpg: empty file")
+    assert list(error.to_row()) == CSV_COLUMNS and error.to_row()["error"] == "x.jpg: empty file"
+    assert error.to_row()["probability"] == "" and "ERROR  x.jpg: empty file" in error.table_line(8)
+    study = study_result("s1", [_pred("a.jpg", 0.2), _pred("b.jpg", 0.7)])
+    row = study.to_row()
+    assert list(row) == CSV_COLUMNS + STUDY_CSV_COLUMNS and row["level"] == "study" and row["study"] == "s1"
+    assert row["probability"] == "0.700000" and row["fractured"] == "1" and row["path"] == ""
+    assert study.table_line(12).endswith("FRACTURE     (2 views, maximum over views)")
+    empty = study_result("s2", [], ["c.jpg"])
+    assert empty.to_row()["probability"] == "" and empty.to_row()["error"] == empty.to_dict()["error"]
+    assert "ERROR" in empty.table_line(12)
