@@ -17,6 +17,7 @@ from bonefrac.apps.cli import build_parser
 from bonefrac.apps.predict import PredictOptions, run_predict
 from bonefrac.dicom.report import report_probabilities
 from bonefrac.inference.detector import FractureDetector
+from bonefrac.results import CSV_COLUMNS
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,7 @@ def test_table_and_csv_carry_the_study_rows(
     # Without --by-study, the CSV is as before.
     _run(detector, inputs["jpeg"], csv=str(tmp_path / "plain.csv"))
     header = (tmp_path / "plain.csv").read_text().splitlines()[0]
-    assert header == "path,probability,fractured,threshold,boxes,detections,error"
+    assert header == ",".join(CSV_COLUMNS) and "level" not in header
 
 
 def test_dicom_out_writes_a_report_per_study_and_says_once_what_is_not_dicom(
