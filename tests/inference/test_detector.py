@@ -290,3 +290,29 @@ def test_the_modality_rule_guards_every_prediction(det: FractureDetector) -> Non
     assert isinstance(refused, PredictionError) and "modality CT" in refused.error and isinstance(ok, Prediction)
     anyway = det.predict(ct, any_modality=True)  # the researcher's override: a prediction, with the warning
     assert 0 <= anyway.probability <= 1 and any("modality CT" in w for w in anyway.warnings)
+
+
+def test_predict_many_with_images_hands_over_the_decoded_image_at_display_size(
+    det: FractureDetector, tmp_path: Path
+) -> None:
+    """(image, result) pairs: the same results as without images; each image the one the model read, shrunk
+    to the display size of the full image (`display_image`); None for a file that could not be read."""
+    from bonefrac.inference.decode import display_shape
+    from bonefrac.inference.detector import display_image
+    from bonefrac.preprocess import read_for_model
+
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    paths = [FIXTURE_IMAGES[0], tmp_path / "empty.jpg", FIXTURE_IMAGES[1]]
+    pairs = list(det.predict_many(paths, workers=2, with_images=True))
+    plain = list(det.predict_many(paths, workers=2))
+    assert [res.to_dict() for _, res in pairs] == [res.to_dict() for res in plain]
+    (first, a), (none, error), (_, _) = pairs
+    assert none is None and isinstance(error, PredictionError)
+    assert isinstance(a, Prediction) and first is not None and first.path == str(FIXTURE_IMAGES[0])
+    assert np.array_equal(first.pixels, read_for_model(FIXTURE_IMAGES[0], det.spec).pixels)  # no larger: as read
+    # A large image is shrunk to the display size of its full size, whatever scale it was decoded at.
+    big = read_image(FIXTURE_IMAGES[0])
+    big.pixels = np.asarray(Image.fromarray(big.pixels).resize((big.width * 5, big.height * 5)))
+    big.meta |= {"height": big.height, "width": big.width}
+    shown = display_image(big, side=1000)
+    assert shown.pixels.shape == display_shape(big.height, big.width, side=1000) and shown.meta["width"] == big.width
