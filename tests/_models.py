@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -38,3 +39,19 @@ def make_checkpoint(
         torch.nn.init.normal_(model.head.fc.weight, std=0.5)  # a zero head would give p = 0.5 everywhere
     save_model(model.eval(), spec, path, info={"model_version": f"test-{arch}-{image_size}"})
     return path
+
+
+#: `bonefrac train` settings of the tiny training runs (tests/train/test_loop.py and the session's `tiny_run`).
+TINY_TRAIN_ARGS = ["--arch", "seed_cnn", "--image-size", "64", "--batch-size", "4", "--val-fraction", "0.34"]
+#: The session's `tiny_run` (tests/conftest.py): 4 epochs, the 454 px fixtures read at 1/2.
+TINY_RUN_EXTRA = ["--epochs", "4", "--reduce-from", "2"]
+TINY_RUN_ARGS = [*TINY_TRAIN_ARGS, *TINY_RUN_EXTRA, "--no-progress"]
+
+
+def copy_checkpoint(source: Path, folder: Path) -> Path:
+    """A copy of a shared (session) checkpoint and its .sha256 sidecar in `folder`, for a test that changes it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in (source, source.with_name(source.name + ".sha256")):
+        if path.exists():
+            shutil.copy2(path, folder / path.name)
+    return folder / source.name

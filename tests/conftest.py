@@ -1,10 +1,14 @@
-"""Shared fixtures: the tiny FracAtlas-style dataset in tests/fixtures, the full dataset when present."""
+"""Shared fixtures: the tiny FracAtlas-style dataset in tests/fixtures, the full dataset when present, and the
+session's tiny models and training run, each made once and shared read-only (a test that changes one copies it:
+`_models.copy_checkpoint`, `shutil.copytree`)."""
 
 from __future__ import annotations
 
 import csv
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,4 +87,54 @@ def grey() -> np.ndarray:
     pixels = read_image(FIXTURES / "images" / BASE_IMAGE).pixels
     out = np.round(pixels * 255).astype(np.uint8)
     assert np.abs(out / 255.0 - pixels).max() < 1e-6  # an 8-bit JPEG: values are exact multiples of 1/255
+    return out
+
+
+# ---------------------------------------------------------------- the session's tiny models, made once
+@pytest.fixture(scope="session")
+def tiny_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random seed_cnn at 64 px (`make_checkpoint`'s defaults). Shared: copy it before changing it."""
+    from _models import make_checkpoint  # imports torch: only for the tests that ask
+
+    return make_checkpoint(tmp_path_factory.mktemp("tiny-classifier") / "model.pt")
+
+
+@pytest.fixture(scope="session")
+def tiny_lite0(tmp_path_factory: pytest.TempPathFactory, _caches_outside_home: Path) -> Path:
+    """A random efficientnet_lite0 classifier at 96 px, exported to ONNX once: every later load of this path finds
+    the export in the session's cache. Shared: copy it before changing it."""
+    from _models import make_checkpoint
+
+    from bonefrac import FractureDetector
+
+    path = make_checkpoint(tmp_path_factory.mktemp("tiny-lite0") / "model.pt", arch="efficientnet_lite0", image_size=96)
+    FractureDetector.load(path, backend="onnx")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_detector(tmp_path_factory: pytest.TempPathFactory, _caches_outside_home: Path) -> Path:
+    """A random lite0_centernet detector at 96 px, exported to ONNX once (as `tiny_lite0`). Shared: copy it
+    before changing it."""
+    from _models import make_checkpoint
+
+    from bonefrac import FractureDetector
+
+    path = make_checkpoint(tmp_path_factory.mktemp("tiny-detector") / "model.pt", arch="lite0_centernet", image_size=96)
+    FractureDetector.load(path, backend="onnx")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished `bonefrac train` run folder (seed_cnn, 64 px, 4 epochs: _models.TINY_RUN_ARGS) on the fixtures,
+    trained once for the session in a subprocess, as a user runs it. Shared: tests that resume, overwrite or
+    otherwise write into a run copy it first (`shutil.copytree(tiny_run, tmp_path / "run")`)."""
+    from _models import TINY_RUN_ARGS
+
+    root = tmp_path_factory.mktemp("tiny-run")
+    out, cache = root / "run", root / "cache"
+    cmd = [sys.executable, "-m", "bonefrac", "train", str(FIXTURES), "--out", str(out), "--cache-dir", str(cache)]
+    r = subprocess.run([*cmd, *TINY_RUN_ARGS], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
     return out

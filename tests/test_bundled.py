@@ -26,6 +26,8 @@ LABELS = {"IMG0000319.jpg": 1, "IMG0001192.jpg": 1, "IMG0000007.jpg": 0, "IMG000
 #: IMG0000319's (a hand's) FracAtlas fracture box, x0 y0 x1 y1 in its 454 x 373 pixels.
 FRACTURE_319 = (271, 112, 303, 136)
 
+pytestmark = pytest.mark.numeric  # the bundled model's figures: make test runs them again on AVX2 kernels
+
 
 @pytest.fixture(scope="module")
 def det() -> FractureDetector:

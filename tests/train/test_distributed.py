@@ -15,14 +15,18 @@ fixtures: seed_cnn at 96 px with box supervision, 1 epoch = 2 steps of a global 
   bugs: 5e-5 to 3.4e-4, measured as probabilities near 0.5, a quarter of that). Tolerance 4e-6. Not the
   probabilities: each run calibrates on its 5 validation images, whose logits after one epoch lie within
   1e-4 of each other, so Platt's scale is ~1e4 and turns the rounding into 1e-3.
-- Training loss (gathered over ranks), validation loss and AUC: equal within 1e-6.
+- Training loss (gathered over ranks) and validation loss: relative 5e-5 (float32 sums over the batch in another
+  order and grouping; see the detector below). AUC: a rank statistic, equal unless two validation logits swap.
 
 The detector (lite0_centernet at 96 px, 64 px crops, one step of a global batch of 4, stochastic depth off:
-it draws per rank, the one known gap): the step's loss, i.e. the loss at the initial weights, equal within
-1e-6 (measured 6e-7; per-rank focal-loss normalisation, or dropout masks drawn in another memory layout than
-the channels-last map, gave 3e-3 and more); weights 0.018 of the update apart (1 vs 2 threads: 0.05); BatchNorm
-running statistics 1.5e-4 relative (1 vs 2 threads: 2.4e-4). Over several steps Adam amplifies the rounding
-(3 steps: 0.5 of the update apart, losses 1e-3 apart), so one step is compared.
+it draws per rank, the one known gap): the step's loss, i.e. the loss at the initial weights, relative 5e-5:
+a forward pass of ~60 layers on 2 images per process against 4 in one, so oneDNN blocks and sums each layer's
+dot products (hundreds of terms) in another order; float32 rounds each sum to ~1e-7 relative, and the layers
+compound it (measured 7e-6 relative on AVX-512 kernels, 60 eps; 5e-5 is 400 eps). Per-rank focal-loss
+normalisation, or dropout masks drawn in another memory layout than the channels-last map, gave 3e-3 absolute
+(7e-3 relative) and more, 100 times the tolerance. The weights 0.018 of the update apart (1 vs 2 threads:
+0.05); BatchNorm running statistics 1.5e-4 relative (1 vs 2 threads: 2.4e-4). Over several steps Adam
+amplifies the rounding (3 steps: 0.5 of the update apart, losses 1e-3 apart), so one step is compared.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +49,10 @@ from bonefrac import FractureDetector
 from bonefrac.models.checkpoint import load_model
 from bonefrac.models.classifier import ModelSpec, build_model
 
+RecordProperty = Callable[[str, object], None]  # pytest's record_property fixture
+
 pytestmark = [
-    pytest.mark.slow,
+    pytest.mark.numeric,  # make test runs these again on AVX2 kernels
     pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="needs torch gloo"),
 ]
 
@@ -93,8 +100,24 @@ def logits(run: Path) -> np.ndarray:
     return np.array([p.logit for p in det.predict_many(FIXTURE_IMAGES)])
 
 
+#: Losses from one process and from two: float32 sums in another order and grouping (see the module docstring).
+LOSS_RTOL = 5e-5
+
+
+def assert_losses_close(
+    h1: dict[str, str], h2: dict[str, str], keys: tuple[str, ...], rtol: float, record: RecordProperty
+) -> None:
+    """history.csv's `keys` agree within `rtol` of their size; each relative difference is recorded in the
+    JUnit XML (`--junitxml`), so a run shows how close the kernels of the day came."""
+    for key in keys:
+        one, two = float(h1[key]), float(h2[key])
+        record(f"rel_diff_{key}", abs(one - two) / abs(one) if one else abs(two))
+        assert two == pytest.approx(one, rel=rtol), f"{key}: {one!r} vs {two!r}"
+
+
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:.*JPEG file is truncated")  # three fixtures are, on purpose
-def test_ddp_training_matches_one_process_and_resumes(tmp_path: Path) -> None:
+def test_ddp_training_matches_one_process_and_resumes(tmp_path: Path, record_property: RecordProperty) -> None:
     cache = tmp_path / "cache"
     one, ddp = tmp_path / "one", tmp_path / "ddp"
     train(one, cache, "--epochs", "1")
@@ -107,8 +130,9 @@ def test_ddp_training_matches_one_process_and_resumes(tmp_path: Path) -> None:
 
     h1, h2 = history(one), history(ddp)
     assert [h["epoch"] for h in h2] == ["1"]
-    for key in ("train_loss", "val_loss", "val_auc"):  # losses are gathered over ranks, not rank 0's
-        assert abs(float(h1[0][key]) - float(h2[0][key])) < 1e-6, key
+    # losses are gathered over ranks, not rank 0's
+    assert_losses_close(h1[0], h2[0], ("train_loss", "val_loss"), LOSS_RTOL, record_property)
+    assert float(h2[0]["val_auc"]) == pytest.approx(float(h1[0]["val_auc"]), rel=1e-12)  # ranks: exact
 
     a, b = last_state(one), last_state(ddp)
     torch.manual_seed(SEED)  # fit() seeds, then builds the model: the shared starting point
@@ -119,16 +143,22 @@ def test_ddp_training_matches_one_process_and_resumes(tmp_path: Path) -> None:
     assert apart / moved < 0.35, f"DDP weights differ by {apart / moved:.3f} of the update"
     for k in (k for k in a if "running" in k):
         assert (a[k] - b[k]).norm() / a[k].norm() < 1e-3, k
-    assert np.abs(logits(one) - logits(ddp)).max() < 4e-6
+    # Raw logits relative to their largest: each is a ~0.1-sized sum through the trained weights (see above).
+    z1, z2 = logits(one), logits(ddp)
+    record_property("rel_diff_logits", float(np.abs(z1 - z2).max() / np.abs(z1).max()))
+    assert np.abs(z1 - z2).max() <= 1e-5 * np.abs(z1).max()
 
     # --resume under torchrun: every rank continues from rank 0's last.pt, exactly like a straight run.
     straight = tmp_path / "straight"
     train(straight, cache, "--epochs", "2", nproc=2)
     train(ddp, cache, "--epochs", "2", "--resume", nproc=2)
     assert [h["epoch"] for h in history(ddp)] == ["1", "2"]
+    # Same kernels, same two processes, same data order: the resumed run repeats the straight run's operations in
+    # the same order, so any difference is state that last.pt failed to restore. Not bit-exact by construction
+    # (gloo's all-reduce may split its sums by arrival), so each tensor within 10 float32 eps of its norm.
     a, b = last_state(straight), last_state(ddp)
     for k in a:
-        assert torch.allclose(a[k].float(), b[k].float(), rtol=0, atol=1e-6), k
+        assert (a[k].double() - b[k].double()).norm() <= 1.2e-6 * a[k].double().norm(), k
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
@@ -171,8 +201,9 @@ DETECTOR_ARGS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:.*JPEG file is truncated")
-def test_ddp_detector_step_matches_one_process(tmp_path: Path) -> None:
+def test_ddp_detector_step_matches_one_process(tmp_path: Path, record_property: RecordProperty) -> None:
     script = tmp_path / "bonefrac_no_drop_path.py"
     script.write_text(NO_DROP_PATH)
     runs = {}
@@ -188,9 +219,10 @@ def test_ddp_detector_step_matches_one_process(tmp_path: Path) -> None:
 
     h1, h2 = history(one), history(ddp)
     assert len(h1) == len(h2) == 1
-    for key in ("train_loss", "loc_loss"):  # one step: the global batch's loss at the initial weights
-        assert abs(float(h1[0][key]) - float(h2[0][key])) < 1e-6, key
-    assert abs(float(h1[0]["val_loss"]) - float(h2[0]["val_loss"])) < 1e-3
+    # one step: the global batch's loss at the initial weights
+    assert_losses_close(h1[0], h2[0], ("train_loss", "loc_loss"), LOSS_RTOL, record_property)
+    # after the step: weights 0.018 of the update apart (below) move the validation loss ~1e-3 of itself
+    assert_losses_close(h1[0], h2[0], ("val_loss",), 5e-3, record_property)
 
     a, b = last_state(one), last_state(ddp)
     torch.manual_seed(SEED)
@@ -203,6 +235,7 @@ def test_ddp_detector_step_matches_one_process(tmp_path: Path) -> None:
         assert (a[k] - b[k]).norm() / a[k].norm() < 2e-3, k
 
 
+@pytest.mark.slow
 def test_sharded_predict_writes_every_input_once_in_order(tmp_path: Path) -> None:
     model = make_checkpoint(tmp_path / "model.pt", image_size=96)
     bad = tmp_path / "bad.jpg"
@@ -223,4 +256,6 @@ def test_sharded_predict_writes_every_input_once_in_order(tmp_path: Path) -> Non
         assert rows[-1]["error"] and not any(row["error"] for row in rows[:-1])
         assert not list(tmp_path.glob("p*.csv.*"))  # no per-rank parts left behind
         runs[nproc] = np.array([float(row["probability"]) for row in rows[:-1]])
+    # Probabilities lie in [0, 1], so an absolute bound: the logits' rounding (batches of another size, ~1e-6 of
+    # |z|, |z| < 10 here) passes through the sigmoid's slope of at most 1/4.
     assert np.abs(runs[1] - runs[2]).max() < 1e-5

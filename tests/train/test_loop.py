@@ -23,12 +23,12 @@ import torch
 from _models import FIXTURES, TINY_RUN_EXTRA, TINY_TRAIN_ARGS
 
 from bonefrac import FractureDetector
+from bonefrac.datasets import content_digest
 from bonefrac.errors import BonefracError
 from bonefrac.models.classifier import MODELS
 from bonefrac.spec import DETECTOR_ARCHS
 from bonefrac.train.augment import Augment
 from bonefrac.train.config import ARCHS, ConfigError, TrainConfig
-from bonefrac.datasets import content_digest
 from bonefrac.train.loop import EMA, fit
 from bonefrac.train.precision import MixedPrecision, autocast_dtype
 from bonefrac.train.run_folder import resume_command
