@@ -21,7 +21,8 @@ def real_images(n: int) -> list[Path]:
 def bundled_or_fresh(tmp: Path, image_size: int = 256) -> Path:
     """The bundled model when it exists; otherwise an untrained Lite0 of the same shape (same speed)."""
     from bonefrac.models.checkpoint import bundled_model_path, save_model
-    from bonefrac.models.classifier import ModelSpec, build_model
+    from bonefrac.models.registry import build_model
+    from bonefrac.spec import ModelSpec
 
     if bundled_model_path().is_file():
         return bundled_model_path()

@@ -17,8 +17,8 @@ import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 
-from bonefrac.inference.decode import boxes_from_heatmap, normalize_heatmap
 from bonefrac.models.classifier import bicubic_weights
+from bonefrac.models.kinds.classifier import boxes_from_heatmap, normalize_heatmap
 
 
 class Resize(torch.nn.Module):

@@ -23,8 +23,8 @@ import time
 import numpy as np
 import torch
 
-from bonefrac.models.centernet import CenterNetLite0
-from bonefrac.train.detector import centernet_targets, detection_loss
+from bonefrac.models.centernet import CenterNetLite0, detection_loss
+from bonefrac.train.detector import centernet_targets
 from bonefrac.train.precision import MixedPrecision
 
 CONFIGS = [("fp32", True), ("fp32", False), ("bf16", True), ("bf16", False)]  # (precision, channels-last)

@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from _common import real_images
 
-from bonefrac.models.classifier import ModelSpec, build_model
+from bonefrac.models.registry import build_model
 from bonefrac.preprocess import normalize
+from bonefrac.spec import ModelSpec
 from bonefrac.train.augment import Augment
 from bonefrac.train.data import DecodeCache, Record
 from bonefrac.train.loop import load_batch

@@ -9,7 +9,8 @@ from typing import Any
 import torch
 
 from bonefrac.models.checkpoint import save_model
-from bonefrac.models.classifier import ModelSpec, build_model
+from bonefrac.models.registry import build_model, kind_of
+from bonefrac.spec import ModelSpec
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FIXTURE_IMAGES = sorted((FIXTURES / "images").glob("*.jpg"))
@@ -28,7 +29,7 @@ def make_checkpoint(
         **spec_fields,
     )
     model = build_model(spec, pretrained=False)
-    if spec.is_detector:  # the dense head's last layers: spread-out centre scores and boxes of a few cells
+    if kind_of(spec.arch) == "detector":  # the dense head's last layers: spread-out centre scores, boxes of a few cells
         torch.nn.init.normal_(model.heatmap[-1].weight, std=4.0)
         torch.nn.init.constant_(model.heatmap[-1].bias, 0.0)
         torch.nn.init.normal_(model.size[-1].weight, std=0.05)

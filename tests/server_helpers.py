@@ -17,7 +17,8 @@ from PIL import Image
 
 from bonefrac import FractureDetector
 from bonefrac.models.checkpoint import save_model
-from bonefrac.models.classifier import ModelSpec, build_model
+from bonefrac.models.registry import build_model
+from bonefrac.spec import ModelSpec
 
 FIXTURES = Path(__file__).parent / "fixtures"
 IMAGES = FIXTURES / "images"

@@ -17,6 +17,7 @@ from bonefrac import FractureDetector
 from bonefrac.evaluation.calibration import IDENTITY
 from bonefrac.inference.decode import DETECTION_FLOOR, MAX_DETECTIONS
 from bonefrac.models.checkpoint import bundled_model_path, sha256_file
+from bonefrac.models.registry import kind_of
 from bonefrac.results import Prediction
 
 WEIGHTS = bundled_model_path().parent
@@ -50,7 +51,7 @@ def test_bundled_weights_are_small_verified_and_credited() -> None:
 
 
 def test_bundled_model_is_a_calibrated_detector(det: FractureDetector) -> None:
-    assert det.spec.is_detector, det.spec.arch
+    assert kind_of(det.spec.arch) == "detector", det.spec.arch
     v = det.info["validation"]
     assert v["auc"] >= 0.85 and v["auc_ci95"][0] <= v["auc"] <= v["auc_ci95"][1]
     # Where the best detection points: the old classifier's heatmap peak found the fracture box on 0.48.

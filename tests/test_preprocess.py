@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from bonefrac.inference.decode import content_box_to_image, content_map, heatmap_on_image
 from bonefrac.io.read import XrayImage
 from bonefrac.models.classifier import ModelSpec
+from bonefrac.models.kinds.classifier import content_box_to_image, content_map, heatmap_on_image
 from bonefrac.preprocess import letterbox, preprocess
 from bonefrac.train.augment import Augment
 

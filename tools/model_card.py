@@ -22,6 +22,7 @@ from bonefrac.evaluation.metrics import HIGH_SENSITIVITY_TARGET, HIGH_SPECIFICIT
 from bonefrac.inference.decode import DETECTION_FLOOR, MAX_DETECTIONS
 from bonefrac.models.centernet import STRIDE
 from bonefrac.models.checkpoint import load_model
+from bonefrac.models.registry import kind_of
 
 #: The operating points in the order a reader meets them (most sensitive first), with the rule that chose each.
 RULES = {
@@ -296,7 +297,7 @@ def main() -> None:
     args = ap.parse_args()
 
     model, spec, info = load_model(args.model)
-    if not spec.is_detector:
+    if kind_of(spec.arch) != "detector":
         raise SystemExit(f"{args.model}: a {spec.arch} classifier; this card describes a detector")
     m = json.loads((Path(args.report) / "metrics.json").read_text())
     if m["model"]["sha256"] != info["sha256"]:

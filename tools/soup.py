@@ -19,7 +19,8 @@ import torch
 from bonefrac import __version__
 from bonefrac.evaluation.metrics import choose_operating_points, discrimination
 from bonefrac.models.checkpoint import load_checkpoint, save_model, sha256_file
-from bonefrac.models.classifier import ModelSpec, build_model
+from bonefrac.models.registry import build_model
+from bonefrac.spec import ModelSpec
 from bonefrac.train.data import DecodeCache, load_dataset, load_split
 from bonefrac.train.loop import predict_cached
 

@@ -15,9 +15,6 @@ REDUCE_FROM = 4
 #: The value for checkpoints from before `ModelSpec.reduce_from` existed: only very large images reduced.
 LEGACY_REDUCE_FROM = 8
 
-#: Architectures with a dense detection head (`detection_model`): heatmap, box size and offset outputs.
-DETECTOR_ARCHS = ("lite0_centernet",)
-
 #: Default decision thresholds before a model has been calibrated on a validation split.
 DEFAULT_OPERATING_POINTS = {"default": 0.5, "high_sensitivity": 0.3, "high_specificity": 0.7}
 
@@ -27,7 +24,7 @@ class ModelSpec:
     """What a checkpoint needs to rebuild the model and prepare its input (nanoGPT-style config).
 
     Attributes:
-        arch: a key of `MODELS`.
+        arch: a key of `models.registry.ARCHS` (which also says its kind: `registry.kind_for(spec)`).
         image_size: side of the square, letterboxed model input, in pixels.
         mean, std: intensity normalisation applied after per-image min-max scaling to [0, 1].
         operating_points: name -> probability threshold, chosen on the validation split.
@@ -49,11 +46,6 @@ class ModelSpec:
     drop_path_rate: float = 0.1
     reduce_from: int = REDUCE_FROM
     calibration: dict[str, float] = field(default_factory=lambda: {"scale": 1.0, "bias": 0.0})
-
-    @property
-    def is_detector(self) -> bool:
-        """A detector (dense head: detections, an absolute heatmap) rather than a classifier with a CAM."""
-        return self.arch in DETECTOR_ARCHS
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -10,17 +10,14 @@ import pytest
 from bonefrac.inference.decode import (
     DETECTION_FLOOR,
     DISPLAY_SIDE,
-    MAX_BOXES,
     MAX_DETECTIONS,
     Prediction,
-    boxes_from_heatmap,
-    content_box_to_image,
     display_shape,
-    heatmap_on_image,
     predictions,
     probabilities,
-    read_detector,
 )
+from bonefrac.models.kinds.classifier import MAX_BOXES, boxes_from_heatmap, content_box_to_image, heatmap_on_image
+from bonefrac.models.kinds.detector import read_detector
 from bonefrac.preprocess import letterbox_geometry
 from bonefrac.spec import ModelSpec
 

@@ -246,7 +246,7 @@ def test_the_constructor_only_stores_and_load_builds_the_backend(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from bonefrac.inference.backends import TorchBackend
-    from bonefrac.models.classifier import build_model
+    from bonefrac.models.registry import build_model
     from bonefrac.spec import ModelSpec
 
     monkeypatch.setenv("BONEFRAC_CACHE", str(tmp_path / "cache"))

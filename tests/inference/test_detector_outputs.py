@@ -13,6 +13,7 @@ from _models import FIXTURE_IMAGES
 from bonefrac import BonefracError, FractureDetector, Prediction
 from bonefrac.inference.decode import DETECTION_FLOOR, MAX_DETECTIONS, display_shape, predictions
 from bonefrac.io.image import XrayImage
+from bonefrac.models.registry import kind_of
 from bonefrac.preprocess import preprocess
 
 IMAGES = FIXTURE_IMAGES[:3]
@@ -39,7 +40,8 @@ def _sigmoid(z: float) -> float:
 
 @pytest.mark.numeric  # torch and onnxruntime kernels: make test runs it again with torch on AVX2
 def test_onnx_and_torch_give_the_same_detections(torch_det: FractureDetector, onnx_det: FractureDetector) -> None:
-    assert (torch_det.backend.name, onnx_det.backend.name) == ("torch", "onnx") and onnx_det.spec.is_detector
+    assert (torch_det.backend.name, onnx_det.backend.name) == ("torch", "onnx")
+    assert kind_of(onnx_det.spec.arch) == "detector"
     for path in IMAGES:
         a, b = torch_det.predict(path), onnx_det.predict(path)
         # the same graph in two libraries' float32 kernels: the logit to 1e-4 of its size (a hundredfold above
@@ -155,5 +157,5 @@ def test_bonefrac_export_checks_a_detectors_parity(checkpoint: Path, tmp_path: P
     from bonefrac.inference.export import export_model
 
     report = export_model(checkpoint, tmp_path / "detector.onnx", check_on=list(IMAGES[:2]))
-    assert report.spec.is_detector and report.parity_images == 2
+    assert kind_of(report.spec.arch) == "detector" and report.parity_images == 2
     assert 0.0 <= report.max_probability_difference < 1e-4  # probabilities in [0, 1]: as in the test above

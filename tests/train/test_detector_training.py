@@ -16,17 +16,11 @@ import torch
 from _models import FIXTURES
 from torch import nn
 
-from bonefrac.models.centernet import STRIDE
+from bonefrac.models.centernet import STRIDE, detection_loss, target_counts
 from bonefrac.models.checkpoint import load_model
+from bonefrac.models.registry import kind_of
 from bonefrac.train.data import DecodeCache, Record
-from bonefrac.train.detector import (
-    MAX_BOXES,
-    CropSampler,
-    centernet_targets,
-    detection_loss,
-    gaussian_radius,
-    target_counts,
-)
+from bonefrac.train.detector import MAX_BOXES, CropSampler, centernet_targets, gaussian_radius
 
 
 # ---------------------------------------------------------------- targets
@@ -261,7 +255,7 @@ def test_train_a_detector_then_resume(tmp_path: Path) -> None:
     run, cache = tmp_path / "run", tmp_path / "cache"
     bonefrac_train(run, cache, "--epochs", "1")
     model, spec, info = load_model(run / "model.pt")
-    assert spec.is_detector and spec.arch == "lite0_centernet" and spec.image_size == 96
+    assert kind_of(spec.arch) == "detector" and spec.arch == "lite0_centernet" and spec.image_size == 96
     v = info["validation"]
     assert 0 <= v["pointing_game"] <= 1 and 0 <= v["auc"] <= 1 and v["n"] == info["n_val"]
     ops = spec.operating_points

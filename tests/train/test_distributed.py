@@ -47,7 +47,8 @@ from _models import FIXTURE_IMAGES, FIXTURES, make_checkpoint
 
 from bonefrac import FractureDetector
 from bonefrac.models.checkpoint import load_model
-from bonefrac.models.classifier import ModelSpec, build_model
+from bonefrac.models.registry import build_model, kind_of
+from bonefrac.spec import ModelSpec
 
 RecordProperty = Callable[[str, object], None]  # pytest's record_property fixture
 
@@ -214,7 +215,7 @@ def test_ddp_detector_step_matches_one_process(tmp_path: Path, record_property: 
         assert r.returncode == 0, r.stdout + r.stderr
     one, ddp = runs[1], runs[2]
     _, spec, info = load_model(ddp / "model.pt")  # a loadable detector from the DDP run
-    assert spec.is_detector and json.loads((ddp / "run.json").read_text())["world_size"] == 2
+    assert kind_of(spec.arch) == "detector" and json.loads((ddp / "run.json").read_text())["world_size"] == 2
     assert set(info["validation"]) >= {"auc", "pointing_game", "calibration"}
 
     h1, h2 = history(one), history(ddp)

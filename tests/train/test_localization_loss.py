@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from bonefrac.train.box_supervision import localization_loss
+from bonefrac.models.classifier import localization_loss
 
 
 def test_loss_rewards_a_heatmap_peaking_inside_the_box() -> None:

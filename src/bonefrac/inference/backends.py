@@ -1,8 +1,7 @@
 """The two inference backends behind one `run(x) -> {output name: array}` call: onnxruntime and eager torch.
 
-Named outputs (the ONNX export's output names): a classifier gives "logit" (N,) and "cam" (N, S, S); a
-detector (`ModelSpec.is_detector`) gives "heatmap" (N, h, w) centre logits at stride 8, "size" (N, 2, h, w)
-log box size in cells, "offset" (N, 2, h, w) centre offset in cells and "global" (N,) the global head's logit.
+Named outputs (the ONNX export's output names): the model kind's `outputs` (`models.kinds`), e.g. a
+classifier's "logit" and "cam", a detector's "heatmap", "size", "offset" and "global".
 
 onnxruntime runs these CNNs several times faster than eager torch on CPU (bench/README.md), so it is the
 default; torch is imported only by `TorchBackend`, which keeps `bonefrac predict` on a cached export free of
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+
+from bonefrac.models.registry import get_kind
 
 if TYPE_CHECKING:
     import torch
@@ -95,9 +96,10 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self, model: torch.nn.Module, size: int) -> None:
-        """`model`: a classifier (`FractureNet`) or a detector (`CenterNetLite0`); `size`: the side of its
-        square input (`ModelSpec.image_size`)."""
+        """`model`: a built model of any kind (`models.registry`); `size`: the side of its square input
+        (`ModelSpec.image_size`)."""
         self.graph = inference_graph(model, size).eval()
+        self.outputs = get_kind(model.kind).outputs
         # torch already spreads one call over every core; concurrent calls would only oversubscribe them.
         self._lock = threading.Lock()
 
@@ -106,7 +108,7 @@ class TorchBackend:
 
         with self._lock, torch.inference_mode():
             values = self.graph(torch.from_numpy(x))
-        return {name: v.numpy() for name, v in zip(self.graph.output_names, values, strict=True)}
+        return {name: v.numpy() for name, v in zip(self.outputs, values, strict=True)}
 
     def for_workers(self, workers: int) -> TorchBackend:
         return self  # calls are serialised instead (see __init__)
@@ -116,11 +118,8 @@ class TorchBackend:
 
 
 def inference_graph(model: torch.nn.Module, size: int) -> torch.nn.Module:
-    """The module the torch backend runs and `export` writes as ONNX: its outputs are its `output_names`."""
-    from bonefrac.models.centernet import CenterNetLite0, DetectorGraph
-    from bonefrac.models.classifier import LogitAndCam
-
-    return DetectorGraph(model) if isinstance(model, CenterNetLite0) else LogitAndCam(model, size)
+    """The module the torch backend runs and `export` writes as ONNX: its outputs are its kind's `outputs`."""
+    return get_kind(model.kind).export_module(model, size)
 
 
 def process_cores() -> int:

@@ -1,10 +1,10 @@
 """ONNX export: the graph, its metadata, its per-checkpoint cache, and the torch/onnxruntime parity check.
 
 The exported graph takes a float32 batch (N, 1, S, S), preprocessed as `transforms.preprocess` does, and
-returns the backends' named outputs (`backends`): a classifier's `logit` (N,) and `cam` (N, S, S); a
-detector's `heatmap` (N, h, w), `size` and `offset` (N, 2, h, w) and `global` (N,). The file stands on its
-own: its `metadata_props` carry the input size, normalisation, calibration, operating points and versions,
-so another runtime needs nothing from bonefrac.
+returns the backends' named outputs, the model kind's `outputs` (`models.kinds`: a classifier's `logit` and
+`cam`, a detector's `heatmap`, `size`, `offset` and `global`). The file stands on its own: its `metadata_props`
+carry the input size, normalisation, calibration, operating points and versions, so another runtime needs
+nothing from bonefrac.
 
 `bonefrac predict` spends most of its start-up importing torch, which onnxruntime does not need. So each
 export is cached under a key made of the checkpoint's SHA-256, the bonefrac version and the export settings
@@ -27,6 +27,7 @@ import numpy as np
 
 from bonefrac._version import __version__
 from bonefrac.models.metadata import jsonable
+from bonefrac.models.registry import kind_for
 from bonefrac.paths import EXAMPLES_DIR, cache_dir
 from bonefrac.spec import ModelSpec
 
@@ -46,15 +47,6 @@ PREPROCESSING = (
     "zero padding to a centred square; values rounded to multiples of 1/255; then (x - mean) / std"
 )
 CALIBRATED = "probability = sigmoid(scale * z + bias), (scale, bias) = the calibration property"
-OUTPUTS = {
-    "classifier": f"logit (N,) = z, {CALIBRATED}; cam (N, S, S): per-location logits (mean = logit)",
-    "detector": (
-        "heatmap (N, h, w): fracture-centre logits on a stride-8 grid; size (N, 2, h, w): log(width / 8), "
-        "log(height / 8); offset (N, 2, h, w): the centre's (dx, dy) in the cell, so centre = (cell + offset) * 8 "
-        "input pixels; global (N,): the global head's logit. Per cell z = (heatmap + global) / 2, its score "
-        f"sigmoid(scale * z + bias); image z = the highest z over the image content (not the padding); {CALIBRATED}"
-    ),
-}
 
 
 def export_onnx(model: torch.nn.Module, spec: ModelSpec, path: str | Path, info: dict[str, Any] | None = None) -> Path:
@@ -70,7 +62,7 @@ def export_onnx(model: torch.nn.Module, spec: ModelSpec, path: str | Path, info:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     dummy = torch.zeros(1, 1, spec.image_size, spec.image_size)
     graph_module = inference_graph(model, spec.image_size).eval()
-    names = list(graph_module.output_names)
+    names = list(kind_for(spec).outputs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated but needs no onnxscript
         torch.onnx.export(
@@ -105,7 +97,7 @@ def onnx_metadata(spec: ModelSpec, info: dict[str, Any]) -> dict[str, str]:
         "calibration": json.dumps(spec.calibration),
         "spec": json.dumps(spec.to_dict()),
         "preprocessing": PREPROCESSING,
-        "outputs": OUTPUTS["detector" if spec.is_detector else "classifier"],
+        "outputs": kind_for(spec).outputs_doc.format(calibrated=CALIBRATED),
     }
 
 
@@ -184,20 +176,22 @@ def export_model(checkpoint: str | Path | None, out: str | Path, check_on: list[
 
 
 def parity(model: torch.nn.Module, onnx_path: str | Path, x: np.ndarray, spec: ModelSpec | None = None) -> float:
-    """The largest difference between eager torch and onnxruntime on a batch, over every output as a
-    (calibrated) probability: the image's (logit / global) and, for a detector, each heatmap cell's.
-    The box size and offset are compared as they are (cells)."""
+    """The largest difference between eager torch and onnxruntime on a batch, over every output: those of
+    the kind's `parity_as_probability` (the image's logit, a detector's cells) as (calibrated) probabilities, its
+    `parity_as_is` (a detector's box size and offset, in cells) as they are. A classifier's map is checked through
+    its mean, the logit."""
     from bonefrac.inference.backends import OnnxBackend, TorchBackend
-    from bonefrac.inference.decode import probabilities
+    from bonefrac.models.kinds.base import probabilities
+    from bonefrac.models.registry import get_kind
 
     calibration = spec.calibration if spec is not None else None
     torch_out, onnx_out = TorchBackend(model, x.shape[-1]).run(x), OnnxBackend(onnx_path).run(x)
     if set(torch_out) != set(onnx_out):
         raise ValueError(f"the export's outputs {sorted(onnx_out)} are not the model's {sorted(torch_out)}")
+    kind = get_kind(model.kind)
     diffs = []
-    for name in ("logit", "global", "heatmap"):
-        if name in torch_out:
-            p_torch, p_onnx = probabilities(torch_out[name], calibration), probabilities(onnx_out[name], calibration)
-            diffs.append(float(np.abs(p_torch - p_onnx).max()))
-    diffs += [float(np.abs(torch_out[n] - onnx_out[n]).max()) for n in ("size", "offset") if n in torch_out]
+    for name in kind.parity_as_probability:
+        p_torch, p_onnx = probabilities(torch_out[name], calibration), probabilities(onnx_out[name], calibration)
+        diffs.append(float(np.abs(p_torch - p_onnx).max()))
+    diffs += [float(np.abs(torch_out[n] - onnx_out[n]).max()) for n in kind.parity_as_is]
     return max(diffs)

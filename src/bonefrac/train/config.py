@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from bonefrac.errors import BonefracError, DatasetError
-from bonefrac.spec import DETECTOR_ARCHS, REDUCE_FROM
+from bonefrac.models import registry
+from bonefrac.spec import REDUCE_FROM
 from bonefrac.train.distributed import DEVICES
 
-#: The architectures `models.MODELS` builds (spelt out here so that checking one needs no torch).
-ARCHS = ("efficientnet_lite0", "efficientnet_lite0_scratch", "seed_cnn", "lite0_centernet")
+#: The architectures `models.registry` builds (its names import no torch).
+ARCHS = tuple(registry.ARCHS)
 
 #: The arithmetic of training (`--precision`; "auto": mixed precision on a GPU, bf16 where it supports it,
 #: else fp16 with loss scaling; fp32 on a CPU). Where it runs: `distributed.DEVICES`.
@@ -96,7 +97,7 @@ class TrainConfig:
         ):
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ConfigError(f"--{name} {value}: must be a number of at least 0")
-        if self.arch in DETECTOR_ARCHS:  # crops of the input, in whole cells of the stride-8 grid
+        if registry.get_kind(registry.kind_of(self.arch)).trains_on_crops:  # whole cells of the stride-8 grid
             _at_least("crop-size", self.crop_size, 32)
             if self.crop_size % 8 or self.crop_size > self.image_size:
                 raise ConfigError(f"--crop-size {self.crop_size}: must be a multiple of 8, at most --image-size")

@@ -9,15 +9,13 @@ and a mild scale jitter keeps the model from learning one pixel size per fractur
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
-from bonefrac.models.centernet import STRIDE, image_logit
+from bonefrac.models.centernet import STRIDE
 from bonefrac.train.data import DecodeCache, Record
 
 MAX_BOXES = 8  # FracAtlas has at most 6 boxes per image
@@ -104,24 +102,13 @@ def pointing_game(sampler: CropSampler, records: list[Record], peaks: np.ndarray
     return float(np.mean(hits)) if hits else float("nan")
 
 
-@torch.no_grad()
-def logits_and_peaks(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """(N, 3): each input's raw image logit (`image_logit`), then its heatmap peak's (x, y) in input pixels
-    (the centre of the best cell: the pointing game's point)."""
-    heatmap, _, _, global_logit, _ = model(x)
-    peak = heatmap.flatten(1).argmax(1)
-    w = heatmap.shape[-1]
-    xy = torch.stack([(peak % w + 0.5) * STRIDE, (peak // w + 0.5) * STRIDE], 1)
-    return torch.cat([image_logit(heatmap, global_logit)[:, None], xy.float()], 1)
-
-
 def _start(rng: np.random.Generator, lo: float, hi: float, centre: float, window: int, size: int) -> int:
     first = max(0.0, min(hi - window, centre - window + STRIDE))
     last = min(size - window, max(lo, centre - STRIDE))
     return int(rng.uniform(first, max(first, last)))
 
 
-# ---------------------------------------------------------------- CenterNet targets and loss
+# ---------------------------------------------------------------- CenterNet targets (the loss: `models.centernet`)
 def gaussian_radius(h: float, w: float, min_overlap: float = 0.7) -> float:
     """CenterNet's radius (in cells) within which a centre still gives a box of IoU >= `min_overlap`."""
     b1, c1 = h + w, w * h * (1 - min_overlap) / (1 + min_overlap)
@@ -160,52 +147,3 @@ def centernet_targets(boxes: np.ndarray, size: int) -> dict[str, np.ndarray]:
         index[k], mask[k] = iy * w + ix, 1.0
         log_size[k], offset[k] = (math.log(bw), math.log(bh)), (cx - ix, cy - iy)
     return {"heatmap": heatmap[None], "index": index, "log_size": log_size, "offset": offset, "mask": mask}
-
-
-def focal_loss(logits: torch.Tensor, target: torch.Tensor, n_centres: int | None = None) -> torch.Tensor:
-    """CenterNet's penalty-reduced focal loss (alpha 2, beta 4), summed and divided by the number of centres
-    (`n_centres`, by default those of `target`)."""
-    p = torch.sigmoid(logits.float()).clamp(1e-4, 1 - 1e-4)
-    pos = target.eq(1).float()
-    pos_term = torch.log(p) * (1 - p) ** 2 * pos
-    neg_term = torch.log(1 - p) * p**2 * (1 - target) ** 4 * (1 - pos)
-    n = pos.sum() if n_centres is None else torch.tensor(float(n_centres))
-    return -(pos_term.sum() + neg_term.sum()) / n.clamp(min=1)
-
-
-def target_counts(targets: dict[str, torch.Tensor]) -> tuple[int, int, int]:
-    """What `detection_loss` divides by: the centre cells, the boxes and the images of a batch's targets
-    (summed over ranks, the global batch's: see `detection_loss`)."""
-    return int(targets["heatmap"].eq(1).sum()), int(targets["mask"].sum()), len(targets["mask"])
-
-
-def _at(maps: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """(N, C, h, w) maps read at (N, K) flat cell indices -> (N, K, C)."""
-    n, c = maps.shape[:2]
-    flat = maps.float().reshape(n, c, -1).permute(0, 2, 1)
-    return flat.gather(1, index[..., None].expand(-1, -1, c))
-
-
-def detection_loss(
-    outputs: tuple[torch.Tensor, ...],
-    targets: dict[str, torch.Tensor],
-    cls_weight: float = 0.5,
-    counts: Sequence[int] | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Centre focal loss + L1 on log size and offset at the centres + `cls_weight` x the global head's
-    cross-entropy against "the crop holds a fracture centre". Returns the total and its parts.
-
-    Each term is a sum over the batch divided by a count (`target_counts`): centre cells, boxes x 2,
-    images. Under DDP `counts` are the global batch's, so that the ranks' losses add up to exactly the loss
-    one process computes on the whole batch (per-rank counts would weigh a rank's few centres more)."""
-    heatmap, log_size, offset, global_logit, _ = outputs
-    n_centres, n_boxes, n_images = counts or target_counts(targets)
-    mask = targets["mask"][..., None]
-    n = max(n_boxes, 1) * 2
-    l_heat = focal_loss(heatmap, targets["heatmap"], n_centres)
-    l_size = (F.l1_loss(_at(log_size, targets["index"]), targets["log_size"], reduction="none") * mask).sum() / n
-    l_off = (F.l1_loss(_at(offset, targets["index"]), targets["offset"], reduction="none") * mask).sum() / n
-    label = (targets["mask"].sum(1) > 0).float()
-    l_cls = F.binary_cross_entropy_with_logits(global_logit.float(), label, reduction="sum") / max(n_images, 1)
-    total = l_heat + l_size + l_off + cls_weight * l_cls
-    return total, {"heatmap": l_heat.item(), "size": l_size.item(), "offset": l_off.item(), "global": l_cls.item()}

@@ -32,16 +32,18 @@ from bonefrac.errors import DatasetError
 from bonefrac.evaluation.calibration import IDENTITY, CalibrationError, apply, compare, fit_platt
 from bonefrac.evaluation.metrics import auc, choose_operating_points, discrimination
 from bonefrac.models.checkpoint import atomic_save, load_model, save_model
-from bonefrac.models.classifier import ModelSpec, build_model
+from bonefrac.models.kinds.base import StepContext
 from bonefrac.models.metadata import without_machine_paths
+from bonefrac.models.registry import build_model, kind_for
 from bonefrac.preprocess import normalize
+from bonefrac.spec import ModelSpec
 from bonefrac.train import ddp as distributed_model
 from bonefrac.train import distributed, run_folder
 from bonefrac.train.augment import Augment
-from bonefrac.train.box_supervision import box_targets, load_box_masks, localization_loss
+from bonefrac.train.box_supervision import load_box_masks
 from bonefrac.train.config import ConfigError, TrainConfig, check_start
 from bonefrac.train.data import DecodeCache, Record, image_digests, prepare_data
-from bonefrac.train.detector import CropSampler, detection_loss, logits_and_peaks, pointing_game, target_counts
+from bonefrac.train.detector import CropSampler, pointing_game
 from bonefrac.train.precision import MixedPrecision
 
 __all__ = ["TrainConfig", "fit"]
@@ -92,7 +94,7 @@ def predict_cached(
     for s in range(0, len(records), batch_size):
         x, _ = load_batch(cache, records, list(range(s, min(s + batch_size, len(records)))))
         x = normalize(x, spec).to(distributed.device()).contiguous(memory_format=torch.channels_last)
-        out.append((logits_and_peaks(model, x) if spec.is_detector else model(x)).float().cpu().numpy())
+        out.append(kind_for(spec).validation_outputs(model, x).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0)
 
 
@@ -185,9 +187,9 @@ def set_up(cfg: TrainConfig, overwrite: bool) -> Run:
     train, val, cache = prepare_data(cfg, spec, out)
     if len(train) < world:
         raise DatasetError(f"{len(train)} training images cannot be shared by {world} processes")
-    detector = spec.is_detector
+    kind = kind_for(spec)
     # A detector's new heads learn at the full rate, its ImageNet backbone at `backbone_lr_scale` of it.
-    slow = {id(p) for p in model.backbone_parameters()} if detector else set()
+    slow = {id(p) for p in kind.slow_parameters(model)}
     groups = [
         {"params": params, "weight_decay": wd, "lr_scale": cfg.backbone_lr_scale if backbone else 1.0}
         for backbone in (False, True)
@@ -197,7 +199,7 @@ def set_up(cfg: TrainConfig, overwrite: bool) -> Run:
         )
         if params
     ]
-    sampler = CropSampler(cache, train, crop=cfg.crop_size) if detector else None
+    sampler = CropSampler(cache, train, crop=cfg.crop_size) if kind.trains_on_crops else None
     pool = sampler.epoch_pool() if sampler else list(range(len(train)))
     n_pos = sum(r.label for r in train)
     return Run(
@@ -217,7 +219,7 @@ def set_up(cfg: TrainConfig, overwrite: bool) -> Run:
         pos_weight=torch.tensor((len(train) - n_pos) / max(n_pos, 1), device=dev),  # balance the classes
         # The same steps and the same global batches whatever the number of processes.
         steps_per_epoch=len(pool) // cfg.batch_size or 1,
-        use_boxes=cfg.loc_weight > 0 and any(r.boxes for r in train) and not detector,
+        use_boxes=cfg.loc_weight > 0 and any(r.boxes for r in train) and kind.box_supervision,
         pool=pool,
         sampler=sampler,
     )
@@ -278,46 +280,34 @@ def train_step(run: Run, batch: list[int], params: torch.Tensor) -> tuple[float,
     masks = load_box_masks(run.cache, run.train, idx) if run.use_boxes else None
     x, masks = run.augment.apply(x, distributed.shard(params), masks)
     x = normalize(x, run.spec).to(dev).contiguous(memory_format=torch.channels_last)
-    y = y.to(dev)
     # This rank's mean, weighted by its share of the global batch (1.0 for equal shards and in one
     # process): DDP's average over ranks is then exactly the global batch's mean loss and gradient.
-    share = len(idx) * world / len(batch)
-    distributed_model.set_global_batch(run.model, len(batch))
-    loc: torch.Tensor | float = 0.0
-    with run.precision.autocast():
-        if masks is not None:
-            logits, cam = run.step_model(x, return_cam=True)
-            cam, masks = cam.float(), masks.to(dev)
-            # Ranks hold different numbers of boxed images: divide by the global batch's count, times
-            # world for DDP's average (in one process: the plain mean, times 1).
-            n_boxed = distributed.sum_int(int(box_targets(cam, masks)[1].sum())) if world > 1 else None
-            loc = localization_loss(cam, masks, n_boxed) * world
-        else:
-            logits = run.step_model(x)
-        bce = F.binary_cross_entropy_with_logits(logits.float(), y, pos_weight=run.pos_weight)
-        loss = bce * share + run.cfg.loc_weight * loc
-    optimise(run, loss)
-    return loss.item(), loc.item() if isinstance(loc, torch.Tensor) else None
+    targets = {"label": y} if masks is None else {"label": y, "masks": masks}
+    return kind_step(run, x, targets, share=len(idx) * world / len(batch), global_batch=len(batch))
 
 
-def detector_step(run: Run, batch: list[int], seeds: list[int]) -> tuple[float, float]:
+def detector_step(run: Run, batch: list[int], seeds: list[int]) -> tuple[float, float | None]:
     """One optimiser step of a detector on this rank's share of the global `batch` of crops. Returns this
     rank's loss and its centre-heatmap part (scaled, like `train_step`'s, so that their mean over ranks is
     the global batch's)."""
-    world = distributed.world_size()
     assert run.sampler is not None
     x, targets = run.sampler.batch(distributed.shard(batch), distributed.shard(seeds))
     x = normalize(x, run.spec).to(run.device).contiguous(memory_format=torch.channels_last)
-    distributed_model.set_global_batch(run.model, len(batch))
-    # Ranks hold different numbers of centres: each divides its sums by the global batch's counts, times
-    # world for DDP's average (in one process: this batch's counts, times 1).
-    counts = distributed.sum_ints(list(target_counts(targets))) if world > 1 else None
-    with run.precision.autocast():  # the loss itself is computed in fp32 (detection_loss casts)
-        loss, parts = detection_loss(
-            run.step_model(x), {k: v.to(run.device) for k, v in targets.items()}, counts=counts
-        )
-    optimise(run, loss * world)
-    return loss.item() * world, parts["heatmap"] * world
+    return kind_step(run, x, targets, share=1.0, global_batch=len(batch))
+
+
+def kind_step(
+    run: Run, x: torch.Tensor, targets: dict[str, torch.Tensor], share: float, global_batch: int
+) -> tuple[float, float | None]:
+    """The model kind's forward and loss (`Kind.training_step`) on this rank's batch, then the optimiser step.
+    Returns this rank's loss and localisation part (None where there is none)."""
+    targets = {k: v.to(run.device) for k, v in targets.items()}
+    distributed_model.set_global_batch(run.model, global_batch)
+    ctx = StepContext(distributed.world_size(), share, distributed.sum_ints, run.pos_weight, run.cfg.loc_weight)
+    with run.precision.autocast():
+        loss, value, loc = kind_for(run.spec).training_step(run.step_model, x, targets, ctx)
+    optimise(run, loss)
+    return value, loc
 
 
 def optimise(run: Run, loss: torch.Tensor) -> None:

@@ -60,19 +60,20 @@ def _demo(args: argparse.Namespace) -> int:
 def _demo_legend(det: FractureDetector, out: Path, csv: Path) -> list[str]:
     """What the table's boxes and the overlays' two box kinds mean, with this model's thresholds."""
     from bonefrac.inference.decode import DETECTION_FLOOR
+    from bonefrac.models.registry import kind_for
 
-    ops = det.operating_points
+    ops, kind = det.operating_points, kind_for(det.spec)
     lines = [f"boxes: the detections kept at the default operating point (score >= {ops['default']:.3f})"]
-    if det.spec.is_detector:  # a box's score is its own centre's; the decision weighs the whole image too
-        lines.append("  (a box is scored on its own, the decision on the whole image: a FRACTURE may have no box)")
+    if kind.box_note:  # a detector's: a box's score is its own centre's; the decision weighs the whole image
+        lines.append(kind.box_note)
     kinds = []
     if "high_specificity" in ops:
         kinds.append(f"solid 'fracture' boxes (score >= {ops['high_specificity']:.3f}, high_specificity)")
     if "high_sensitivity" in ops:
         kinds.append(f"dashed 'suspicious' boxes (score >= {ops['high_sensitivity']:.3f}, high_sensitivity)")
     lines.append(f"overlays in {out}/: the verdict, " + (", ".join(kinds) or "the boxes") + " and the heatmap")
-    if det.spec.is_detector:
-        lines.append("  (the heatmap is the detector's score on the probability's scale: a normal image stays dark)")
+    if kind.heatmap_note:
+        lines.append(kind.heatmap_note)
     lines.append(f"every detection scoring >= {DETECTION_FLOOR:g}, with its score: {csv} (detections column)")
     return lines
 
