@@ -144,10 +144,12 @@ def test_ddp_training_matches_one_process_and_resumes(tmp_path: Path, record_pro
     assert apart / moved < 0.35, f"DDP weights differ by {apart / moved:.3f} of the update"
     for k in (k for k in a if "running" in k):
         assert (a[k] - b[k]).norm() / a[k].norm() < 1e-3, k
-    # Raw logits relative to their largest: each is a ~0.1-sized sum through the trained weights (see above).
+    # Raw logits: after one epoch they are ~1e-3, what is left of head terms of order 1 that nearly cancel, so
+    # their rounding is absolute (float32 eps on those terms; measured 4.7e-7 above): an absolute floor of 4e-6,
+    # and 1e-4 of the logit for a model whose logits are far from 0.
     z1, z2 = logits(one), logits(ddp)
-    record_property("rel_diff_logits", float(np.abs(z1 - z2).max() / np.abs(z1).max()))
-    assert np.abs(z1 - z2).max() <= 1e-5 * np.abs(z1).max()
+    record_property("max_abs_diff_logits", float(np.abs(z1 - z2).max()))
+    np.testing.assert_allclose(z2, z1, rtol=1e-4, atol=4e-6)
 
     # --resume under torchrun: every rank continues from rank 0's last.pt, exactly like a straight run.
     straight = tmp_path / "straight"
