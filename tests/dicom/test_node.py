@@ -31,8 +31,8 @@ from dicom_helpers import (
 )
 from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation, Verification
 
-from bonefrac.dicom.node import Destination, DicomNode, NodeConfig, NodeConfigError, quiet_dicom_library_logs
-from bonefrac.dicom.report import report_probabilities, study_digest
+from bonefrac.dicom.node import Allow, Destination, DicomNode, NodeConfig, NodeConfigError, quiet_dicom_library_logs
+from bonefrac.dicom.report import report_comments, report_probabilities, study_digest
 from bonefrac.inference.detector import FractureDetector
 from bonefrac.io.read import read_image
 
@@ -70,12 +70,16 @@ def node(detector: FractureDetector, tmp_path: Path, pacs: StoreCollector) -> It
     running.stop()
 
 
+def _spooled(node: DicomNode) -> list[Path]:
+    return list(node.spool.folder.rglob("*")) if node.spool.folder.exists() else []
+
+
 def _drained(node: DicomNode, timeout: float = 10) -> bool:
     """Whether the node's spool empties (the worker releases it once the send to the PACS has returned)."""
     deadline = time.monotonic() + timeout
-    while (node._n_pending or list(node.incoming.iterdir())) and time.monotonic() < deadline:
+    while (node.tracker.pending or _spooled(node)) and time.monotonic() < deadline:
         time.sleep(0.05)
-    return node._n_pending == 0 and not list(node.incoming.iterdir())
+    return node.tracker.pending == 0 and not _spooled(node)
 
 
 def _store(port: int, paths: list[Path]) -> list[int]:
@@ -179,18 +183,26 @@ def test_a_peer_that_aborts_mid_association_leaves_the_node_serving(
     assert sorted(ds.Modality for ds in pacs.wait_for(2)) == ["OT", "SR"]
 
 
-def test_the_queue_is_bounded_and_stop_drops_waiting_studies(
-    detector: FractureDetector, tmp_path: Path, caplog: pytest.LogCaptureFixture
+def test_the_queue_is_bounded_and_a_stop_keeps_what_was_acknowledged_for_the_next_start(
+    detector: FractureDetector, tmp_path: Path, pacs: StoreCollector, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    node = _node(detector, tmp_path / "out", max_pending=1, study_idle=600)
+    node = _node(detector, tmp_path / "out", pacs, max_pending=1, study_idle=600)
     try:
         views = radiograph_study(tmp_path / "in")
         assert _store(node.port, views) == [0x0000, 0xA700]  # out of resources: the sender retries later
     finally:
         node.stop()
-    assert "dropped 1 unfinished studies (1 images" in caplog.text
-    assert not node.incoming.exists() and not node.processed
+    assert "1 unfinished studies (1 images) stay in the spool" in caplog.text
+    assert len(list(node.spool.folder.rglob("*.dcm"))) == 1 and not node.processed
+    # The same command started again predicts and sends the acknowledged image (the PACS will not resend it).
+    again = _node(detector, tmp_path / "out", pacs, study_idle=600)
+    try:
+        assert sorted(ds.Modality for ds in pacs.wait_for(2)) == ["OT", "SR"]
+        assert _drained(again)
+    finally:
+        again.stop()
+    assert "resuming 1 studies (1 images)" in caplog.text
 
 
 def test_results_the_pacs_refuses_or_cannot_take_stay_on_disk_and_are_logged(
@@ -224,7 +236,7 @@ def test_results_the_pacs_refuses_or_cannot_take_stay_on_disk_and_are_logged(
 def test_the_warm_up_builds_real_results(detector: FractureDetector, tmp_path: Path) -> None:
     """The node pays its one-time costs on a synthetic study before the first real one (a silent failure
     there would only show as a slow first study)."""
-    assert DicomNode(detector, NodeConfig(port=0, out=tmp_path))._warm()
+    assert DicomNode(detector, NodeConfig(port=0, out=tmp_path)).worker.warm()
 
 
 def test_destination_syntax_is_checked() -> None:
@@ -257,4 +269,75 @@ def test_sigterm_stops_run_cleanly(detector: FractureDetector, tmp_path: Path) -
     thread.join()
     assert echoed == [0] and time.monotonic() - started < 20
     assert signal.getsignal(signal.SIGTERM) == before
-    assert not node.incoming.exists()
+    assert not _spooled(node)
+
+
+def _associates(port: int, calling: str, called: str = "BONEFRAC") -> bool:
+    from pynetdicom import AE
+
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title=called)
+    established = bool(assoc.is_established)
+    if established:
+        assoc.release()
+    return established
+
+
+def test_allow_restricts_senders_and_every_refused_association_is_one_log_line(
+    detector: FractureDetector, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    allow = [Allow("ANYWHERE"), Allow("LOCAL", "127.0.0.1"), Allow("FARAWAY", "192.0.2.7")]
+    node = _node(detector, tmp_path / "out", allow=allow)
+    try:
+        assert _associates(node.port, "ANYWHERE") and _associates(node.port, "LOCAL")
+        assert not _associates(node.port, "FARAWAY")  # allowed, but from another address
+        assert not _associates(node.port, "STRANGER")
+        assert not _associates(node.port, "LOCAL", called="NOT_THE_NODE")
+    finally:
+        node.stop()
+    refused = [r.getMessage() for r in caplog.records if "refused an association" in r.getMessage()]
+    assert refused == [
+        "refused an association from FARAWAY to BONEFRAC at 127.0.0.1: calling AE title not allowed from this address",
+        "refused an association from STRANGER to BONEFRAC at 127.0.0.1: calling AE title not allowed",
+        "refused an association from LOCAL to NOT_THE_NODE at 127.0.0.1: called AE title is not the node's",
+    ]
+    assert "beyond loopback" not in caplog.text
+
+
+def test_listening_beyond_loopback_without_allow_warns(detector: FractureDetector, tmp_path: Path) -> None:
+    assert Allow.parse("PACS@10.0.0.5") == Allow("PACS", "10.0.0.5") and Allow.parse("PACS") == Allow("PACS")
+    for bad in ("", "@host", "PACS@", "SEVENTEEN_CHARS_X"):
+        with pytest.raises(NodeConfigError, match="AET or AET@HOST"):
+            Allow.parse(bad)
+    node = DicomNode(detector, NodeConfig(port=0, host="0.0.0.0", out=tmp_path))
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("bonefrac.dicom.node").addHandler(handler)
+    try:
+        node.start()
+    finally:
+        node.stop()
+        logging.getLogger("bonefrac.dicom.node").removeHandler(handler)
+    assert any("listening beyond loopback (0.0.0.0) with no --allow list" in r for r in records)
+
+
+def test_a_view_read_with_a_warning_carries_it_in_the_sr(node: DicomNode, pacs: StoreCollector, tmp_path: Path) -> None:
+    """A multi-frame DX: the first frame is predicted, and the SR says so where the result is."""
+    import numpy as np
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    view, *_ = radiograph_study(tmp_path / "in", images=("IMG0001271.jpg",))
+    ds = pydicom.dcmread(view)
+    frame = ds.pixel_array
+    ds.NumberOfFrames = 2
+    ds.PixelData = np.stack([frame, frame]).tobytes()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    assoc = scu(node.port, [DigitalXRayImageStorageForPresentation])
+    assert int(assoc.send_c_store(ds).Status) == 0
+    assoc.release()
+    (sr,) = [d for d in pacs.wait_for(2) if d.Modality == "SR"]
+    (comment,) = report_comments(sr).values()
+    assert "multi-frame DICOM (2 frames); reading the first" in comment

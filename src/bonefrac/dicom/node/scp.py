@@ -77,7 +77,6 @@ class StorageSCP:
         handlers = [
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_REJECTED, self._on_rejected),
-            (evt.EVT_ESTABLISHED, self._on_established),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_CONN_CLOSE, self._on_closed),
         ]
@@ -107,17 +106,6 @@ class StorageSCP:
         key = (int(rejection.result_source or 0), int(rejection.diagnostic or 0))
         reason = REJECT_REASONS.get(key, f"source {key[0]}, diagnostic {key[1]}")
         _log_refused(event.assoc.requestor.primitive, str(event.assoc.requestor.address), reason)
-
-    def _on_established(self, event: Any) -> None:
-        """Log the SOP classes refused at association (a CT sent to the node), once per association."""
-        refused = sorted({_sop_class_name(cx.abstract_syntax) for cx in event.assoc.rejected_contexts})
-        if refused:
-            log.warning(
-                "refused %s from %s at %s: not a radiograph SOP class",
-                ", ".join(refused),
-                event.assoc.requestor.ae_title,
-                event.assoc.requestor.address,
-            )
 
     def _on_closed(self, event: Any) -> None:
         self.tracker.closed(id(event.assoc))
@@ -188,9 +176,3 @@ def status(code: int, comment: str) -> Any:
 def _log_refused(request: Any, address: str, reason: str) -> None:
     calling, called = str(request.calling_ae_title).strip(), str(request.called_ae_title).strip()
     log.warning("refused an association from %s to %s at %s: %s", calling, called, address, reason)
-
-
-def _sop_class_name(sop_class: str) -> str:
-    from pydicom.uid import UID
-
-    return UID(sop_class).name
