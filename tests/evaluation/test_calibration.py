@@ -76,7 +76,9 @@ def test_recalibrating_a_detector_moves_its_probability_and_its_detections_toget
     from bonefrac.inference.detector import FractureDetector
 
     source = make_checkpoint(tmp_path / "det.pt", arch="lite0_centernet", image_size=96)
-    record = recalibrate(FIXTURES, tmp_path / "site.pt", model=source, backend="torch", workers=1, progress=False)
+    record = recalibrate(
+        FIXTURES, tmp_path / "site.pt", model=source, backend="torch", workers=1, progress=False, allow_small=True
+    )
     assert record["n_images"] == len(FIXTURE_IMAGES) and record["calibration"]["scale"] > 0
     old, new = (FractureDetector.load(m, backend="torch") for m in (source, tmp_path / "site.pt"))
     points = new.operating_points
@@ -91,3 +93,134 @@ def test_recalibrating_a_detector_moves_its_probability_and_its_detections_toget
         for d_old, d_new in zip(a.detections, b.detections, strict=False):
             c = np.log(d_old[4] / (1 - d_old[4]))
             assert d_new[4] == pytest.approx(float(apply(record["calibration"], [c])[0]), abs=1e-6)
+
+
+def _small_set(tmp_path: Path, n_each: int = 6) -> Path:
+    """A 12-image CSV dataset (6 fractured, 6 not) of the fixture images, by absolute path."""
+    import csv
+
+    from _models import FIXTURES
+
+    rows = list(csv.DictReader(open(FIXTURES / "labels.csv")))
+    pick = [r for r in rows if r["fractured"] == "1"][:n_each] + [r for r in rows if r["fractured"] == "0"][:n_each]
+    path = tmp_path / "site.csv"
+    path.write_text("path,label\n" + "".join(f"{FIXTURES / 'images' / r['filename']},{r['fractured']}\n" for r in pick))
+    return path
+
+
+def _strings(obj: object) -> list[str]:
+    if isinstance(obj, dict):
+        return [s for k, v in obj.items() for s in [str(k), *_strings(v)]]
+    if isinstance(obj, list | tuple):
+        return [s for v in obj for s in _strings(v)]
+    return [obj] if isinstance(obj, str) else []
+
+
+def test_calibrate_refuses_a_small_set_in_one_line_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from _models import make_checkpoint
+
+    from bonefrac.apps.cli import main
+
+    source = make_checkpoint(tmp_path / "m.pt")
+    site = _small_set(tmp_path)
+    common = ["--model", str(source), "--backend", "torch", "--no-progress", "--workers", "1"]
+    assert main(["calibrate", str(site), "--out", str(tmp_path / "x.pt"), *common]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "only 6 fractured and 6 other images" in err and "--allow-small" in err
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_calibrate_allow_small_records_its_caveats_and_no_path_of_this_machine(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--allow-small fits the 12 images, prints each caveat and records them; the checkpoint names the data
+    by name and content digest, and its validation figures are those at the thresholds it stores."""
+    import torch
+    from _models import make_checkpoint
+
+    from bonefrac.apps.cli import main
+    from bonefrac.evaluation.metrics import operating_point_stats
+    from bonefrac.models.checkpoint import atomic_save, sha256_file
+
+    source = make_checkpoint(tmp_path / "m.pt")
+    ckpt = torch.load(source, weights_only=True)
+    ckpt["info"]["config"] = {"dataset": str(tmp_path / "data"), "out": str(tmp_path / "run"), "cache_dir": "/tmp/c"}
+    ckpt["info"]["dataset"] = str(tmp_path / "data")
+    atomic_save(ckpt, source)
+    Path(f"{source}.sha256").write_text(f"{sha256_file(source)}  {source.name}\n")
+    site, out = _small_set(tmp_path), tmp_path / "site.pt"
+    common = ["--model", str(source), "--backend", "torch", "--no-progress", "--workers", "1"]
+    assert main(["calibrate", str(site), "--out", str(out), "--allow-small", *common]) == 0
+    printed = capsys.readouterr().out
+    after = torch.load(out, weights_only=True)
+    info, spec = after["info"], after["spec"]
+    record = info["calibration"]
+    assert record["caveats"] and record["caveat"] == "; ".join(record["caveats"])
+    assert record["caveats"][0].startswith("only 6 fractured and 6 other images")
+    assert all(f"caution: {c}" in printed for c in record["caveats"])
+    assert record["fitted_on"] == "site.csv" and len(record["images_sha256"]) == 64
+    leaked = [s for s in _strings(info) if str(tmp_path) in s or s.startswith("/")]
+    assert not leaked, leaked
+    # The validation figures are measured at the thresholds the model now uses, on these 12 images.
+    val = info["validation"]
+    assert {k: v["threshold"] for k, v in val["operating_points"].items()} == spec["operating_points"]
+    assert val["n"] == 12 and val["measured_on"]["images_sha256"] == record["images_sha256"]
+    from bonefrac.inference.detector import FractureDetector
+
+    det = FractureDetector.load(out, backend="torch")
+    rows = [line.split(",") for line in site.read_text().splitlines()[1:]]
+    y = np.array([int(r[1]) for r in rows])
+    p = np.array([det.predict(r[0], heatmap=False).probability for r in rows])
+    for name, t in spec["operating_points"].items():
+        assert val["operating_points"][name]["sensitivity"] == operating_point_stats(y, p, t)["sensitivity"]
+    facts = det.facts()["validation"]
+    assert facts["operating_points"].keys() == spec["operating_points"].keys() and facts["not_measured"] == []
+
+
+def test_warnings_say_what_the_data_cannot_support() -> None:
+    """Logits that do not rank the images: an AUC CI including 0.5, a collapsed scale; an operating point
+    with sensitivity 0 is named."""
+    from bonefrac.evaluation.calibration import warnings
+    from bonefrac.evaluation.metrics import choose_operating_points, discrimination
+
+    rng = np.random.default_rng(4)
+    y = np.array([0, 1] * 40)
+    z = rng.normal(0.0, 1.0, len(y))  # independent of the labels
+    fit = fit_platt(z, y)
+    p = apply(fit, z)
+    points = choose_operating_points(y, p)
+    v = discrimination(y, p, points)
+    assert v["auc_ci95"][0] < 0.5 < v["auc_ci95"][1]
+    said = warnings(y, p, fit, points, v, compare(y, z, IDENTITY, fit))
+    assert any("includes 0.5: no evidence that the model discriminates" in w for w in said)
+    assert not any(w.startswith("only ") for w in said)  # 40 of each: enough images
+    # A scale near 0 puts every probability near the prevalence (the issue's "ECE 0.000" at p = 0.43).
+    flat = {"scale": 0.01, "bias": -0.28}
+    said = warnings(y, apply(flat, z), flat, points, v, compare(y, z, IDENTITY, flat))
+    assert any("squashes every image to a probability near 0.43" in w for w in said)
+    zero = {**v, "operating_points": {**v["operating_points"]}}
+    zero["operating_points"]["high_specificity"] = {**v["operating_points"]["high_specificity"], "sensitivity": 0.0}
+    said = warnings(y, p, fit, points, zero, compare(y, z, IDENTITY, fit))
+    assert any(w.startswith("high_specificity (threshold") and "sensitivity 0" in w for w in said)
+
+
+def test_summary_prints_close_thresholds_distinctly() -> None:
+    from bonefrac.evaluation.calibration import summary
+
+    points = {
+        "default": {"threshold": 0.43012, "sensitivity": 0.5, "specificity": 0.5},
+        "high_sensitivity": {"threshold": 0.42981, "sensitivity": 0.9, "specificity": 0.1},
+        "high_specificity": {"threshold": 0.43049, "sensitivity": 0.1, "specificity": 0.9},
+    }
+    record = {
+        "n_images": 64, "n_fractured": 32, "fitted_on": "site", "subset": "all", "n_unreadable": 0,
+        "ece_before": 0.1, "ece_after": 0.0, "brier_before": 0.3, "brier_after": 0.25,
+        "previous_calibration": IDENTITY, "calibration": {"scale": 0.01, "bias": -0.3},
+        "previous_operating_points": {"default": 0.5}, "at_operating_points": points, "caveats": ["a", "b"],
+    }  # fmt: skip
+    lines = summary(record).splitlines()
+    printed = [line.split()[2] for line in lines if line.split()[0] in points]
+    assert printed == ["0.4301", "0.4298", "0.4305"]
+    assert lines[-2:] == ["caution: a", "caution: b"]

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from _models import FIXTURES, make_checkpoint
 
+from bonefrac.datasets import Record
 from bonefrac.evaluation.detection import _coco_eval, average_precision, detection_scores, froc_curve
 from bonefrac.evaluation.evaluate import compute_metrics, evaluate
 from bonefrac.evaluation.metrics import calibration
 from bonefrac.results import Prediction
-from bonefrac.datasets import Record
 
 # Three images: two fractured (one with two boxes), one without a fracture.
 TRUTH = [[[0, 0, 20, 20], [50, 50, 70, 70]], [[10, 10, 30, 30]], []]

@@ -19,11 +19,11 @@ import torch
 from _models import FIXTURES, make_checkpoint
 from terminal import run_on_a_terminal
 
+from bonefrac.datasets import content_digest, load_dataset
 from bonefrac.errors import DatasetError
 from bonefrac.evaluation.evaluate import evaluate, select_records
 from bonefrac.evaluation.metrics import auc
 from bonefrac.models.checkpoint import atomic_save, sha256_file
-from bonefrac.datasets import content_digest, load_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = FIXTURES / "images"

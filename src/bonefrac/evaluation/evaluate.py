@@ -1,4 +1,5 @@
-"""`bonefrac evaluate`: run a model over a labelled dataset and write metrics.json, results.txt and plots.
+"""`bonefrac evaluate`: run a model over a labelled dataset and write report.html, metrics.json, results.txt
+and plots.
 
 The operating points come from the checkpoint (chosen on the validation split during training) and are
 applied unchanged: they are never re-fit on the data being evaluated.
@@ -19,15 +20,22 @@ from typing import Any
 import numpy as np
 
 from bonefrac._version import __version__
+from bonefrac.datasets import Record, content_digest, load_dataset, load_split
 from bonefrac.errors import DatasetError
 from bonefrac.evaluation.detection import detection_scores
-from bonefrac.evaluation.metrics import calibration, discrimination, localization_scores, sensitivity_at_specificity
+from bonefrac.evaluation.html import write_report_html
+from bonefrac.evaluation.metrics import (
+    auc_verdict,
+    calibration,
+    discrimination,
+    localization_scores,
+    sensitivity_at_specificity,
+)
 from bonefrac.evaluation.report import write_froc_plot, write_plots, write_results_txt
 from bonefrac.inference.backends import DEFAULT_BATCH_SIZE
 from bonefrac.inference.detector import FractureDetector
 from bonefrac.models.metadata import jsonable
 from bonefrac.results import Prediction
-from bonefrac.train.data import Record, content_digest, load_dataset, load_split
 
 #: Overlap groups, in the order they are reported: the unbiased one first.
 GROUPS = ("unseen", "validation", "train")
@@ -108,6 +116,7 @@ def compute_metrics(
     # Read off the ROC at a fixed specificity: it compares models without any operating point of their own.
     m["sensitivity_at_specificity"] = sensitivity_at_specificity(y, p)
     m["calibration"] = calibration(y, p)
+    m["verdict"] = verdict(m)
     regions: dict[str, list[int]] = {}
     for i, r in enumerate(records):
         regions.setdefault(r.region, []).append(i)
@@ -133,6 +142,17 @@ def compute_metrics(
         )
         m["detection"]["n_fractured_without_boxes"] = len(records) - len(known)
     return m
+
+
+def verdict(m: dict[str, Any]) -> str:
+    """The report's first sentence (`metrics.auc_verdict`): on the images the model never saw when some of
+    these trained or validated it (their figures flatter it), else on all of them."""
+    overlap, groups = m.get("overlap"), m.get("by_overlap") or {}
+    if overlap and overlap["train"] + overlap["validation"] and "unseen" in groups:
+        return auc_verdict(groups["unseen"], f"the {groups['unseen']['n']} images of this set it never saw")
+    if overlap and overlap["unseen"] == 0:
+        return auc_verdict(m, "this set") + " (every image here trained or validated the model: optimistic)"
+    return auc_verdict(m, "this set")
 
 
 def detections(pred: Prediction) -> list[list[float]]:
@@ -199,4 +219,5 @@ def evaluate(
     if froc is not None:
         write_froc_plot(froc, out / "froc.png")
     write_results_txt(metrics, out / "results.txt")
+    write_report_html(metrics, out)
     return metrics

@@ -152,16 +152,20 @@ def _discrimination_lines(d: dict[str, Any]) -> list[str]:
         )
     if d.get("caveat"):
         lines.append(f"caveat: {d['caveat']}")
-    lines += [
-        "",
-        f"{'operating point':<18}{'threshold':>10}{'sensitivity':>13}{'specificity':>13}{'PPV':>8}{'NPV':>8}",
-    ]
+    head = "".join(f"{k:>19}" for k in ("sensitivity", "specificity", "PPV", "NPV"))
+    lines += ["", f"{'operating point':<18}{'threshold':>10}{head}   (Wilson 95% CI)"]
     for name, s in d["operating_points"].items():
-        lines.append(
-            f"{name:<18}{_fmt(s['threshold']):>10}{_fmt(s['sensitivity']):>13}"
-            f"{_fmt(s['specificity']):>13}{_fmt(s['ppv']):>8}{_fmt(s['npv']):>8}"
-        )
+        cells = "".join(f"{with_ci(s, k):>19}" for k in ("sensitivity", "specificity", "ppv", "npv"))
+        lines.append(f"{name:<18}{_fmt(s['threshold']):>10}{cells}")
     return lines
+
+
+def with_ci(stats: dict[str, Any], key: str) -> str:
+    """'0.868 (0.79-0.92)': an operating point's proportion with its Wilson 95% CI (when it has one)."""
+    ci = stats.get(f"{key}_ci95")
+    if ci is None or None in ci or not np.isfinite(ci).all():
+        return _fmt(stats[key])
+    return f"{_fmt(stats[key])} ({ci[0]:.2f}-{ci[1]:.2f})"
 
 
 def _overlap_lines(m: dict[str, Any]) -> list[str]:
@@ -198,7 +202,7 @@ def _overlap_lines(m: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _closing_note(m: dict[str, Any]) -> str:
+def closing_note(m: dict[str, Any]) -> str:
     overlap = m.get("overlap")
     if overlap is None:
         if m["dataset"].get("subset") == "val":
@@ -251,6 +255,7 @@ def _detection_lines(d: dict[str, Any]) -> list[str]:
 def results_text(m: dict[str, Any]) -> str:
     """The readable summary (the seed project's results.txt, with the numbers that matter clinically)."""
     lines = [
+        *([m["verdict"], ""] if m.get("verdict") else []),
         "bonefrac evaluation",
         f"model: {m['model']['version']}",
         f"dataset: {m['dataset']['path']} ({m['dataset']['subset']})",
@@ -278,7 +283,7 @@ def results_text(m: dict[str, Any]) -> str:
         ]
     if "detection" in m:
         lines += ["", *_detection_lines(m["detection"])]
-    lines += ["", _closing_note(m)]
+    lines += ["", closing_note(m)]
     return "\n".join(lines) + "\n"
 
 

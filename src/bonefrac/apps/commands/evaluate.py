@@ -23,7 +23,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     print((Path(args.out) / "results.txt").read_text(), end="")
-    print(f"report written to {args.out}/ (metrics.json, results.txt, plots)")
+    print(f"report written to {args.out}/ (report.html, metrics.json, results.txt, plots)")
     return 0 if not m["unreadable"] else 1
 
 
@@ -40,6 +40,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         workers=args.workers,
         progress=not args.no_progress,
+        allow_small=args.allow_small,
     )
     print(summary(record))
     print(f"recalibrated model written to {record['path']} (sha256 {record['sha256'][:12]}...)")
@@ -55,7 +56,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "and the unseen images' figures come first.",
     )
     e.add_argument("dataset", help="FracAtlas-style folder, fractured/ + not_fractured/ folders, or a CSV")
-    e.add_argument("--out", required=True, help="report folder (metrics.json, results.txt, predictions.csv, plots)")
+    e.add_argument(
+        "--out", required=True, help="report folder (report.html, metrics.json, results.txt, predictions.csv, plots)"
+    )
     e.add_argument(
         "--split", help="a training run's split.json: evaluate only one subset of it (default: none, every image)"
     )
@@ -81,6 +84,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="val",
         choices=["val", "train", "all"],
         help="with --split: which images (default %(default)s; all = every image of the dataset)",
+    )
+    c.add_argument(
+        "--allow-small",
+        action="store_true",
+        help="fit even with fewer than 20 images of a class (calibration.MIN_PER_CLASS); the caveat is printed "
+        "and recorded",
     )
     model_args(c)
     c.set_defaults(func=_calibrate)
