@@ -39,8 +39,8 @@ lint: install
 
 # The kernels that compute the numerically sensitive tests (`-m numeric`: DDP, ONNX parity, resume, the bundled
 # model) differ by machine: torch picks AVX-512 or AVX2 code (ATen), oneDNN its convolutions, MKL its GEMMs. So
-# the second pass caps all three at AVX2, and either kind of machine checks both kinds of kernels
-# (tests/test_kernels.py fails the pass if a cap did not take). onnxruntime reads none of these variables: its
+# the second pass caps all three at AVX2: an AVX-512 machine checks both kinds of kernels, and the tolerances hold
+# for both wherever they run (tests/test_kernels.py fails the pass if a cap did not take). onnxruntime reads none of these variables: its
 # side of the ONNX parity tests runs its own best kernels in both passes.
 AVX2 := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
 
