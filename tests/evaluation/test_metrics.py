@@ -195,3 +195,47 @@ def test_small_groups_carry_a_caveat_with_their_ci(n_pos: int, n_neg: int, expec
     if expected and expected.endswith("95% CI "):  # the CI in the caveat is the one reported beside it
         lo, hi = d["auc_ci95"]
         assert d["caveat"].endswith(f"{lo:.2f}-{hi:.2f}") and d["auc"] == 1.0
+
+
+@pytest.mark.parametrize(("k", "n"), [(0, 10), (10, 10), (99, 114), (1, 3), (57, 653)])
+def test_wilson_ci_inverts_the_score_test(k: int, n: int) -> None:
+    """Each end of the Wilson interval is the p0 at which the score statistic |k/n - p0| / sqrt(p0 (1 - p0) / n)
+    equals z = 1.95996 (0 and 1 exactly at 0/n and n/n); the textbook value 0/10 -> 0.2775 as a spot check."""
+    from scipy.stats import norm
+
+    from bonefrac.evaluation.metrics import wilson_ci
+
+    lo, hi = wilson_ci(k, n)
+    z = norm.ppf(0.975)
+    assert 0 <= lo <= k / n <= hi <= 1
+    for end in (lo, hi):
+        if 0 < end < 1:  # the quadratic's root: rounding error ~1e-15 on a statistic of order 2
+            assert abs(k / n - end) / np.sqrt(end * (1 - end) / n) == pytest.approx(z, rel=1e-9)
+    assert (lo == 0.0) == (k == 0) and (hi == 1.0) == (k == n)
+    assert wilson_ci(0, 10)[1] == pytest.approx(0.2775, abs=5e-5) and np.isnan(wilson_ci(0, 0)).all()
+
+
+def test_operating_point_stats_carry_wilson_cis() -> None:
+    from bonefrac.evaluation.metrics import wilson_ci
+
+    y, p = _scores()
+    s = operating_point_stats(y, p, 0.45)
+    assert s["sensitivity_ci95"] == wilson_ci(s["tp"], s["tp"] + s["fn"])
+    assert s["specificity_ci95"] == wilson_ci(s["tn"], s["tn"] + s["fp"])
+    assert s["ppv_ci95"] == wilson_ci(s["tp"], s["tp"] + s["fp"])
+    assert s["npv_ci95"] == wilson_ci(s["tn"], s["tn"] + s["fn"])
+
+
+@pytest.mark.parametrize(
+    ("auc_value", "ci", "says"),
+    [
+        (0.51, [0.40, 0.61], "AUC 0.51, 95% CI 0.40-0.61 includes 0.5: no evidence that the model discriminates"),
+        (0.94, [0.91, 0.97], "AUC 0.94, 95% CI 0.91-0.97 excludes 0.5: the model discriminates"),
+        (0.20, [0.10, 0.35], "lies below 0.5"),
+        (1.00, [float("nan"), float("nan")], "no CI"),
+    ],
+)
+def test_auc_verdict_is_plain(auc_value: float, ci: list[float], says: str) -> None:
+    from bonefrac.evaluation.metrics import auc_verdict
+
+    assert says in auc_verdict({"auc": auc_value, "auc_ci95": ci})
