@@ -1,6 +1,7 @@
 """The overlay renderer, pixel by pixel, on a hand-made prediction over a flat grey radiograph: solid
 "fracture" and dashed "suspicious" boxes where the detections are, nothing for a weak one, and a heatmap
-drawn on its absolute scale (low values leave the radiograph as it is; nothing renormalises it)."""
+drawn on its absolute scale (low values leave the radiograph as it is; nothing renormalises it). The text
+and number tags' geometry on odd sizes is tested in test_render_layout.py."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from bonefrac.render import (
     SUSPICIOUS_COLOUR,
     box_kinds,
     heatmap_rgba,
+    overlay_layout,
     render_overlay,
 )
 from bonefrac.results import Prediction
@@ -50,8 +52,12 @@ def prediction(detections: list[list[float]], heatmap: np.ndarray | None = None,
     return undecided.decided_at("custom" if threshold not in OPS.values() else "default", threshold)
 
 
-def pixels(pred: Prediction, **kwargs: object) -> np.ndarray:
-    return np.asarray(render_overlay(grey_image(), pred, operating_points=OPS, **kwargs)).astype(int)
+def pixels(pred: Prediction, operating_points: dict[str, float] | None = OPS, **kwargs: object) -> np.ndarray:
+    """The radiograph's part of the overlay (between the text bands), in image pixels (drawn at scale 1)."""
+    im = render_overlay(grey_image(), pred, operating_points=operating_points, **kwargs)
+    x0, y0, x1, y1 = overlay_layout(pred, operating_points).picture
+    assert (x1 - x0, y1 - y0) == (W, H)
+    return np.asarray(im).astype(int)[y0:y1, x0:x1]
 
 
 def is_colour(row: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
@@ -75,10 +81,10 @@ def test_fracture_box_is_solid_and_suspicious_box_is_dashed() -> None:
     # Both verticals too: the left edge of each box.
     assert is_colour(im[165:235, int(STRONG[0])], FRACTURE_COLOUR).all()
     assert 0 < is_colour(im[165:235, int(WEAK[0])], SUSPICIOUS_COLOUR).sum() < 70
-    # The faint detection is drawn nowhere; inside the boxes (below the labels) the radiograph is untouched.
+    # The faint detection is drawn nowhere; inside the boxes the radiograph is untouched (tags go outside).
     x0, y0, x1, y1 = (int(v) for v in FAINT[:4])
     assert (im[y0 - 5 : y1 + 5, x0 - 5 : x1 + 5] == GREY).all()
-    assert (im[200:240, 60:140] == GREY).all() and (im[200:240, 260:340] == GREY).all()
+    assert (im[155:245, 55:145] == GREY).all() and (im[155:245, 255:345] == GREY).all()
 
 
 def test_a_detection_qualifying_as_fracture_is_drawn_once_solid() -> None:
@@ -88,10 +94,9 @@ def test_a_detection_qualifying_as_fracture_is_drawn_once_solid() -> None:
         assert box_kinds([STRONG], OPS, threshold) == [(STRONG, "fracture")]
 
 
-def test_box_kinds_follow_the_threshold_and_the_model() -> None:
-    # A custom threshold below high_sensitivity: every box kept at the decision is drawn (as suspicious).
-    assert box_kinds([FAINT], OPS, 0.04) == [(FAINT, "suspicious")]
-    assert box_kinds([FAINT], OPS, 0.5) == []
+def test_box_kinds_are_the_models() -> None:
+    # Nothing below high_sensitivity is drawn, even when a custom threshold below it keeps the box.
+    assert box_kinds([FAINT], OPS, 0.04) == box_kinds([FAINT], OPS, 0.5) == []
     # A threshold above high_specificity changes nothing: the kinds are the model's, not the decision's.
     assert box_kinds([STRONG, WEAK], OPS, 0.95) == [(STRONG, "fracture"), (WEAK, "suspicious")]
     # A model with only a default point: the decision's boxes, solid.
@@ -99,7 +104,7 @@ def test_box_kinds_follow_the_threshold_and_the_model() -> None:
 
 
 def test_without_operating_points_the_decisions_boxes_are_drawn_solid() -> None:
-    im = np.asarray(render_overlay(grey_image(), prediction([STRONG, WEAK]))).astype(int)
+    im = pixels(prediction([STRONG, WEAK]), operating_points=None)
     assert is_colour(edge_rows(im, STRONG), FRACTURE_COLOUR).all()
     assert (edge_rows(im, WEAK) == GREY).all()
 

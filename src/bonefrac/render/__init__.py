@@ -2,13 +2,19 @@
 
 Two kinds of boxes, as clinical fracture detectors draw them (`box_kinds`): a solid "fracture" box for a
 detection scoring at least the model's `high_specificity` threshold, a dashed "suspicious" box for one scoring
-at least `high_sensitivity` (or the decision's threshold, when a custom one is lower: every box kept at the
-decision is drawn). The heatmap is drawn on its own absolute scale: its opacity follows its value, so a map of
-low values leaves the radiograph as it is (nothing here renormalises it per image).
+at least `high_sensitivity`; nothing below `high_sensitivity` is drawn, whatever the decision's threshold. The
+heatmap is drawn on its own absolute scale: its opacity follows its value, so a map of low values leaves the
+radiograph as it is (nothing here renormalises it per image).
+
+What a clinician reads never covers the anatomy and never leaves the picture (`overlay_layout`): the verdict
+and the image's warnings in a band above the radiograph, wrapped to its width; a legend and the list of the
+boxes in a band below; each box carries a small number tag, placed inside the radiograph clear of the other
+tags, instead of a text label. Text is sized from the picture's width, and a small radiograph is enlarged (a
+narrow one framed) so that the text stays readable.
 
 The one renderer, used by `bonefrac predict --overlay-dir`, the web server and the DICOM outputs. Everything
-is drawn at display resolution (long side at most `postprocess.DISPLAY_SIDE`): the radiograph is shrunk
-before any colour work, so an 8000 x 8000 upload costs a display-sized picture, not a full-size one.
+is drawn at display resolution (long side at most `DISPLAY_SIDE`): the radiograph is shrunk before any colour
+work, so an 8000 x 8000 upload costs a display-sized picture, not a full-size one.
 """
 
 from __future__ import annotations
@@ -16,15 +22,41 @@ from __future__ import annotations
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from bonefrac.inference.decode import DISPLAY_SIDE, display_shape
 from bonefrac.io.read import XrayImage, read_image
 from bonefrac.preprocess import float_image, reduction_factor
+from bonefrac.render.layout import (
+    MIN_SIDE,
+    MIN_WIDTH,
+    TEXT_COLOUR,
+    WARNING_COLOUR,
+    BoxKind,
+    Key,
+    Layout,
+    Rect,
+    Tag,
+    TextLine,
+    box_kinds,
+    font,
+    kind_thresholds,
+    overlaps,
+    overlay_layout,
+    picture_shape,
+    wrap,
+)
 from bonefrac.results import Prediction
+
+__all__ = [
+    "BAND_COLOUR", "FRACTURE_COLOUR", "HEAT_FLOOR", "MIN_SIDE", "MIN_WIDTH", "PNG_COMPRESS_LEVEL",
+    "SUSPICIOUS_COLOUR", "TEXT_COLOUR", "WARNING_COLOUR", "BoxKind", "Key", "Layout", "Tag", "TextLine",
+    "box_kinds", "colormap", "dashed_rectangle", "display_grey", "font", "heat_alpha", "heat_at", "heatmap_rgba",
+    "kind_thresholds", "overlaps", "overlay_layout", "overlay_name", "picture_shape", "read_for_display",
+    "render_overlay", "wrap",
+]  # fmt: skip
 
 PNG_COMPRESS_LEVEL = 1  # zlib's default level 6 costs far more time for a slightly smaller file (bench/README.md)
 #: Heat at or below this is not drawn: a detector's heatmap is a probability per place, and the faint
@@ -32,8 +64,7 @@ PNG_COMPRESS_LEVEL = 1  # zlib's default level 6 costs far more time for a sligh
 HEAT_FLOOR = 0.05
 FRACTURE_COLOUR = (255, 64, 64)
 SUSPICIOUS_COLOUR = (255, 200, 0)
-
-BoxKind = Literal["fracture", "suspicious"]
+BAND_COLOUR = (0, 0, 0)
 
 
 def read_for_display(path: str | Path) -> XrayImage:
@@ -76,20 +107,7 @@ def heatmap_rgba(heatmap: np.ndarray, side: int) -> Image.Image:
     return Image.fromarray(np.dstack([colormap(h), np.round(heat_alpha(h) * 255).astype(np.uint8)]))
 
 
-def box_kinds(
-    detections: list[list[float]], operating_points: Mapping[str, float], threshold: float | None = None
-) -> list[tuple[list[float], BoxKind]]:
-    """The detections worth drawing, each with its kind: "fracture" at or above `high_specificity`,
-    "suspicious" at or above `high_sensitivity` (lowered to `threshold`, the decision's, when that is lower).
-    A model without those named points uses the decision's threshold for both (then only "fracture" boxes)."""
-    fallback = threshold if threshold is not None else operating_points.get("default", 0.5)
-    solid = operating_points.get("high_specificity", fallback)
-    dashed = operating_points.get("high_sensitivity", fallback)
-    if threshold is not None:
-        dashed = min(dashed, threshold)
-    return [(d, "fracture" if d[4] >= solid else "suspicious") for d in detections if d[4] >= min(dashed, solid)]
-
-
+# ---------------------------------------------------------------- drawing
 def render_overlay(
     image: XrayImage,
     pred: Prediction,
@@ -97,42 +115,70 @@ def render_overlay(
     operating_points: Mapping[str, float] | None = None,
     opacity: float = 0.45,
 ) -> Image.Image:
-    """An RGB picture at display resolution: the heatmap blended over the radiograph (opacity following its
-    absolute value), the detections as solid "fracture" and dashed "suspicious" boxes (`box_kinds` at the
-    model's `operating_points`; without them, the boxes kept at the decision, solid), and a caption with the
-    verdict. `image` may be read whole or reduced."""
-    shape = display_shape(pred.height, pred.width)
+    """An RGB picture: a band with the verdict (and the image's warnings), the radiograph at display size with
+    the heatmap blended over it (opacity following its absolute value) and the detections as solid "fracture"
+    and dashed "suspicious" boxes, numbered (`box_kinds` at the model's `operating_points`; without them, the
+    boxes kept at the decision, solid), and a band with the legend and the list of the boxes (`overlay_layout`).
+    `image` may be read whole or reduced."""
+    layout = overlay_layout(pred, operating_points)
+    x0, y0, x1, y1 = layout.picture
+    shape = (y1 - y0, x1 - x0)
     base = np.repeat(display_grey(image, shape)[..., None], 3, axis=2).astype(np.float32)
     if pred.heatmap is not None:
         heat = heat_at(pred.heatmap, shape)
         alpha = (opacity * heat_alpha(heat))[..., None]  # cold regions stay the plain radiograph
         base = base * (1 - alpha) + colormap(heat).astype(np.float32) * alpha
-    im = Image.fromarray(np.round(base).astype(np.uint8), "RGB")
-    scale = shape[1] / pred.width
+    im = Image.new("RGB", layout.size, BAND_COLOUR)
+    im.paste(Image.fromarray(np.round(base).astype(np.uint8), "RGB"), (x0, y0))
     draw = ImageDraw.Draw(im)
-    line = max(2, round(max(im.size) / 300))
-    font = _font(im, 0.025)
-    # Weakest first, so a fracture box is drawn over a suspicious one where they overlap.
-    for (x0, y0, x1, y1, score), kind in reversed(box_kinds(pred.detections, operating_points or {}, pred.threshold)):
-        rect = (x0 * scale, y0 * scale, x1 * scale, y1 * scale)
-        colour = FRACTURE_COLOUR if kind == "fracture" else SUSPICIOUS_COLOUR
-        if kind == "fracture":
-            draw.rectangle(rect, outline=colour, width=line)
+    for tag in reversed(layout.tags):  # weakest first, so a fracture box is drawn over a suspicious one
+        _box(draw, tag.box, tag.kind, layout.line, solid=tag.kind == "fracture")
+    for tag in layout.tags:
+        if not overlaps(tag.rect, tuple(round(v) for v in tag.box), gap=layout.line + 2):  # nudged away: a leader
+            draw.line([_centre(tag.rect), _nearest_corner(tag.box, _centre(tag.rect))], fill=_colour(tag.kind))
+        _tag(draw, tag.rect, tag.number, tag.kind, layout.text_size)
+    for key in layout.keys:
+        if key.style == "tag":
+            _tag(draw, key.rect, key.number, key.kind, layout.text_size)
+        elif key.style == "solid":
+            draw.rectangle(key.rect, fill=_colour(key.kind))
         else:
-            dashed_rectangle(draw, rect, colour, line)
-        draw.text((rect[0] + line, rect[1] + line), f"{kind} {score:.2f}", fill=colour, font=font)
-    verdict = "FRACTURE" if pred.fractured else "no fracture"
-    caption = f"{verdict}  p={pred.probability:.3f}  (threshold {pred.threshold:.3f}, {pred.operating_point})"
-    font = _font(im, 0.032)
-    box = draw.textbbox((0, 0), caption, font=font)
-    pad = line * 2
-    draw.rectangle([0, 0, box[2] + 2 * pad, box[3] + 2 * pad], fill=(0, 0, 0))
-    draw.text((pad, pad), caption, fill=(255, 80, 80) if pred.fractured else (160, 255, 160), font=font)
+            kx0, ky0, kx1, ky1 = key.rect
+            period = max(3, (kx1 - kx0 + 2) // 3)  # three dashes, however long the sample
+            for start in range(kx0, kx1, period):
+                draw.rectangle((start, ky0, min(start + period * 3 // 5, kx1), ky1), fill=_colour(key.kind))
+    for text in layout.lines:
+        draw.text(text.xy, text.text, fill=text.colour, font=font(text.size))
     return im
 
 
+def _colour(kind: BoxKind) -> tuple[int, int, int]:
+    return FRACTURE_COLOUR if kind == "fracture" else SUSPICIOUS_COLOUR
+
+
+def _box(draw: ImageDraw.ImageDraw, rect: tuple[float, ...], kind: BoxKind, width: int, solid: bool) -> None:
+    if solid:
+        draw.rectangle(rect, outline=_colour(kind), width=width)
+    else:
+        dashed_rectangle(draw, rect, _colour(kind), width)
+
+
+def _tag(draw: ImageDraw.ImageDraw, rect: Rect, number: int, kind: BoxKind, size: int) -> None:
+    draw.rectangle(rect, fill=_colour(kind), outline=(0, 0, 0))
+    draw.text(_centre(rect), str(number), fill=(0, 0, 0), font=font(size), anchor="mm")
+
+
+def _centre(rect: Rect) -> tuple[int, int]:
+    return (rect[0] + rect[2]) // 2, (rect[1] + rect[3]) // 2
+
+
+def _nearest_corner(box: tuple[float, ...], point: tuple[int, int]) -> tuple[float, float]:
+    corners = [(box[0], box[1]), (box[2], box[1]), (box[0], box[3]), (box[2], box[3])]
+    return min(corners, key=lambda c: (c[0] - point[0]) ** 2 + (c[1] - point[1]) ** 2)
+
+
 def dashed_rectangle(
-    draw: ImageDraw.ImageDraw, rect: tuple[float, float, float, float], colour: tuple[int, int, int], width: int
+    draw: ImageDraw.ImageDraw, rect: tuple[float, ...], colour: tuple[int, int, int], width: int
 ) -> None:
     """A rectangle outline of dashes 4 line-widths long with gaps of 3, covering the pixels that
     `ImageDraw.rectangle(rect, width=width)`'s solid outline would (PIL has no dashed lines)."""
@@ -146,14 +192,6 @@ def dashed_rectangle(
         end = min(start + dash - 1, y1)
         draw.rectangle([x0, start, x0 + w, end], fill=colour)
         draw.rectangle([x1 - w, start, x1, end], fill=colour)
-
-
-def _font(im: Image.Image, fraction: float) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    size = max(12, round(max(im.size) * fraction))
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1 has no sized default font
-        return ImageFont.load_default()
 
 
 def overlay_name(path: str | None, index: int) -> str:
