@@ -163,12 +163,20 @@ def operating_points(m: dict[str, Any]) -> list[str]:
         "| operating point | chosen as | threshold | sensitivity | specificity | PPV | NPV |",
         "|---|---|---|---|---|---|---|",
         *[
-            f"| {k} | {RULES.get(k, '')} | {fmt(ops[k]['threshold'])} | {fmt(ops[k]['sensitivity'])} | "
-            f"{fmt(ops[k]['specificity'])} | {fmt(ops[k]['ppv'])} | {fmt(ops[k]['npv'])} |"
+            f"| {k} | {RULES.get(k, '')} | {fmt(ops[k]['threshold'])} | "
+            + " | ".join(with_ci(ops[k], s) for s in ("sensitivity", "specificity", "ppv", "npv"))
+            + " |"
             for k in order
         ],
         "",
+        "In brackets: Wilson 95% confidence intervals (reports older than them show the figure alone).",
+        "",
     ]
+
+
+def with_ci(stats: dict[str, Any], key: str) -> str:
+    ci = stats.get(f"{key}_ci95")
+    return fmt(stats[key]) + (f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci and None not in ci else "")
 
 
 def validation(m: dict[str, Any]) -> list[str]:
