@@ -66,3 +66,19 @@ def test_a_good_image_and_a_missing_one_report_both_and_exit_1(backend: str, as_
     else:
         rows = [s for s in r.stdout.splitlines() if s.startswith(str(good)) or s.startswith(str(missing))]
         assert len(rows) == 2 and "ERROR" not in rows[0] and "ERROR  " in rows[1] and "no such file" in rows[1]
+
+
+def test_a_closed_pipe_ends_predict_quietly(tmp_path: Path) -> None:
+    """`bonefrac predict DIR | head -1`: lines are flushed one by one, so the reader may leave mid-run; the
+    command stops without a traceback (BrokenPipeError is handled at the CLI edge)."""
+    for i in range(12):
+        (tmp_path / f"{i:02d}.jpg").write_bytes(FIXTURE_IMAGES[i % len(FIXTURE_IMAGES)].read_bytes())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bonefrac", "predict", str(tmp_path), "--no-progress", "--backend", "torch"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stdout.readline()  # the table's header: the run is under way
+    proc.stdout.close()  # as `head -1` does
+    _, err = proc.communicate(timeout=300)
+    assert "Traceback" not in err and "BrokenPipeError" not in err
+    assert proc.returncode == 1

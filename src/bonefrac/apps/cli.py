@@ -6,6 +6,7 @@ Exit codes: 0 success; 1 some inputs failed or a user error (one-line message, n
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 
@@ -43,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("bonefrac: interrupted", file=sys.stderr)
             return 130
+        except BrokenPipeError:
+            # `bonefrac predict DIR | head`: the reader left. Point stdout at devnull so that the interpreter's
+            # final flush does not raise a second time (the recipe of Python's signal docs), and stop quietly.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
 
 
 def _one_line_warning(message: Warning | str, *_args: object, **_kwargs: object) -> None:
