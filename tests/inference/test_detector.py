@@ -155,6 +155,7 @@ print(json.dumps({"torch": "torch" in sys.modules, "backend": det.backend.name, 
 """
 
 
+@pytest.mark.slow  # two fresh interpreters, one of them exporting to ONNX
 def test_cached_export_predicts_without_importing_torch(tmp_path: Path, tiny_lite0: Path) -> None:
     """The first load exports with torch; later loads of the same checkpoint find the export and the spec
     in the cache and never import torch (the start-up cost of `bonefrac predict`), with the same results."""
@@ -171,6 +172,7 @@ def test_cached_export_predicts_without_importing_torch(tmp_path: Path, tiny_lit
     assert first == second and second["backend"] == "onnx" and second["version"] == "test-efficientnet_lite0-96"
 
 
+@pytest.mark.slow  # exports to ONNX twice
 @pytest.mark.numeric  # torch against onnxruntime
 def test_cached_export_keeps_the_torch_model_at_hand_and_the_digest_checked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_lite0: Path
