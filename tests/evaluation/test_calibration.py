@@ -141,6 +141,7 @@ def test_calibrate_allow_small_records_its_caveats_and_no_path_of_this_machine(
     from _models import make_checkpoint
 
     from bonefrac.apps.cli import main
+    from bonefrac.datasets import content_digest
     from bonefrac.evaluation.metrics import operating_point_stats
     from bonefrac.models.checkpoint import atomic_save, sha256_file
 
@@ -148,9 +149,11 @@ def test_calibrate_allow_small_records_its_caveats_and_no_path_of_this_machine(
     ckpt = torch.load(source, weights_only=True)
     ckpt["info"]["config"] = {"dataset": str(tmp_path / "data"), "out": str(tmp_path / "run"), "cache_dir": "/tmp/c"}
     ckpt["info"]["dataset"] = str(tmp_path / "data")
+    site, out = _small_set(tmp_path), tmp_path / "site.pt"
+    trained = [line.split(",")[0] for line in site.read_text().splitlines()[1:3]]
+    ckpt["info"]["image_digests"] = {"train": [content_digest(p) for p in trained], "validation": []}
     atomic_save(ckpt, source)
     Path(f"{source}.sha256").write_text(f"{sha256_file(source)}  {source.name}\n")
-    site, out = _small_set(tmp_path), tmp_path / "site.pt"
     common = ["--model", str(source), "--backend", "torch", "--no-progress", "--workers", "1"]
     assert main(["calibrate", str(site), "--out", str(out), "--allow-small", *common]) == 0
     printed = capsys.readouterr().out
@@ -159,6 +162,7 @@ def test_calibrate_allow_small_records_its_caveats_and_no_path_of_this_machine(
     record = info["calibration"]
     assert record["caveats"] and record["caveat"] == "; ".join(record["caveats"])
     assert record["caveats"][0].startswith("only 6 fractured and 6 other images")
+    assert record["n_trained_on"] == 2 and record["caveats"][-1].startswith("2 of these images trained the model")
     assert all(f"caution: {c}" in printed for c in record["caveats"])
     assert record["fitted_on"] == "site.csv" and len(record["images_sha256"]) == 64
     leaked = [s for s in _strings(info) if str(tmp_path) in s or s.startswith("/")]

@@ -150,12 +150,20 @@ def recalibrate(
     torch_model, spec, info = load_model(source)
     previous = {"calibration": dict(spec.calibration), "operating_points": dict(spec.operating_points)}
     old_validation = info.get("validation") if isinstance(info.get("validation"), dict) else {}
-    same_images = set(d.split()[0] for d in digests) == set((info.get("image_digests") or {}).get("validation") or ())
+    seen = info.get("image_digests") if isinstance(info.get("image_digests"), dict) else {}
+    fitted_digests = [d.split()[0] for d in digests]
+    same_images = set(fitted_digests) == set(seen.get("validation") or ())
+    n_trained_on = len(set(seen.get("train") or ()).intersection(fitted_digests))
     if same_images and "pointing_game" in old_validation:  # the heatmap's peaks move with neither
         validation["pointing_game"] = old_validation["pointing_game"]
     spec.calibration, spec.operating_points = new, points
     before_after = compare(y, z, previous["calibration"], new)
     caveats = warnings(y, p, new, points, validation, before_after)
+    if n_trained_on:  # the model's logits on its own training images are more confident than on new ones
+        caveats.append(
+            f"{n_trained_on} of these images trained the model: it is surer of them than of new images, so a "
+            "calibration fitted on them is overconfident on new ones; fit on images it never trained on"
+        )
     data = {
         # A name and a digest identify the images without the path of this machine (`without_machine_paths`).
         "fitted_on": Path(dataset).name,
@@ -168,6 +176,7 @@ def recalibrate(
         "n_images": int(len(y)),
         "n_fractured": int(y.sum()),
         "n_unreadable": len(records) - len(y),
+        "n_trained_on": n_trained_on,
         "caveat": "; ".join(caveats) or None,
         "caveats": caveats,
         **before_after,
