@@ -149,10 +149,13 @@ def verdict(m: dict[str, Any]) -> str:
     these trained or validated it (their figures flatter it), else on all of them."""
     overlap, groups = m.get("overlap"), m.get("by_overlap") or {}
     if overlap and overlap["train"] + overlap["validation"] and "unseen" in groups:
-        return auc_verdict(groups["unseen"], f"the {groups['unseen']['n']} images of this set it never saw")
-    if overlap and overlap["unseen"] == 0:
-        return auc_verdict(m, "this set") + " (every image here trained or validated the model: optimistic)"
-    return auc_verdict(m, "this set")
+        group, said = groups["unseen"], f"the {groups['unseen']['n']} images of this set it never saw"
+        text = auc_verdict(group, said)
+    else:
+        group, text = m, auc_verdict(m, "this set")
+        if overlap and overlap["unseen"] == 0:
+            text += " (every image here trained or validated the model: optimistic)"
+    return text + (" (few images: see the caveat)" if group.get("caveat") else "")
 
 
 def detections(pred: Prediction) -> list[list[float]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.8em;border-bottom:1px solid 
 .verdict{font-size:1.15em;font-weight:600;padding:.7em 1em;border-left:5px solid #1f6feb;background:#f0f5ff}
 .verdict.weak{border-color:#d1242f;background:#fff0f0}
 table{border-collapse:collapse;margin:.5em 0}td,th{padding:.25em .7em;border-bottom:1px solid #eee;text-align:right}
-th:first-child,td:first-child{text-align:left}.caveats li{color:#8a3b00}
+th:first-child,td:first-child,td.t{text-align:left}.caveats li{color:#8a3b00}
 figure{display:inline-block;margin:.5em}figure img{max-width:440px;width:100%}figcaption{font-size:.85em}
 pre{font-size:12px;background:#f7f7f7;padding:1em;overflow-x:auto}
 """
@@ -164,8 +165,14 @@ def _figures(folder: Path) -> Iterable[str]:
 def _table(header: list[str], rows: list[list[str]], head: bool = True) -> str:
     e = html.escape
     top = "<tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>" if head else ""
-    body = "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(_cell(str(c)) for c in row) + "</tr>" for row in rows)
     return f"<table>{top}{body}</table>"
+
+
+def _cell(text: str) -> str:
+    """Figures right-aligned (their decimals line up), words left-aligned."""
+    numeric = re.fullmatch(r"[\d.\-() n/a]*", text) is not None
+    return f"<td{'' if numeric else ' class=t'}>{html.escape(text)}</td>"
 
 
 def _num(x: float | None) -> str:
