@@ -10,6 +10,7 @@ import logging
 import os
 import random
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -123,14 +124,14 @@ def test_predict_jpeg_is_the_detectors_prediction(
     assert body["thresholds"] == det.operating_points
     assert body["model_version"] == "test-seed_cnn-64"
     image, heat, overlay = (decode_png(body[k]) for k in ("image_png", "heatmap_png", "overlay_png"))
-    assert image.size == overlay.size == (body["width"], body["height"])
+    assert image.size == (body["width"], body["height"])
     assert max(heat.size) == 256 and abs(heat.size[0] / heat.size[1] - image.size[0] / image.size[1]) < 0.01
     assert image.mode == "L" and heat.mode == "RGBA" and overlay.mode == "RGB"
     assert heat.getextrema()[3][1] > 0  # alpha follows the heat: somewhere the model looks
     cli_overlay = render_overlay(
         read_image(fracture_jpeg), det.predict(fracture_jpeg), operating_points=det.operating_points
     )
-    assert overlay.tobytes() == cli_overlay.tobytes()  # the same picture as `predict --overlay-dir`
+    assert overlay.size == cli_overlay.size and overlay.tobytes() == cli_overlay.tobytes()  # `--overlay-dir`'s
 
 
 @pytest.mark.parametrize("op", ["default", "high_sensitivity", "high_specificity"])
@@ -156,7 +157,7 @@ def test_png_and_dicom_give_the_jpegs_answer(client: TestClient, fracture_jpeg: 
         assert status == 200, body
         assert (body["width"], body["height"]) == (ref["width"], ref["height"])
         assert body["probability"] == pytest.approx(ref["probability"], abs=2e-3)
-        assert decode_png(body["overlay_png"]).size == (ref["width"], ref["height"])
+        assert decode_png(body["image_png"]).size == (ref["width"], ref["height"])
 
 
 def test_upload_name_is_sanitised(client: TestClient, fracture_jpeg: Path) -> None:
@@ -265,7 +266,7 @@ def test_internal_error_is_a_bare_500_logged_server_side(
     )
     assert r.status_code == 500 and r.json() == {"error": "internal error"}
     assert "exploded" not in r.text and "Traceback" not in r.text
-    assert any(rec.exc_info and "exploded" in str(rec.exc_info[1]) for rec in caplog.records)
+    assert any("Traceback" in rec.getMessage() and "exploded" in rec.getMessage() for rec in caplog.records)
 
 
 def test_no_patient_data_in_responses_or_logs(
@@ -275,7 +276,7 @@ def test_no_patient_data_in_responses_or_logs(
     good = client.post("/api/predict", files={"file": ("study.dcm", dicom_bytes(fracture_jpeg))})
     bad = client.post("/api/predict", files={"file": ("nopixels.dcm", dicom_bytes(None))})
     assert (good.status_code, bad.status_code) == (200, 415)
-    assert "study.dcm" in caplog.text and "nopixels.dcm" in caplog.text  # the logs were captured
+    assert "-> 200 " in caplog.text and "-> 415 refused: " in caplog.text  # the logs were captured
     # The pictures are checked decoded: three letters like "Doe" turn up in any long base64 text by chance.
     pngs = {k: base64.b64decode(good.json().pop(k)) for k in ("image_png", "heatmap_png", "overlay_png")}
     fields = {k: v for k, v in good.json().items() if k not in pngs}
@@ -497,7 +498,8 @@ def test_serve_takes_the_token_from_the_environment(model_path: Path, monkeypatc
     from bonefrac.apps.cli import main
 
     served: list[ServerSettings] = []
-    monkeypatch.setattr(bonefrac.apps.server.app, "serve", lambda det, settings: served.append(settings))
+    monkeypatch.setattr(bonefrac.apps.server.app, "serve", lambda det, settings, sock: served.append(settings))
+    monkeypatch.setattr(ServerSettings, "bind", lambda self: socket.socket())  # no port taken by this test
     monkeypatch.setattr(logging, "basicConfig", lambda **kw: None)  # the test run's logging stays as it is
     monkeypatch.setenv(TOKEN_ENV, "from-the-environment-0123456789")
     args = ["serve", "--host", "0.0.0.0", "--port", "8765", "--model", str(model_path), "--backend", "torch"]
@@ -550,3 +552,117 @@ def test_an_upload_that_is_not_a_radiograph_is_refused_unless_the_server_allows_
     allowing = TestClient(create_app(det, ServerSettings(any_modality=True)))
     status, body = post(allowing, ct.name, ct.read_bytes(), images="false")
     assert status == 200 and any("modality CT" in w for w in body["warnings"])
+
+
+# ---------------------------------------------------------------- the request log: no identifiers
+PATIENT_FILE = "DOE^JOHN_12345.jpg"
+
+
+def request_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("request ")]
+
+
+@pytest.mark.parametrize("log_filenames", [False, True])
+def test_the_request_log_has_no_file_names_unless_asked(
+    det: FractureDetector, caplog: pytest.LogCaptureFixture, log_filenames: bool
+) -> None:
+    truncated = (IMAGES / "IMG0004228.jpg").read_bytes()  # read with a warning that names the file
+    client = TestClient(create_app(det, ServerSettings(log_filenames=log_filenames)))
+    caplog.set_level(logging.DEBUG)
+    with pytest.warns(ImageReadWarning):
+        good = client.post("/api/predict", files={"file": (PATIENT_FILE, truncated)}, params={"images": "false"})
+    bad = client.post("/api/predict", files={"file": ("DOE^JOHN_notes.jpg", b"not an image at all")})
+    assert (good.status_code, bad.status_code) == (200, 415)
+    assert PATIENT_FILE in good.json()["path"] and "DOE^JOHN_notes.jpg" in bad.json()["error"]  # the client's own
+    lines = request_lines(caplog)
+    assert len(lines) == 2  # one line per request
+    ids = [good.headers["x-request-id"], bad.headers["x-request-id"]]
+    assert len(set(ids)) == 2 and all(re.fullmatch(r"[0-9a-f]{8}", i) for i in ids)
+    size = f"{len(truncated) / 1000:.0f}"
+    assert re.fullmatch(
+        rf"request {ids[0]}: POST /api/predict, {size[:-1]}\d\.\d kB received -> 200 (no )?fracture p=0\.\d{{3}} "
+        rf"at default, 1 warning\(s\)( \(file '{re.escape(PATIENT_FILE)}'\))? in \d+ ms",
+        lines[0],
+    ), lines[0]
+    assert lines[1].startswith(f"request {ids[1]}: POST /api/predict, ")
+    assert "-> 415 refused: not a recognised" in lines[1]
+    everything = caplog.text + " ".join(str(r.args) for r in caplog.records)
+    assert ("DOE" in everything) == log_filenames
+    if log_filenames:
+        assert f"(file '{PATIENT_FILE}')" in lines[0] and "(file 'DOE^JOHN_notes.jpg')" in lines[1]
+
+
+def test_refusals_are_logged_once_with_their_reason(det: FractureDetector, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    locked = TestClient(create_app(det, ServerSettings(token=TOKEN, max_upload_mb=0.01)))
+    assert locked.get("/api/model").status_code == 401
+    big = locked.post("/api/predict", files={"file": (PATIENT_FILE, os.urandom(64 * 1024))}, headers=bearer(TOKEN))
+    assert big.status_code == 413
+    lines = request_lines(caplog)
+    assert len(lines) == 2 and "GET /api/model, 0 B received -> 401 no access token (from testclient)" in lines[0]
+    assert "-> 413 upload over the 0.01 MB limit" in lines[1] and "DOE" not in caplog.text
+
+
+def test_internal_errors_leave_the_file_name_out_of_the_traceback(
+    det: FractureDetector, fracture_jpeg: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(path: Path, **kwargs: object) -> None:
+        raise RuntimeError(f"could not handle {path}")
+
+    monkeypatch.setattr(det, "predict", broken)
+    caplog.set_level(logging.DEBUG)
+    r = TestClient(create_app(det)).post("/api/predict", files={"file": (PATIENT_FILE, fracture_jpeg.read_bytes())})
+    assert r.status_code == 500 and r.json() == {"error": "internal error"}
+    assert "could not handle" in caplog.text and "<upload>" in caplog.text and "DOE" not in caplog.text
+    assert request_lines(caplog)[-1].split(" -> ")[1].startswith("500 internal error")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_on_a_busy_port_says_so_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        r = bonefrac("-m", "bonefrac", "serve", "--port", str(port), "--model", str(tmp_path / "never-loaded.pt"))
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.splitlines() == [f"bonefrac: error: cannot serve on 127.0.0.1:{port}: address already in use"]
+
+
+@pytest.mark.slow
+def test_a_real_server_logs_no_file_names(model_path: Path, tmp_path: Path) -> None:
+    """`bonefrac serve` in its own process: its whole stderr (uvicorn's lines, Python warnings, the request log)
+    holds no uploaded file name, and the port it says it serves on is the one it took (here chosen by the OS)."""
+    import httpx
+
+    log = tmp_path / "stderr.txt"
+    env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bonefrac", "serve", "--port", "0", "--model", str(model_path),
+             "--backend", "torch"],
+            stdout=subprocess.DEVNULL, stderr=err, env=env,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not (found := re.search(r"serving \S+ on (http://127\.0\.0\.1:\d+/)", log.read_text())):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        url = found.group(1)
+        while "Application startup complete" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        truncated = (IMAGES / "IMG0004228.jpg").read_bytes()
+        ok = httpx.post(url + "api/predict", files={"file": (PATIENT_FILE, truncated)}, timeout=60)
+        bad = httpx.post(url + "api/predict", files={"file": ("DOE^JOHN_notes.jpg", b"no image")}, timeout=60)
+        assert (ok.status_code, bad.status_code) == (200, 415) and ok.json()["warnings"]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    text = log.read_text()
+    assert f"request {ok.headers['x-request-id']}: POST /api/predict" in text and "-> 415 refused" in text
+    assert "DOE" not in text and "JOHN" not in text

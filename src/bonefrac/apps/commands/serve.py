@@ -23,9 +23,15 @@ def _serve(args: argparse.Namespace) -> int:
         token=args.token or os.environ.get(TOKEN_ENV) or None,
         insecure_no_token=args.insecure_no_token,
         any_modality=args.any_modality,
+        log_filenames=args.log_filenames,
     )
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    serve(FractureDetector.load(args.model, backend=args.backend), settings)
+    # The port next, before the model loads: a busy port is one error line, and nothing claims to serve first.
+    sock = settings.bind()
+    try:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        serve(FractureDetector.load(args.model, backend=args.backend), settings, sock)
+    finally:
+        sock.close()
     return 0
 
 
@@ -72,5 +78,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--any-modality",
         action="store_true",
         help="also predict on uploads that are not projection radiographs (refused by default)",
+    )
+    s.add_argument(
+        "--log-filenames",
+        action="store_true",
+        help="name each upload in the request log (off by default: file names often carry patient names)",
     )
     s.set_defaults(func=_serve)

@@ -7,6 +7,8 @@ app around a tiny model and no app exists at import time. The server holds no im
 uploads go through the same `read_image` -> `FractureDetector.predict` -> overlay path as the CLI.
 With a token in the settings every route but the page, /healthz and the docs needs it. User errors come back
 as 4xx `{"error": "..."}`; anything else is logged and answered with a bare 500 (`server_middleware`).
+Each request is logged once (`middleware.RequestLog`): a request id, size, outcome and time; the upload's file
+name, which often carries a patient's name, only with `log_filenames`.
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ import io
 import logging
 import re
 import shutil
+import socket
 import sys
 import tempfile
+import traceback
+import warnings
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
@@ -32,12 +37,19 @@ from PIL import Image
 from pydantic import BaseModel, create_model
 
 from bonefrac._version import __version__
-from bonefrac.apps.server.middleware import TokenAuth, UploadLimit, add_error_handlers, json_error
+from bonefrac.apps.server.middleware import (
+    RequestLog,
+    TokenAuth,
+    UploadLimit,
+    add_error_handlers,
+    json_error,
+    set_outcome,
+)
 from bonefrac.apps.server.settings import ServerSettings
 from bonefrac.errors import BonefracError, ImageReadError, ImageTooLargeError
 from bonefrac.inference.decode import display_shape
 from bonefrac.inference.detector import FractureDetector
-from bonefrac.io.read import XrayImage
+from bonefrac.io.read import ImageReadWarning, XrayImage
 from bonefrac.models.metadata import jsonable
 from bonefrac.paths import WEIGHTS_DIR
 from bonefrac.render import PNG_COMPRESS_LEVEL, display_grey, heatmap_rgba, read_for_display, render_overlay
@@ -164,12 +176,21 @@ async def predict(
             limiter=limiter,
         )
     except ImageTooLargeError as e:  # before ImageReadError: it is a subclass
-        return _refused(413, name, e)
+        return _refused(request, 413, name, e)
     except ImageReadError as e:
-        return _refused(415, name, e)
+        return _refused(request, 415, name, e)
     except BonefracError as e:
-        return _refused(422, name, e)
-    logger.info("predicted %r: p=%.3f %s", name, body["probability"], "fracture" if body["fractured"] else "none")
+        return _refused(request, 422, name, e)
+    except Exception:  # noqa: BLE001 - logged here, with the upload's name taken out of the traceback
+        trace = traceback.format_exc()
+        if not request.app.state.settings.log_filenames:
+            trace = trace.replace(name, "<upload>")
+        logger.error("request %s: internal error\n%s", request.state.request_id, trace.rstrip())
+        set_outcome(request.scope, "internal error", name)
+        return json_error(500, "internal error")
+    verdict = "fracture" if body["fractured"] else "no fracture"
+    warned = f", {len(body['warnings'])} warning(s)" if body.get("warnings") else ""
+    set_outcome(request.scope, f"{verdict} p={body['probability']:.3f} at {body['operating_point']}{warned}", name)
     return JSONResponse(body)
 
 
@@ -253,9 +274,11 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _refused(status: int, name: str, e: BonefracError) -> JSONResponse:
-    logger.info("refused %r (%d): %s", name, status, e)
-    return json_error(status, str(e))
+def _refused(request: Request, status: int, name: str, e: BonefracError) -> JSONResponse:
+    """The client's answer names its file; the log's outcome does not (the name is logged apart, if allowed)."""
+    message = str(e)
+    set_outcome(request.scope, "refused: " + message.removeprefix(f"{name}: ").replace(name, "<upload>"), name)
+    return json_error(status, message)
 
 
 def create_app(detector: FractureDetector, settings: ServerSettings | None = None) -> FastAPI:
@@ -277,6 +300,7 @@ def create_app(detector: FractureDetector, settings: ServerSettings | None = Non
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
     if settings.token:  # added last, so it runs first: a request without the token is never read further
         app.add_middleware(TokenAuth, token=settings.token)
+    app.add_middleware(RequestLog, log_filenames=settings.log_filenames)  # outermost: every request, refused too
     add_error_handlers(app)
     add_offline_docs(app)
     return app
@@ -302,17 +326,24 @@ def add_offline_docs(app: FastAPI) -> None:
         )
 
 
-def serve(detector: FractureDetector, settings: ServerSettings) -> None:
-    """Run uvicorn around `detector` until interrupted (`bonefrac serve`), after saying what whoever starts
-    it must know: where it listens and, loudly, how it is exposed."""
+def serve(detector: FractureDetector, settings: ServerSettings, sock: socket.socket | None = None) -> None:
+    """Run uvicorn around `detector` until interrupted (`bonefrac serve`) on `sock` (bound by `settings.bind`
+    if not given), after saying what whoever starts it must know: where it listens and, loudly, how it is
+    exposed. Nothing claims to be serving before the port is ours."""
     import uvicorn
 
+    sock = sock or settings.bind()
     for warning in settings.warnings():
         print(f"bonefrac: WARNING: {warning}", file=sys.stderr)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     access = "access token required" if settings.token else "no access token"
+    port = sock.getsockname()[1]  # the one the system chose, for --port 0
     print(
-        f"bonefrac: serving {detector.version} on http://{host}:{settings.port}/ ({access}; API docs at /docs)",
+        f"bonefrac: serving {detector.version} on http://{host}:{port}/ ({access}; API docs at /docs)",
         file=sys.stderr,
     )
-    uvicorn.run(create_app(detector, settings), host=settings.host, port=settings.port, log_level="info")
+    # The response carries each image's warnings; Python's own warning line would name the uploaded file.
+    warnings.filterwarnings("ignore", category=ImageReadWarning)
+    # uvicorn's access log is replaced by RequestLog's line (which has the request id and no query string).
+    config = uvicorn.Config(create_app(detector, settings), log_level="info", access_log=False)
+    uvicorn.Server(config).run(sockets=[sock])

@@ -1,12 +1,14 @@
-"""What stands between the network and the routes, as ASGI middleware and exception handlers: the access
-token checked before anything else, request bodies capped while they stream in, and every error answered as
-`{"error": "..."}`. What a client sends can cause a 4xx here, never a 500 or a stack trace."""
+"""What stands between the network and the routes, as ASGI middleware and exception handlers: one log line per
+request, the access token checked before anything else, request bodies capped while they stream in, and every
+error answered as `{"error": "..."}`. What a client sends can cause a 4xx here, never a 500 or a stack trace."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import logging
+import secrets
+import time
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,6 +23,71 @@ logger = logging.getLogger("bonefrac.apps.server.app")
 #: like the source). Everything else, unknown paths included, needs the token.
 OPEN_PATHS = frozenset({"/", "/healthz", "/docs", "/openapi.json"})
 OPEN_PREFIXES = ("/docs-assets/",)
+
+
+class RequestLog:
+    """ASGI middleware, the outermost: one log line per request, with a request id (also sent back as the
+    `X-Request-ID` header, for a user to quote), the method and path (no query), the bytes received, the
+    status, what came of it and the time taken. What came of it is what the route or the token check put in
+    `scope["state"]["outcome"]`; the upload's file name, which often carries a patient's name, is added only
+    when the server was started with `--log-filenames` (`scope["state"]["filename"]`)."""
+
+    def __init__(self, app: ASGIApp, log_filenames: bool = False) -> None:
+        self.app = app
+        self.log_filenames = log_filenames
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = secrets.token_hex(4)
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        start, size, status = time.perf_counter(), 0, 500
+
+        async def counting_receive() -> Message:
+            nonlocal size
+            message = await receive()
+            size += len(message.get("body", b"")) if message["type"] == "http.request" else 0
+            return message
+
+        async def tagged_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tagged_send)
+        finally:
+            outcome = state.get("outcome") or ("internal error" if status >= 500 else "")
+            name = state.get("filename") if self.log_filenames else None
+            level = logging.ERROR if status >= 500 else logging.WARNING if status == 401 else logging.INFO
+            logger.log(
+                level,
+                "request %s: %s %s, %s received -> %d%s%s in %.0f ms",
+                request_id,
+                scope.get("method"),
+                scope.get("path"),
+                _bytes(size),
+                status,
+                f" {outcome}" if outcome else "",
+                f" (file {name!r})" if name else "",
+                (time.perf_counter() - start) * 1000,
+            )
+
+
+def set_outcome(scope: Scope, outcome: str, filename: str | None = None) -> None:
+    """What `RequestLog` says came of this request (and the upload's name, logged only if allowed)."""
+    state = scope.setdefault("state", {})
+    state["outcome"] = outcome
+    if filename is not None:
+        state["filename"] = filename
+
+
+def _bytes(n: int) -> str:
+    return f"{n} B" if n < 1000 else f"{n / 1000:.1f} kB" if n < 1_000_000 else f"{n / 1e6:.1f} MB"
 
 
 def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -55,7 +122,7 @@ class TokenAuth:
             reason = message = "wrong access token"
             challenge = 'Bearer error="invalid_token"'
         client = (scope.get("client") or ("?",))[0]
-        logger.warning("refused %s %s from %s: %s", scope.get("method"), path, client, reason)
+        set_outcome(scope, f"{reason} (from {client})")
         await json_error(401, message, {"WWW-Authenticate": challenge})(scope, receive, send)
 
 
@@ -118,6 +185,7 @@ class UploadLimit:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         limit = f"{self.max_bytes / 2**20:.3g} MB"
+        set_outcome(scope, f"upload over the {limit} limit")
         # Connection: close, since the rest of the body is never read.
         await json_error(413, f"upload too large: the limit is {limit}", {"Connection": "close"})(scope, receive, send)
 
@@ -141,7 +209,8 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     # The traceback stays in the server log; the client learns nothing about the internals.
-    logger.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+    request_id = request.scope.get("state", {}).get("request_id", "-")
+    logger.error("request %s: internal error on %s %s", request_id, request.method, request.url.path, exc_info=exc)
     return json_error(500, "internal error")
 
 

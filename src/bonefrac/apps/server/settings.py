@@ -7,7 +7,9 @@ whoever starts it says explicitly that it should not (`insecure_no_token`). On l
 
 from __future__ import annotations
 
+import errno
 import re
+import socket
 from dataclasses import dataclass, field
 
 from bonefrac.errors import BonefracError
@@ -51,6 +53,8 @@ class ServerSettings:
             `Authorization: Bearer <token>` (on any host). Never shown in a repr or a log.
         insecure_no_token: serve a non-loopback host without a token (the caller was warned).
         any_modality: predict on uploads that are not projection radiographs too (refused by default).
+        log_filenames: name each upload in the request log (off by default: file names often carry a
+            patient's name; the log has a request id, size, outcome and time instead).
     """
 
     host: str = "127.0.0.1"
@@ -60,6 +64,7 @@ class ServerSettings:
     token: str | None = field(default=None, repr=False)
     insecure_no_token: bool = False
     any_modality: bool = False
+    log_filenames: bool = False
 
     def __post_init__(self) -> None:
         if not self.max_upload_mb > 0:
@@ -75,6 +80,21 @@ class ServerSettings:
                 f"serving on {self.host} (reachable from other machines) needs an access token: set {TOKEN_ENV} "
                 "or pass --token, or pass --insecure-no-token to serve without one"
             )
+
+    def bind(self) -> socket.socket:
+        """A socket bound to `host`:`port` (not yet listening), for uvicorn to serve on: taken before the model
+        loads and before anything claims to be serving, so a busy port is one error line, not a false start."""
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: no wait after a restart
+        try:
+            sock.bind((self.host.strip("[]"), self.port))
+        except OSError as e:
+            sock.close()
+            reason = "address already in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
+            raise ServerSettingsError(f"cannot serve on {self.host}:{self.port}: {reason}") from None
+        sock.set_inheritable(True)
+        return sock
 
     @property
     def max_upload_bytes(self) -> int:
