@@ -5,6 +5,7 @@ token."""
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
-from server_helpers import fixture_images, make_test_detector, make_test_model
+from server_helpers import IMAGES, fixture_images, make_test_detector, make_test_model
 
 from bonefrac import FractureDetector
 from bonefrac.apps.server.app import ServerSettings, create_app
@@ -32,6 +33,8 @@ CHROMIUM_ARGS = [
 ]
 
 TOKEN = "browser-test-token-0123456789"
+# Where to keep screenshots for a person to look at (unset: the test's own temporary folder).
+SCREENSHOTS = Path(os.environ["BONEFRAC_SCREENSHOTS"]) if os.environ.get("BONEFRAC_SCREENSHOTS") else None
 
 if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)", allow_module_level=True)
@@ -120,7 +123,7 @@ def test_upload_and_explore(browser, server_url: str, det: FractureDetector, tmp
     # Switching operating point re-decides in the page from the probability and thresholds: no re-upload.
     # The boxes are drawn as the overlay draws them: solid fracture, dashed suspicious (overlay.box_kinds).
     detections = det.predict(fracture).detections
-    rects, legend = page.locator("#boxes rect"), page.locator("#legend")
+    rects, legend = page.locator("#boxes rect.box"), page.locator("#legend")
 
     def expect_decision(threshold: float) -> None:
         sync_api.expect(page.locator("#decision")).to_have_text("Fracture" if p >= threshold else "No fracture")
@@ -128,7 +131,9 @@ def test_upload_and_explore(browser, server_url: str, det: FractureDetector, tmp
         kinds = [kind for _, kind in box_kinds(detections, det.operating_points, threshold)]
         sync_api.expect(rects).to_have_count(len(kinds))
         for kind in ("fracture", "suspicious"):
-            sync_api.expect(page.locator(f"#boxes rect.{kind}")).to_have_count(kinds.count(kind))
+            sync_api.expect(page.locator(f"#boxes rect.box.{kind}")).to_have_count(kinds.count(kind))
+        sync_api.expect(page.locator("#boxes g.tag")).to_have_count(len(kinds))  # one number per box
+        sync_api.expect(page.locator("#box-list li")).to_have_count(len(kinds) or 1)
         sync_api.expect(page.locator("#result-boxes")).to_contain_text(
             f"{sum(d[4] >= threshold for d in detections) or 'none'} at this threshold"
         )
@@ -143,7 +148,7 @@ def test_upload_and_explore(browser, server_url: str, det: FractureDetector, tmp
     assert decisions == {True, False}  # the named points decide differently on this image
     sync_api.expect(legend).to_contain_text("fracture")
     sync_api.expect(legend).to_contain_text("suspicious")
-    dashes = page.locator("#boxes rect.suspicious").first.evaluate("r => getComputedStyle(r).strokeDasharray")
+    dashes = page.locator("#boxes rect.box.suspicious").first.evaluate("r => getComputedStyle(r).strokeDasharray")
     assert dashes not in ("", "none")  # at high_sensitivity this image has a suspicious box, drawn dashed
 
     # A custom threshold, typed or slid, re-decides in the page too: above the probability, then below it.
@@ -199,15 +204,31 @@ def test_detector_boxes_on_the_page(browser, tmp_path: Path) -> None:  # noqa: A
         page.set_input_files("#file-input", [str(image)])
         sync_api.expect(page.locator("#probability")).to_have_text(f"{pred.probability:.3f}", timeout=60_000)
         sync_api.expect(page.locator("#decision")).to_have_text("Fracture" if pred.fractured else "No fracture")
-        sync_api.expect(page.locator("#boxes rect.fracture")).to_have_count(1)
-        sync_api.expect(page.locator("#boxes rect.suspicious")).to_have_count(3)
-        sync_api.expect(page.locator("#boxes text.fracture")).to_have_text(f"fracture {pred.detections[0][4]:.2f}")
+        sync_api.expect(page.locator("#boxes rect.box.fracture")).to_have_count(1)
+        sync_api.expect(page.locator("#boxes rect.box.suspicious")).to_have_count(3)
+        # Numbered as the overlay numbers them: tags 1-4 inside the image, apart; the list says what each is.
+        sync_api.expect(page.locator("#boxes g.tag text")).to_have_text(["1", "2", "3", "4"])
+        sync_api.expect(page.locator("#box-list li").first).to_have_text(f"1fracture {pred.detections[0][4]:.2f}")
+        tags = page.locator("#boxes g.tag rect").evaluate_all(
+            "rs => rs.map(r => [r.x.baseVal.value, r.y.baseVal.value, r.width.baseVal.value, r.height.baseVal.value])"
+        )
+        for i, (x, y, w, h) in enumerate(tags):
+            assert 0 <= x and x + w <= pred.width and 0 <= y and y + h <= pred.height
+            for x2, y2, w2, h2 in tags[i + 1 :]:
+                assert x + w <= x2 or x2 + w2 <= x or y + h <= y2 or y2 + h2 <= y
+        sync_api.expect(page.locator("#legend")).to_contain_text("solid = fracture: scores from")
+        sync_api.expect(page.locator("#legend")).to_contain_text("dashed = suspicious: scores from")
         above = max(pred.probability, pred.detections[0][4]) + 0.01  # above the image and every box
         page.locator("#threshold-value").fill(f"{min(0.999, above):.3f}")
         sync_api.expect(page.locator("#decision")).to_have_text("No fracture")
-        sync_api.expect(page.locator("#boxes rect.fracture")).to_have_count(1)  # the kinds are the model's
+        sync_api.expect(page.locator("#boxes rect.box.fracture")).to_have_count(1)  # the kinds are the model's
         sync_api.expect(page.locator("#result-boxes")).to_contain_text("none at this threshold")
         page.screenshot(path=str(tmp_path / "detector.png"))
+        # A truncated JPEG: its warning is shown by the decision, not only in the JSON.
+        page.set_input_files("#file-input", [str(IMAGES / "IMG0004228.jpg")])
+        page.locator("#results li").nth(1).locator("button").click()
+        sync_api.expect(page.locator("#result-warnings li")).to_contain_text("JPEG file is truncated", timeout=60_000)
+        page.screenshot(path=str(SCREENSHOTS / "detector-warning.png") if SCREENSHOTS else str(tmp_path / "w.png"))
         assert problems == []
         page.close()
 
