@@ -22,9 +22,9 @@ The detector (lite0_centernet at 96 px, 64 px crops, one step of a global batch 
 it draws per rank, the one known gap): the step's loss, i.e. the loss at the initial weights, relative 5e-5:
 a forward pass of ~60 layers on 2 images per process against 4 in one, so oneDNN blocks and sums each layer's
 dot products (hundreds of terms) in another order; float32 rounds each sum to ~1e-7 relative, and the layers
-compound it (measured 7e-6 relative on AVX-512 kernels, 60 eps; 5e-5 is 400 eps). Per-rank focal-loss
-normalisation, or dropout masks drawn in another memory layout than the channels-last map, gave 3e-3 absolute
-(7e-3 relative) and more, 100 times the tolerance. The weights 0.018 of the update apart (1 vs 2 threads:
+compound it (measured 1.8e-6 relative on AVX2 kernels, 7e-6 on AVX-512: 60 eps; 5e-5 is 400 eps). Per-rank
+focal-loss normalisation, or dropout masks drawn in another memory layout than the channels-last map, gave
+3e-3 absolute (7e-3 relative) and more, 100 times the tolerance. The weights 0.018 of the update apart (1 vs 2 threads:
 0.05); BatchNorm running statistics 1.5e-4 relative (1 vs 2 threads: 2.4e-4). Over several steps Adam
 amplifies the rounding (3 steps: 0.5 of the update apart, losses 1e-3 apart), so one step is compared.
 """
