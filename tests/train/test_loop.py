@@ -21,6 +21,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 from _models import FIXTURES, TINY_RUN_EXTRA, TINY_TRAIN_ARGS
+from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.swa_utils import AveragedModel
 
 from bonefrac import FractureDetector
 from bonefrac.datasets import content_digest
@@ -28,7 +30,7 @@ from bonefrac.errors import BonefracError
 from bonefrac.models import registry
 from bonefrac.train.augment import Augment
 from bonefrac.train.config import ARCHS, ConfigError, TrainConfig
-from bonefrac.train.loop import EMA, fit
+from bonefrac.train.loop import fit, restore, resume_state, warmed_up_ema, warmup_cosine
 from bonefrac.train.precision import MixedPrecision, autocast_dtype
 from bonefrac.train.run_folder import resume_command
 
@@ -307,63 +309,111 @@ def test_augment_apply_always_returns_images_and_masks() -> None:
     assert torch.equal(with_masks, images) and warped is not None and warped.shape == x.shape
 
 
-def test_resume_state_carries_the_cuda_generator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """On a GPU, dropout draws from the device's generator: last.pt saves it and `restore` puts it back."""
-    from bonefrac.train import run_folder
-
-    cuda_state = torch.arange(16, dtype=torch.uint8)
-    restored: list[tuple[torch.Tensor, torch.device]] = []
-    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: cuda_state)
-    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append((state, device)))
+def _resumable(tmp_path: Path, device: torch.device, precision: MixedPrecision) -> SimpleNamespace:
+    """What `resume_state` and `restore` read and write of a `Run`."""
     model = torch.nn.Linear(2, 1)
-    run = SimpleNamespace(
+    opt = torch.optim.AdamW(model.parameters())
+    return SimpleNamespace(
         out=tmp_path,
-        device=torch.device("cuda", 0),  # only compared: nothing is moved there
+        device=device,
         model=model,
-        ema=EMA(model, 0.9),
-        opt=torch.optim.AdamW(model.parameters()),
-        precision=MixedPrecision("fp32", torch.device("cpu")),
+        ema=AveragedModel(model, multi_avg_fn=warmed_up_ema(0.9), use_buffers=True),
+        opt=opt,
+        schedule=LambdaLR(opt, warmup_cosine(10, 2)),
+        precision=precision,
         best_score=0.7,
         stale=0,
         history=[{"epoch": 1}],
         first_epoch=0,
     )
-    state = run_folder.resume_state(run, epoch=0)
+
+
+def test_resume_state_carries_the_cuda_generator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU, dropout draws from the device's generator: last.pt saves it and `restore` puts it back."""
+    cuda_state = torch.arange(16, dtype=torch.uint8)
+    restored: list[tuple[torch.Tensor, torch.device]] = []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: cuda_state)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append((state, device)))
+    # cuda: only compared, nothing is moved there
+    run = _resumable(tmp_path, torch.device("cuda", 0), MixedPrecision("fp32", torch.device("cpu")))
+    state = resume_state(run, epoch=0)
     assert torch.equal(state["cuda_rng"], cuda_state)
     torch.save(state, tmp_path / "last.pt")
-    run_folder.restore(run)
+    restore(run)
     assert run.first_epoch == 1 and len(restored) == 1 and torch.equal(restored[0][0], cuda_state)
     run.device = torch.device("cpu")
-    assert "cuda_rng" not in run_folder.resume_state(run, epoch=0)  # nothing to save on the CPU
+    assert "cuda_rng" not in resume_state(run, epoch=0)  # nothing to save on the CPU
 
 
 def test_an_fp16_runs_loss_scale_survives_a_resume(tmp_path: Path) -> None:
     """fp16 training skips steps while its loss scale settles: last.pt keeps the scale, so a resumed run does
     not start that again (an fp32 or bf16 run saves an empty scaler state, and restores nothing)."""
-    from bonefrac.train import run_folder
-
-    model = torch.nn.Linear(2, 1)
     precision = MixedPrecision("fp32", torch.device("cpu"))
     precision.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)  # enabled: fp16's, on the CPU for the test
-    run = SimpleNamespace(
-        out=tmp_path,
-        device=torch.device("cpu"),
-        model=model,
-        ema=EMA(model, 0.9),
-        opt=torch.optim.AdamW(model.parameters()),
-        precision=precision,
-        best_score=0.7,
-        stale=0,
-        history=[],
-        first_epoch=0,
-    )
-    torch.save(run_folder.resume_state(run, epoch=2), tmp_path / "last.pt")
+    run = _resumable(tmp_path, torch.device("cpu"), precision)
+    torch.save(resume_state(run, epoch=2), tmp_path / "last.pt")
     precision.scaler = torch.amp.GradScaler("cpu", init_scale=2.0)
-    run_folder.restore(run)
+    restore(run)
     assert precision.scaler.get_scale() == 1024.0 and run.first_epoch == 3
     precision.scaler = torch.amp.GradScaler("cpu", enabled=False)  # resumed where fp16 is off: nothing to restore
-    run_folder.restore(run)
+    restore(run)
     assert not precision.scaler.is_enabled()
+
+
+def test_the_ema_schedule_and_optimiser_resume_where_they_were(tmp_path: Path) -> None:
+    """last.pt holds the EMA's average and count, Adam's moments and the schedule's step: restored into fresh
+    ones, they continue exactly as the originals (same operations on the same values: bit-equal)."""
+    torch.manual_seed(0)
+    a = _resumable(tmp_path, torch.device("cpu"), MixedPrecision("fp32", torch.device("cpu")))
+    x = torch.randn(8, 2)
+
+    def steps(run: SimpleNamespace, n: int) -> None:
+        for _ in range(n):
+            run.precision.step(run.model(x).square().mean(), run.opt)
+            run.ema.update_parameters(run.model)
+            run.schedule.step()
+
+    steps(a, 3)
+    torch.save(resume_state(a, epoch=0), tmp_path / "last.pt")
+    b = _resumable(tmp_path, torch.device("cpu"), MixedPrecision("fp32", torch.device("cpu")))
+    restore(b)
+    steps(a, 4)
+    steps(b, 4)
+    assert (
+        b.schedule.last_epoch == a.schedule.last_epoch == 7
+        and b.opt.param_groups[0]["lr"] == a.opt.param_groups[0]["lr"]
+    )
+    for one, two in ((a.model, b.model), (a.ema, b.ema)):
+        assert all(torch.equal(p, q) for p, q in zip(one.state_dict().values(), two.state_dict().values(), strict=True))
+
+
+def test_a_last_pt_of_the_hand_written_loop_is_refused_in_one_line(tmp_path: Path) -> None:
+    run = _resumable(tmp_path, torch.device("cpu"), MixedPrecision("fp32", torch.device("cpu")))
+    state = resume_state(run, epoch=0)
+    del state["schedule"]
+    torch.save({**state, "ema_updates": 3}, tmp_path / "last.pt")
+    with pytest.raises(ConfigError, match="written by an earlier bonefrac; start again with --overwrite"):
+        restore(run)
+
+
+def test_ema_warms_up_then_decays_at_its_rate() -> None:
+    """The k-th update averages with decay min(decay, (1 + k) / (10 + k)): the first copies the model."""
+    model = torch.nn.Linear(1, 1, bias=False)
+    ema = AveragedModel(model, multi_avg_fn=warmed_up_ema(0.5), use_buffers=True)
+    expected = None
+    for k, w in enumerate([1.0, 2.0, 4.0, 8.0, 16.0], start=1):
+        model.weight.data.fill_(w)
+        ema.update_parameters(model)
+        d = min(0.5, (1 + k) / (10 + k))  # 0.25, 0.29, 0.33, then 0.5
+        expected = w if expected is None else d * expected + (1 - d) * w
+        assert ema.module.weight.item() == pytest.approx(expected, rel=1e-6), k  # float32 rounding of a few ops
+
+
+def test_the_schedule_warms_up_linearly_then_follows_a_cosine_to_one_percent() -> None:
+    factor = warmup_cosine(total=12, warmup=2)
+    assert [factor(s) for s in (0, 1)] == [0.5, 1.0]
+    assert factor(2) == 1.0 and factor(7) == pytest.approx(0.505) and factor(12) == pytest.approx(0.01)
+    assert warmup_cosine(total=5, warmup=0)(0) == 1.0  # no warm-up
 
 
 @pytest.mark.parametrize(

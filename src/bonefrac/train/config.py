@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,9 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 #: Settings a resumed run may change: where it runs and for how long, not what it computes. The device and
 #: the precision are where and how: a run begun on a CPU may continue on a GPU (in mixed precision).
-RESUMABLE_CHANGES = frozenset({"out", "epochs", "patience", "cache_dir", "threads", "progress", "device", "precision"})
+RESUMABLE_CHANGES = frozenset(
+    {"out", "epochs", "patience", "cache_dir", "threads", "workers", "progress", "device", "precision"}
+)
 
 #: What a training run writes into its folder (`--overwrite` removes these, and nothing else).
 RUN_FILES = (
@@ -44,73 +46,179 @@ class ConfigError(BonefracError):
     """A training setting that cannot work (a bad value, or a run folder that is not free)."""
 
 
+# ---------------------------------------------------------------- what a setting may be
+@dataclass(frozen=True)
+class Whole:
+    """A whole number of at least `low`."""
+
+    low: int
+
+    def check(self, option: str, value: object) -> None:
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= self.low):
+            raise ConfigError(f"{option} {value}: must be a whole number of at least {self.low}")
+
+
+@dataclass(frozen=True)
+class Number:
+    """A finite number of at least `low`."""
+
+    low: float = 0
+
+    def check(self, option: str, value: object) -> None:
+        if not (isinstance(value, int | float) and math.isfinite(value) and value >= self.low):
+            raise ConfigError(f"{option} {value}: must be a number of at least {self.low:g}")
+
+
+@dataclass(frozen=True)
+class Between:
+    """A number between `low` and `high`, each end included unless said open."""
+
+    low: float
+    high: float
+    low_open: bool = False
+    high_open: bool = False
+
+    def check(self, option: str, value: object) -> None:
+        ok = isinstance(value, int | float) and (
+            (self.low < value if self.low_open else self.low <= value)
+            and (value < self.high if self.high_open else value <= self.high)
+        )
+        if not ok:
+            low, high = "above" if self.low_open else "at least", "below" if self.high_open else "at most"
+            raise ConfigError(f"{option} {value}: must be {low} {self.low:g} and {high} {self.high:g}")
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """One of `choices`; `listed`: the CLI offers them as argparse choices (else it names them in the help)."""
+
+    choices: tuple[str, ...]
+    listed: bool = True
+
+    def check(self, option: str, value: object) -> None:
+        if value not in self.choices:
+            raise ConfigError(f"{option} {value}: unknown; choose one of {', '.join(self.choices)}")
+
+
+@dataclass(frozen=True)
+class Exists:
+    """A path that exists (a file, or a folder)."""
+
+    def check(self, option: str, value: object) -> None:
+        if not Path(str(value)).exists():
+            raise ConfigError(f"{option} {value}: no such file")
+
+
+Bound = Whole | Number | Between | OneOf | Exists
+
+
+def setting(
+    default: Any = MISSING,
+    help: str | None = None,
+    bound: Bound | None = None,
+    flag: str | None = None,
+    metavar: str | None = None,
+) -> Any:
+    """A `TrainConfig` field with what `bonefrac train` says about it and the values it accepts, declared once:
+    `check` enforces `bound`, and the CLI builds its option from the rest (`help` None: a hidden option;
+    `flag`: the option's name where it is not the field's, e.g. `--split` for `split_file`)."""
+    meta = {"help": help, "bound": bound, "flag": flag, "metavar": metavar}
+    return field(metadata=meta) if default is MISSING else field(default=default, metadata=meta)
+
+
+def flag_of(f: Field[Any]) -> str:
+    """The command-line option of a `TrainConfig` field (`--batch-size` for `batch_size`)."""
+    return f.metadata.get("flag") or f"--{f.name.replace('_', '-')}"
+
+
 @dataclass
 class TrainConfig:
-    dataset: str
-    out: str
-    arch: str = "efficientnet_lite0"
-    epochs: int = 12
-    image_size: int = 256
-    reduce_from: int = REDUCE_FROM  # preprocessing: images this many times the input size are read reduced
-    batch_size: int = 32
-    lr: float = 6e-4
-    weight_decay: float = 0.02
-    warmup_epochs: float = 1.0
-    ema_decay: float = 0.995
-    patience: int = 5
-    val_fraction: float = 0.2
-    seed: int = 0
-    split_file: str | None = None
-    cache_dir: str | None = None
-    threads: int | None = None
-    loc_weight: float = 0.5  # box supervision of the heatmap, where the dataset has fracture boxes
-    init_from: str | None = None  # start from this checkpoint's weights instead of ImageNet
-    max_train_images: int | None = None  # for smoke tests only
-    crop_size: int = 256  # detectors: training crops of the (image_size) input, at its scale
-    backbone_lr_scale: float = 1.0  # the pretrained backbone's learning rate, as a share of --lr
-    device: str = "auto"  # one of DEVICES
-    precision: str = "auto"  # one of PRECISIONS
-    progress: bool = True
+    """Everything that decides a training run. Each field's help and bounds are in its `setting`; `bonefrac
+    train`'s options are generated from them (apps/commands/train.py)."""
+
+    dataset: str = setting(help="FracAtlas-style folder, fractured/ + not_fractured/ folders, or a CSV")
+    out: str = setting(help="run folder (checkpoints, logs, split)")
+    arch: str = setting("efficientnet_lite0", f"{' | '.join(ARCHS)} (default %(default)s)", OneOf(ARCHS, listed=False))
+    epochs: int = setting(12, "at most this many (default %(default)s)", Whole(1))
+    image_size: int = setting(256, "model input side, pixels (default %(default)s)", Whole(32))  # models downsample 32x
+    reduce_from: int = setting(
+        REDUCE_FROM,
+        "read images with a long side of K x the image size or more reduced by 2, 4 or 8 (JPEGs decoded at "
+        "that scale: faster), never below 2x the size; recorded in the model (default %(default)s, as the bundled "
+        "model; 8 reproduces models from before this option)",
+        Whole(2),  # reduced images stay >= 2x the input
+        metavar="K",
+    )
+    batch_size: int = setting(32, "global batch, split across torchrun ranks (default %(default)s)", Whole(1))
+    lr: float = setting(6e-4, "peak learning rate (default %(default)g)", Number(0))
+    weight_decay: float = setting(0.02, "AdamW (default %(default)g)", Number(0))
+    backbone_lr_scale: float = setting(
+        1.0, "detectors: the pretrained backbone's learning rate as a share of --lr (default %(default)g)", Number(0)
+    )
+    # Checked in `check`: its bounds depend on the architecture (whole cells of a detector's stride-8 grid).
+    crop_size: int = setting(256, "detectors: side of the training crops, at the input's scale (default %(default)s)")
+    warmup_epochs: float = setting(
+        1.0, "linear learning-rate warm-up, then cosine decay (default %(default)g)", Number(0)
+    )
+    ema_decay: float = setting(
+        0.995,
+        "decay of the exponential moving average of the weights, which is validated and saved (default %(default)g)",
+        Between(0, 1, high_open=True),
+    )
+    patience: int = setting(5, "early stopping: epochs without a better val AUC (default %(default)s)", Whole(1))
+    # The split holds out one of k folds, k = round(1 / fraction) >= 2: above 0.5 would silently be 0.5.
+    val_fraction: float = setting(
+        0.2,
+        "share held out for validation, above 0 and at most 0.5, rounded to 1 in k (default %(default)g)",
+        Between(0, 0.5, low_open=True),
+    )
+    loc_weight: float = setting(
+        0.5,
+        "weight of the heatmap box-supervision loss when the dataset has fracture boxes, 0 = off (default %(default)g)",
+        Number(0),
+    )
+    seed: int = setting(0, "split, order and augmentation (default %(default)s)", Whole(0))
+    init_from: str | None = setting(
+        None, "fine-tune this checkpoint or run folder (default: none, start from ImageNet weights)", Exists()
+    )
+    split_file: str | None = setting(
+        None, "reuse this split.json (default: make one from --val-fraction and --seed)", Exists(), flag="--split"
+    )
+    cache_dir: str | None = setting(None, "decode cache folder (default: $BONEFRAC_CACHE, else ~/.cache/bonefrac)")
+    threads: int | None = setting(None, "torch CPU threads (default: torch's choice, one per core)", Whole(1))
+    workers: int = setting(
+        0,
+        "DataLoader worker processes preparing the batches (default %(default)s: in the training process, "
+        "which measured fastest on 2 cores; more pay where cores are idle)",
+        Whole(0),
+    )
+    device: str = setting(
+        "auto",
+        "where to train: auto = a CUDA GPU when torch sees one (one per torchrun process), else the CPU "
+        "(default %(default)s)",
+        OneOf(DEVICES),
+    )
+    precision: str = setting(
+        "auto",
+        "training arithmetic: auto = mixed precision on a GPU (bf16 where supported, else fp16 with loss "
+        "scaling), fp32 on a CPU; bf16 on a CPU pays only with AVX512-BF16 (default %(default)s)",
+        OneOf(PRECISIONS),
+    )
+    max_train_images: int | None = setting(None, None, Whole(1))  # for smoke tests only: no help, a hidden option
+    progress: bool = setting(True, "no progress bars (default: shown)")  # a switch on by default: --no-progress
 
     def check(self) -> TrainConfig:
         """Raise `ConfigError` (one line, naming the option) for a setting that cannot work; else `self`."""
-        if self.arch not in ARCHS:
-            raise ConfigError(f"--arch {self.arch}: unknown; choose one of {', '.join(ARCHS)}")
-        for name, value, choices in (("device", self.device, DEVICES), ("precision", self.precision, PRECISIONS)):
-            if value not in choices:
-                raise ConfigError(f"--{name} {value}: unknown; choose one of {', '.join(choices)}")
-        _at_least("epochs", self.epochs, 1)
-        _at_least("image-size", self.image_size, 32)  # the models downsample by 32
-        _at_least("reduce-from", self.reduce_from, 2)  # reduced images stay >= 2x the input
-        _at_least("batch-size", self.batch_size, 1)
-        _at_least("patience", self.patience, 1)
-        _at_least("seed", self.seed, 0)
-        for name, value in (("threads", self.threads), ("max-train-images", self.max_train_images)):
-            if value is not None:
-                _at_least(name, value, 1)
-        for name, value in (
-            ("lr", self.lr),
-            ("weight-decay", self.weight_decay),
-            ("warmup-epochs", self.warmup_epochs),
-            ("loc-weight", self.loc_weight),
-            ("backbone-lr-scale", self.backbone_lr_scale),
-        ):
-            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
-                raise ConfigError(f"--{name} {value}: must be a number of at least 0")
+        for f in fields(self):
+            value, bound = getattr(self, f.name), f.metadata.get("bound")
+            if bound is not None and value is not None:
+                bound.check(flag_of(f), value)
         if registry.get_kind(registry.kind_of(self.arch)).trains_on_crops:  # whole cells of the stride-8 grid
-            _at_least("crop-size", self.crop_size, 32)
+            Whole(32).check("--crop-size", self.crop_size)
             if self.crop_size % 8 or self.crop_size > self.image_size:
                 raise ConfigError(f"--crop-size {self.crop_size}: must be a multiple of 8, at most --image-size")
-        if not (isinstance(self.ema_decay, int | float) and 0 <= self.ema_decay < 1):
-            raise ConfigError(f"--ema-decay {self.ema_decay}: must be at least 0 and below 1")
-        # The split holds out one of k folds, k = round(1 / fraction) >= 2: above 0.5 would silently be 0.5.
-        if not (isinstance(self.val_fraction, int | float) and 0 < self.val_fraction <= 0.5):
-            raise ConfigError(f"--val-fraction {self.val_fraction}: must be above 0 and at most 0.5")
         if not Path(self.dataset).exists():
             raise DatasetError(f"{self.dataset}: no such dataset folder or CSV file")
-        for name, path in (("split", self.split_file), ("init-from", self.init_from)):
-            if path is not None and not Path(path).exists():
-                raise ConfigError(f"--{name} {path}: no such file")
         if Path(self.out).is_file():
             raise ConfigError(f"--out {self.out}: is a file; the run folder must be a folder")
         return self
@@ -124,13 +232,8 @@ class TrainConfig:
                 continue
             mine, theirs = getattr(self, f.name), saved[f.name]
             if mine != theirs and not _same_path(f.name, mine, theirs):
-                out.append(f"--{f.name.replace('_', '-')} {mine} (run: {theirs})")
+                out.append(f"{flag_of(f)} {mine} (run: {theirs})")
         return out
-
-
-def _at_least(name: str, value: object, low: int) -> None:
-    if not (isinstance(value, int) and not isinstance(value, bool) and value >= low):
-        raise ConfigError(f"--{name} {value}: must be a whole number of at least {low}")
 
 
 def _same_path(name: str, a: object, b: object) -> bool:

@@ -1,25 +1,36 @@
-"""A training run's data: the decode cache (letterboxed images at the model's size, decoded once) and the
-records of its train/val split. The dataset layouts, splits and content digests live in `bonefrac.datasets`."""
+"""A training run's data: the decode cache (letterboxed images at the model's size, decoded once), the
+records of its train/val split, and the torch datasets and loaders over the cache. The dataset layouts,
+splits and content digests live in `bonefrac.datasets`.
+
+Every training sample draws from its own seed, `item_seed(seed, epoch, j)` for the j-th sample of the epoch's
+pool, so a sample is the same whichever process (torchrun rank), DataLoader worker or resumed run makes it.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import random
 import sys
 import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from bonefrac.datasets import Record, content_digest, layout_split, load_dataset, load_split, save_split, split_dataset
 from bonefrac.errors import BonefracError, DatasetError
 from bonefrac.io.read import read_image
 from bonefrac.paths import cache_dir
-from bonefrac.preprocess import Geometry, letterbox_geometry, letterbox_image, reduction_factor
+from bonefrac.preprocess import Geometry, box_mask, letterbox_geometry, letterbox_image, reduction_factor
 from bonefrac.spec import REDUCE_FROM
 from bonefrac.train import distributed
+from bonefrac.train.augment import Augment
 
 if TYPE_CHECKING:
     from bonefrac.spec import ModelSpec
@@ -148,3 +159,146 @@ def image_digests(train: list[Record], val: list[Record]) -> dict[str, list[str]
     """Content digests of the images the model learns from and is chosen on, stored in model.pt so that
     `evaluate` can tell how many of its images the model has seen (however they are named)."""
     return {"train": [content_digest(r.path) for r in train], "validation": [content_digest(r.path) for r in val]}
+
+
+# ---------------------------------------------------------------- torch datasets over the cache
+Targets = dict[str, torch.Tensor]
+
+
+def item_seed(seed: int, epoch: int, j: int) -> int:
+    """The seed of the `j`-th sample of epoch `epoch`'s pool (independent streams: numpy's SeedSequence)."""
+    return int(np.random.SeedSequence([seed, epoch, j]).generate_state(1, np.uint64)[0])
+
+
+class Samples(Protocol):
+    """Where a run's training samples come from: `WholeImages` (classifiers), `train.detector.CropSampler`."""
+
+    def epoch_pool(self) -> list[int]:
+        """The record indices of one epoch, before shuffling (a record may appear more than once)."""
+        ...
+
+    def item(self, i: int, seed: int) -> tuple[torch.Tensor, Targets]:
+        """Record `i`'s sample drawn from `seed`: (1, S, S) in [0, 1], and its targets."""
+        ...
+
+    def start_epoch(self, epoch: int, model: torch.nn.Module) -> bool:
+        """Called before each epoch with the model as trained so far; True if the samples changed (then
+        the loader starts fresh workers, which hold a copy of this object)."""
+        ...
+
+
+@dataclass
+class WholeImages:
+    """A classifier's samples: the whole cached image, augmented, with its label and, for box supervision,
+    its fracture-box mask warped alike (`masks`)."""
+
+    cache: DecodeCache
+    records: list[Record]
+    augment: Augment = field(default_factory=Augment)
+    box_masks: bool = False
+
+    def epoch_pool(self) -> list[int]:
+        return list(range(len(self.records)))
+
+    def item(self, i: int, seed: int) -> tuple[torch.Tensor, Targets]:
+        r = self.records[i]
+        x = torch.from_numpy(self.cache.load(r.path))[None, None].float().div_(255)
+        mask = None
+        if self.box_masks:
+            grid = box_mask(r.boxes, self.cache.geometry(r.path)) if r.boxes else np.zeros(x.shape[2:], np.float32)
+            mask = torch.from_numpy(grid)[None, None]
+        x, mask = self.augment.apply(x, self.augment.sample(1, torch.Generator().manual_seed(seed)), mask)
+        targets = {"label": torch.tensor(float(r.label))}
+        return x[0], targets if mask is None else {**targets, "masks": mask[0]}
+
+    def start_epoch(self, epoch: int, model: torch.nn.Module) -> bool:
+        return False
+
+
+class TrainingSet(Dataset):
+    """A run's training samples, keyed (epoch, j): `samples`' item for the j-th entry of its pool, drawn from
+    `item_seed(seed, epoch, j)`."""
+
+    def __init__(self, samples: Samples, seed: int) -> None:
+        self.samples, self.seed = samples, seed
+        self.pool = samples.epoch_pool()
+
+    def __len__(self) -> int:
+        return len(self.pool)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, Targets]:
+        epoch, j = key
+        return self.samples.item(self.pool[j], item_seed(self.seed, epoch, j))
+
+    def start_epoch(self, epoch: int, model: torch.nn.Module) -> bool:
+        """The samples' refresh before `epoch` (`Samples.start_epoch`); True if they changed."""
+        changed = self.samples.start_epoch(epoch, model)
+        if changed:
+            self.pool = self.samples.epoch_pool()
+        return changed
+
+
+class EpochSampler(DistributedSampler):
+    """`DistributedSampler` whose keys carry the epoch, (epoch, index): persistent workers keep the dataset
+    they started with, so the epoch reaches them with each key."""
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        epoch = self.epoch
+        return ((epoch, j) for j in super().__iter__())
+
+
+def _seed_worker(worker_id: int) -> None:
+    # Samples draw from their own seeds; this makes anything reaching for the global RNGs reproducible too.
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def training_loader(data: TrainingSet, batch_size: int, seed: int, workers: int = 0) -> DataLoader:
+    """This process's share of each global batch of `batch_size` samples (`batch_size` a multiple of the
+    processes: `train.loop.set_up` checks it).
+
+    The epoch's order is a permutation seeded by (`seed`, epoch), the same on every rank, cut into global
+    batches; `DistributedSampler` gives each rank every `world_size`-th sample of it, so rank r's k-th batch
+    is global batch k's samples r, r + world, ...: together, the batch one process takes. An epoch is its
+    whole global batches; a pool smaller than one batch makes one batch (under torchrun, of the largest
+    multiple of the processes in it). Call `sampler.set_epoch(epoch)` before each epoch.
+    """
+    world, n = distributed.world_size(), len(data)
+    per_rank = min(batch_size, n - n % world) // world
+    sampler = EpochSampler(data, world, distributed.rank(), shuffle=True, seed=seed * 1000, drop_last=True)
+    return DataLoader(
+        data,
+        batch_size=per_rank,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=distributed.device().type == "cuda",
+        worker_init_fn=_seed_worker,
+        generator=torch.Generator().manual_seed(seed),  # the workers' seeds; the global RNG is left alone
+    )
+
+
+class CachedImages(Dataset):
+    """The cached images of `records`, (1, S, S) in [0, 1], in order (validation: whole images)."""
+
+    def __init__(self, cache: DecodeCache, records: list[Record]) -> None:
+        self.cache, self.records = cache, records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(self.cache.load(self.records[i].path))[None].float().div_(255)
+
+
+def image_loader(cache: DecodeCache, records: list[Record], batch_size: int = 32, workers: int = 0) -> DataLoader:
+    """Batches of `CachedImages`, in order."""
+    return DataLoader(
+        CachedImages(cache, records),
+        batch_size=batch_size,
+        num_workers=workers,
+        worker_init_fn=_seed_worker,
+        generator=torch.Generator().manual_seed(0),  # an iterator draws a seed: not from the global RNG
+    )

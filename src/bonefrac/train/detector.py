@@ -79,6 +79,16 @@ class CropSampler:
         inside = (centre_x >= 0) & (centre_x < self.crop) & (centre_y >= 0) & (centre_y < self.crop)
         return np.ascontiguousarray(x, np.float32), boxes[inside].reshape(-1, 4)
 
+    def item(self, i: int, seed: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Record `i`'s crop (1, crop, crop) drawn from `seed`, and its CenterNet targets (`data.Samples`)."""
+        x, boxes = self.sample(i, np.random.default_rng(seed))
+        targets = centernet_targets(boxes, self.crop)
+        return torch.from_numpy(x)[None], {k: torch.from_numpy(v) for k, v in targets.items()}
+
+    def start_epoch(self, epoch: int, model: torch.nn.Module) -> bool:
+        """Before each epoch (`data.Samples`): where the crops would follow the model; True if they changed."""
+        return False
+
     def batch(self, idx: list[int], seeds: list[int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(N, 1, crop, crop) crops in [0, 1] and their targets; `seeds` make each crop reproducible (the same
         crop for the same global position under torchrun or after a resume)."""

@@ -1,11 +1,12 @@
 """The fit loop: class-balanced loss, radiograph augmentation, AdamW + warmup/cosine, EMA weights,
 best checkpoint by validation AUC, early stopping, and resume from the last finished epoch.
 
-`fit` is a short loop over named steps: `set_up`, `restore`, `train_one_epoch`, `validate`,
-`select_and_save`. Under torchrun the same loop runs data-parallel (see `distributed`): `batch_size` is the
-global batch, split across ranks; only rank 0 writes files, logs and shows progress; validation is sharded
-and gathered. On a GPU the steps run in mixed precision (autocast; bf16, or fp16 with loss scaling);
-validation and the weights stay fp32.
+`fit` is a short loop over named steps: `set_up`, `restore`, `start_epoch`, `train_one_epoch`, `validate`,
+`select_and_save`. torch's own pieces do the routine work: a `DataLoader` over the decode cache (its workers,
+`DistributedSampler` sharding), `AveragedModel` for the EMA, `LambdaLR` for the schedule. Under torchrun the
+same loop runs data-parallel (see `distributed`): `batch_size` is the global batch, split across ranks; only
+rank 0 writes files, logs and shows progress; validation is sharded and gathered. On a GPU the steps run in
+mixed precision (autocast; bf16, or fp16 with loss scaling); validation and the weights stay fp32.
 
 Outputs in the run folder: model.pt (best, with operating points chosen on validation and the digests of
 the images it was trained and validated on), last.pt (resume state), history.csv, learning_curve.png,
@@ -14,9 +15,9 @@ split.json, run.json (every command that trained the run, versions, config).
 
 from __future__ import annotations
 
-import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from bonefrac._version import __version__
@@ -39,60 +43,67 @@ from bonefrac.preprocess import normalize
 from bonefrac.spec import ModelSpec
 from bonefrac.train import ddp as distributed_model
 from bonefrac.train import distributed, run_folder
-from bonefrac.train.augment import Augment
-from bonefrac.train.box_supervision import load_box_masks
 from bonefrac.train.config import ConfigError, TrainConfig, check_start
-from bonefrac.train.data import DecodeCache, Record, image_digests, prepare_data
+from bonefrac.train.data import (
+    DecodeCache,
+    Record,
+    Targets,
+    TrainingSet,
+    WholeImages,
+    image_digests,
+    image_loader,
+    prepare_data,
+    training_loader,
+)
 from bonefrac.train.detector import CropSampler, pointing_game
 from bonefrac.train.precision import MixedPrecision
 
 __all__ = ["TrainConfig", "fit"]
 
 
-class EMA:
-    """Exponential moving average of the weights (evaluated and shipped; smoother than the raw weights)."""
+def warmed_up_ema(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor], torch.Tensor], None]:
+    """`AveragedModel`'s update: torch's EMA with the decay held at (1 + k) / (10 + k) for the k-th update while
+    that is lower (the first weights are poor, and a short run would otherwise validate its initial ones)."""
 
-    def __init__(self, model: torch.nn.Module, decay: float) -> None:
-        self.module = copy.deepcopy(model).eval()
-        self.decay = decay
-        self.updates = 0
-        for p in self.module.parameters():
-            p.requires_grad_(False)
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        if not averaged[0].is_floating_point():  # BatchNorm's batch counters: copied, not averaged
+            for a, c in zip(averaged, current, strict=True):
+                a.copy_(c)
+            return
+        k = int(n_averaged) + 1
+        get_ema_multi_avg_fn(min(decay, (1 + k) / (10 + k)))(averaged, current, n_averaged)
 
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        self.updates += 1
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))  # warm up: early weights are poor
-        for e, m in zip(self.module.state_dict().values(), model.state_dict().values(), strict=True):
-            if e.dtype.is_floating_point:
-                e.mul_(d).add_(m.detach(), alpha=1 - d)
-            else:
-                e.copy_(m)
+    return update
 
 
-def lr_at(step: int, total: int, warmup: int, base: float) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+def warmup_cosine(total: int, warmup: int) -> Callable[[int], float]:
+    """The learning-rate factor of each step (`LambdaLR`): linear warm-up over `warmup` steps, then a cosine
+    from 1 to 0.01 at step `total`. In closed form, so that a resumed run with more --epochs follows its new
+    schedule, and each parameter group (the backbone's own rate) scales alike."""
 
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
 
-def load_batch(cache: DecodeCache, records: list[Record], idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.from_numpy(np.stack([cache.load(records[i].path) for i in idx]))[:, None].float().div_(255)
-    y = torch.tensor([records[i].label for i in idx], dtype=torch.float32)
-    return x, y
+    return factor
 
 
 @torch.no_grad()
 def predict_cached(
-    model: torch.nn.Module, spec: ModelSpec, cache: DecodeCache, records: list[Record], batch_size: int = 32
+    model: torch.nn.Module,
+    spec: ModelSpec,
+    cache: DecodeCache,
+    records: list[Record],
+    batch_size: int = 32,
+    workers: int = 0,
 ) -> np.ndarray:
     """Raw (uncalibrated) image logits for records from the decode cache (validation during training), in
     fp32. For a detector, one row per image: the logit, then the heatmap peak's (x, y) on the cached grid."""
     model.eval()
     out = []
-    for s in range(0, len(records), batch_size):
-        x, _ = load_batch(cache, records, list(range(s, min(s + batch_size, len(records)))))
+    for x in image_loader(cache, records, batch_size, workers):
         x = normalize(x, spec).to(distributed.device()).contiguous(memory_format=torch.channels_last)
         out.append(kind_for(spec).validation_outputs(model, x).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0)
@@ -113,15 +124,14 @@ class Run:
     image_digests: dict[str, list[str]]  # {"train": [...], "validation": [...]}, on rank 0
     model: torch.nn.Module  # the plain module: its state_dict is what is saved
     step_model: torch.nn.Module  # what a step calls: DistributedDataParallel around `model` under torchrun
-    ema: EMA
+    ema: AveragedModel  # validated and saved: `ema.module`
     opt: torch.optim.Optimizer
+    schedule: LambdaLR  # stepped after every optimiser step
     precision: MixedPrecision  # fp32 on a CPU; bf16, or fp16 with loss scaling, on a GPU
     pos_weight: torch.Tensor
-    steps_per_epoch: int
-    use_boxes: bool
-    pool: list[int]  # the training indices of one epoch, before shuffling
+    samples: TrainingSet  # whole augmented images, or a detector's crops (`sampler`)
+    loader: DataLoader  # this rank's share of each global batch of `samples`
     sampler: CropSampler | None = None  # detectors train on crops with CenterNet targets
-    augment: Augment = field(default_factory=Augment)
     first_epoch: int = 0
     best_score: float = -1.0  # validation AUC; for a detector, AUC + pointing game
     stale: int = 0  # epochs since the best validation score (early stopping)
@@ -138,14 +148,15 @@ def fit(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Path
     check_start(cfg, resume, overwrite)  # bad settings fail here, before anything is decoded or written
     run = set_up(cfg, overwrite)
     if resume:
-        run_folder.restore(run)
+        restore(run)
     if distributed.is_main():
         run_folder.record_invocation(run.out, cfg, len(run.train), len(run.val), run.first_epoch)
     for epoch in range(run.first_epoch, cfg.epochs):
         if run.stale >= cfg.patience:
             break  # early stopping
         t0 = time.time()
-        train_loss, loc_loss = train_one_epoch(run, epoch)
+        start_epoch(run, epoch)
+        train_loss, loc_loss, lr = train_one_epoch(run, epoch)
         train_seconds = time.time() - t0
         y, z, pointing = validate(run)
         row = {
@@ -155,9 +166,9 @@ def fit(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Path
             "val_auc": auc(y, z),
             "val_pointing": pointing,
             "loc_loss": loc_loss,
-            "lr": run.opt.param_groups[0]["lr"],
+            "lr": lr,
             "seconds": time.time() - t0,
-            "train_images_per_s": min(run.steps_per_epoch * cfg.batch_size, len(run.train)) / train_seconds,
+            "train_images_per_s": len(run.loader) * run.loader.batch_size * distributed.world_size() / train_seconds,
         }
         select_and_save(run, epoch, row, y, z)
         distributed.barrier()  # ranks leave the epoch together, after rank 0's checkpoint is on disk
@@ -167,10 +178,11 @@ def fit(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Path
 
 
 def set_up(cfg: TrainConfig, overwrite: bool) -> Run:
-    """The run folder, the model, its EMA and optimiser, and the data (split, decode cache, digests)."""
+    """The run folder, the model, its EMA, optimiser and schedule, and the data (split, decode cache, digests,
+    the loader)."""
     out, world = Path(cfg.out), distributed.world_size()
-    if cfg.batch_size < world:
-        raise ConfigError(f"--batch-size {cfg.batch_size} is the global batch: it needs at least {world}")
+    if cfg.batch_size % world:  # equal shards: DistributedSampler's, and the global batch one process takes
+        raise ConfigError(f"--batch-size {cfg.batch_size} is the global batch: it must be a multiple of {world}")
     torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -191,7 +203,7 @@ def set_up(cfg: TrainConfig, overwrite: bool) -> Run:
     # A detector's new heads learn at the full rate, its ImageNet backbone at `backbone_lr_scale` of it.
     slow = {id(p) for p in kind.slow_parameters(model)}
     groups = [
-        {"params": params, "weight_decay": wd, "lr_scale": cfg.backbone_lr_scale if backbone else 1.0}
+        {"params": params, "weight_decay": wd, "lr": cfg.lr * (cfg.backbone_lr_scale if backbone else 1.0)}
         for backbone in (False, True)
         for wd, params in (
             (cfg.weight_decay, [p for p in model.parameters() if p.ndim > 1 and (id(p) in slow) == backbone]),
@@ -200,7 +212,11 @@ def set_up(cfg: TrainConfig, overwrite: bool) -> Run:
         if params
     ]
     sampler = CropSampler(cache, train, crop=cfg.crop_size) if kind.trains_on_crops else None
-    pool = sampler.epoch_pool() if sampler else list(range(len(train)))
+    use_boxes = cfg.loc_weight > 0 and any(r.boxes for r in train) and kind.box_supervision
+    samples = TrainingSet(sampler or WholeImages(cache, train, box_masks=use_boxes), cfg.seed)
+    loader = training_loader(samples, cfg.batch_size, cfg.seed, cfg.workers)
+    opt = torch.optim.AdamW(groups, lr=cfg.lr)
+    steps = len(loader)  # the same global batches whatever the number of processes
     n_pos = sum(r.label for r in train)
     return Run(
         cfg=cfg,
@@ -212,15 +228,15 @@ def set_up(cfg: TrainConfig, overwrite: bool) -> Run:
         cache=cache,
         image_digests=image_digests(train, val) if distributed.is_main() else {},
         model=model,
-        ema=EMA(model, cfg.ema_decay),
+        # Before `wrap`: the average is of the plain model (weights are identical on every rank after a step).
+        ema=AveragedModel(model, multi_avg_fn=warmed_up_ema(cfg.ema_decay), use_buffers=True),
         step_model=distributed_model.wrap(model),  # `model` keeps its identity and parameters
-        opt=torch.optim.AdamW(groups, lr=cfg.lr),
+        opt=opt,
+        schedule=LambdaLR(opt, warmup_cosine(steps * cfg.epochs, int(cfg.warmup_epochs * steps))),
         precision=precision,
         pos_weight=torch.tensor((len(train) - n_pos) / max(n_pos, 1), device=dev),  # balance the classes
-        # The same steps and the same global batches whatever the number of processes.
-        steps_per_epoch=len(pool) // cfg.batch_size or 1,
-        use_boxes=cfg.loc_weight > 0 and any(r.boxes for r in train) and kind.box_supervision,
-        pool=pool,
+        samples=samples,
+        loader=loader,
         sampler=sampler,
     )
 
@@ -239,28 +255,24 @@ def initial_model(cfg: TrainConfig, spec: ModelSpec) -> torch.nn.Module:
     return model
 
 
-def train_one_epoch(run: Run, epoch: int) -> tuple[float, float]:
-    """One pass over the training images; returns the mean loss and box loss (nan without boxes)."""
+def start_epoch(run: Run, epoch: int) -> None:
+    """Before each epoch: the samples may follow the model (`Samples.start_epoch`), and the order reshuffles."""
+    if run.samples.start_epoch(epoch, run.ema.module):  # persistent workers hold the old samples: new ones
+        run.loader = training_loader(run.samples, run.cfg.batch_size, run.cfg.seed, run.cfg.workers)
+    run.loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+
+
+def train_one_epoch(run: Run, epoch: int) -> tuple[float, float, float]:
+    """One pass over the training samples; returns the mean loss, the box loss (nan without boxes) and the
+    learning rate of the last step."""
     cfg = run.cfg
-    # Seeded per epoch, identical on every rank, so a resumed or distributed run sees the same order
-    # and the same augmentation (drawn for the global batch, each rank keeping its rows).
-    perm = torch.randperm(len(run.pool), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)).tolist()
-    order = [run.pool[j] for j in perm]
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch + 1)
-    total, warmup = run.steps_per_epoch * cfg.epochs, int(cfg.warmup_epochs * run.steps_per_epoch)
     run.model.train()
-    losses, loc_losses = [], []
+    losses, loc_losses, lr = [], [], float("nan")
     show = cfg.progress and distributed.is_main()
-    with tqdm(range(run.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show) as bar:
-        for step in bar:
-            for g in run.opt.param_groups:
-                g["lr"] = lr_at(epoch * run.steps_per_epoch + step, total, warmup, cfg.lr) * g["lr_scale"]
-            batch = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            if run.sampler is not None:  # each crop seeded by its place in the run: the same on every rank
-                first = cfg.seed * 10**9 + (epoch * run.steps_per_epoch + step) * cfg.batch_size
-                loss, loc = detector_step(run, batch, list(range(first, first + len(batch))))
-            else:
-                loss, loc = train_step(run, batch, run.augment.sample(len(batch), gen))
+    with tqdm(run.loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show) as bar:
+        for x, targets in bar:
+            lr = run.opt.param_groups[0]["lr"]
+            loss, loc = step(run, x, targets)
             losses.append(loss)
             if loc is not None:
                 loc_losses.append(loc)
@@ -268,58 +280,35 @@ def train_one_epoch(run: Run, epoch: int) -> tuple[float, float]:
     # The global batches' losses (each rank's terms are scaled so that their mean is the global one).
     losses = distributed.mean_over_ranks(losses)
     loc_losses = distributed.mean_over_ranks(loc_losses) if loc_losses else []
-    return float(np.mean(losses)), float(np.mean(loc_losses)) if loc_losses else float("nan")
+    return float(np.mean(losses)), float(np.mean(loc_losses)) if loc_losses else float("nan"), lr
 
 
-def train_step(run: Run, batch: list[int], params: torch.Tensor) -> tuple[float, float | None]:
-    """One optimiser step on this rank's share of the global `batch`, augmented with `params` (drawn for
-    the whole batch). Returns this rank's loss and box loss (None without boxes)."""
-    world, dev = distributed.world_size(), run.device
-    idx = distributed.shard(batch)
-    x, y = load_batch(run.cache, run.train, idx)
-    masks = load_box_masks(run.cache, run.train, idx) if run.use_boxes else None
-    x, masks = run.augment.apply(x, distributed.shard(params), masks)
-    x = normalize(x, run.spec).to(dev).contiguous(memory_format=torch.channels_last)
-    # This rank's mean, weighted by its share of the global batch (1.0 for equal shards and in one
-    # process): DDP's average over ranks is then exactly the global batch's mean loss and gradient.
-    targets = {"label": y} if masks is None else {"label": y, "masks": masks}
-    return kind_step(run, x, targets, share=len(idx) * world / len(batch), global_batch=len(batch))
-
-
-def detector_step(run: Run, batch: list[int], seeds: list[int]) -> tuple[float, float | None]:
-    """One optimiser step of a detector on this rank's share of the global `batch` of crops. Returns this
-    rank's loss and its centre-heatmap part (scaled, like `train_step`'s, so that their mean over ranks is
-    the global batch's)."""
-    assert run.sampler is not None
-    x, targets = run.sampler.batch(distributed.shard(batch), distributed.shard(seeds))
-    x = normalize(x, run.spec).to(run.device).contiguous(memory_format=torch.channels_last)
-    return kind_step(run, x, targets, share=1.0, global_batch=len(batch))
-
-
-def kind_step(
-    run: Run, x: torch.Tensor, targets: dict[str, torch.Tensor], share: float, global_batch: int
-) -> tuple[float, float | None]:
-    """The model kind's forward and loss (`Kind.training_step`) on this rank's batch, then the optimiser step.
+def step(run: Run, x: torch.Tensor, targets: Targets) -> tuple[float, float | None]:
+    """The model kind's forward and loss (`Kind.training_step`) on this rank's share of a global batch, the
+    optimiser step (through the fp16 loss scaler; a pass-through otherwise), the EMA and the schedule.
     Returns this rank's loss and localisation part (None where there is none)."""
-    targets = {k: v.to(run.device) for k, v in targets.items()}
-    distributed_model.set_global_batch(run.model, global_batch)
-    ctx = StepContext(distributed.world_size(), share, distributed.sum_ints, run.pos_weight, run.cfg.loc_weight)
+    world = distributed.world_size()
+    x = normalize(x, run.spec).to(run.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    targets = {k: v.to(run.device, non_blocking=True) for k, v in targets.items()}
+    distributed_model.set_global_batch(run.model, len(x) * world)
+    # Equal shards: each rank's mean over its share, averaged by DDP, is the global batch's mean (share 1).
+    ctx = StepContext(world, 1.0, distributed.sum_ints, run.pos_weight, run.cfg.loc_weight)
     with run.precision.autocast():
         loss, value, loc = kind_for(run.spec).training_step(run.step_model, x, targets, ctx)
-    optimise(run, loss)
-    return value, loc
-
-
-def optimise(run: Run, loss: torch.Tensor) -> None:
-    """Backward, optimiser step (through the fp16 loss scaler, a pass-through otherwise), EMA update."""
     run.precision.step(loss, run.opt)
-    run.ema.update(run.model)  # weights are identical on every rank after the step, so every EMA is too
+    run.ema.update_parameters(run.model)  # weights are identical on every rank after the step, so every EMA is too
+    run.schedule.step()
+    return value, loc
 
 
 def validate(run: Run) -> tuple[np.ndarray, np.ndarray, float]:
     """Labels, the EMA model's raw image logits on the validation images and, for a detector, its pointing
     game (nan for a classifier); the same on every rank, so that every rank takes the same decisions."""
-    p = distributed.gather_predictions(lambda recs: predict_cached(run.ema.module, run.spec, run.cache, recs), run.val)
+
+    def predict(records: list[Record]) -> np.ndarray:
+        return predict_cached(run.ema.module, run.spec, run.cache, records, workers=run.cfg.workers)
+
+    p = distributed.gather_predictions(predict, run.val)
     y = np.array([r.label for r in run.val])
     if p.ndim == 1:
         return y, p, float("nan")
@@ -361,7 +350,7 @@ def select_and_save(run: Run, epoch: int, row: dict[str, float], y: np.ndarray, 
         f"{row['train_images_per_s']:.1f} img/s"
     )
     run_folder.write_history(run.out, run.history)
-    atomic_save(run_folder.resume_state(run, epoch), run.out / "last.pt")
+    atomic_save(resume_state(run, epoch), run.out / "last.pt")
 
 
 def calibrate(run: Run, y: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
@@ -388,3 +377,48 @@ def calibrate(run: Run, y: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, dict[
         "error": error,
     }
     return apply(run.spec.calibration, z), fit
+
+
+# ---------------------------------------------------------------- last.pt
+def resume_state(run: Run, epoch: int) -> dict[str, Any]:
+    """What `restore` needs to continue after `epoch` exactly as if the run had never stopped (last.pt)."""
+    state = {
+        "model": run.model.state_dict(),
+        "ema": run.ema.state_dict(),  # the average and its count
+        "optimizer": run.opt.state_dict(),
+        "schedule": run.schedule.state_dict(),
+        "epoch": epoch,
+        "best_score": run.best_score,
+        "stale": run.stale,
+        "history": run.history,
+        "torch_rng": torch.get_rng_state(),
+        "scaler": run.precision.scaler.state_dict(),  # {} unless fp16
+    }
+    if run.device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(run.device)
+    return state
+
+
+def restore(run: Run) -> None:
+    """Continue from rank 0's last.pt (every rank receives it): weights, EMA, optimiser, schedule, RNG, history."""
+    state = run_folder.read_last(run.out)
+    if state is None:
+        return
+    run.model.load_state_dict(state["model"])
+    run.ema.load_state_dict(state["ema"])
+    run.opt.load_state_dict(state["optimizer"])
+    run.schedule.load_state_dict(state["schedule"])
+    # The coming step's rate from this run's schedule: --epochs may have changed it (equal when not).
+    factor = run.schedule.lr_lambdas[0](run.schedule.last_epoch)
+    for group, base in zip(run.opt.param_groups, run.schedule.base_lrs, strict=True):
+        group["lr"] = base * factor
+    if state.get("scaler") and run.precision.scaler.is_enabled():  # an fp16 run's loss scale, into fp16
+        run.precision.scaler.load_state_dict(state["scaler"])
+    run.first_epoch, run.best_score, run.stale = state["epoch"] + 1, state["best_score"], state["stale"]
+    run.history = state["history"]
+    # Dropout and stochastic depth continue as if never stopped: they draw from the device's generator.
+    torch.set_rng_state(state["torch_rng"])
+    if run.device.type == "cuda" and "cuda_rng" in state:
+        torch.cuda.set_rng_state(state["cuda_rng"], run.device)
+    if distributed.is_main():
+        print(f"resuming after epoch {run.first_epoch} (best validation score so far {run.best_score:.4f})")

@@ -1,8 +1,8 @@
 """A training run's folder: run.json (the settings and every command that trained the run), history.csv and
-its plot, `--overwrite`'s clean slate, the resume state (last.pt), and the command that continues an
-interrupted run.
+its plot, `--overwrite`'s clean slate, reading the resume state (last.pt: `loop.resume_state` says what it
+holds), and the command that continues an interrupted run.
 
-Written by rank 0 only (see `train`).
+Written by rank 0 only (see `loop`).
 """
 
 from __future__ import annotations
@@ -16,14 +16,11 @@ import sys
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from bonefrac._version import __version__
 from bonefrac.train import distributed
-from bonefrac.train.config import RUN_FILES, TrainConfig
-
-if TYPE_CHECKING:
-    from bonefrac.train.loop import Run
+from bonefrac.train.config import RUN_FILES, ConfigError, TrainConfig
 
 
 def clear(out: Path) -> None:
@@ -94,50 +91,17 @@ def resume_command(argv: list[str]) -> str:
 
 
 # ---------------------------------------------------------------- last.pt
-def restore(run: Run) -> None:
-    """Continue from rank 0's last.pt (every rank receives it): weights, EMA, optimiser, RNG, history."""
+def read_last(out: Path) -> dict[str, Any] | None:
+    """The resume state in rank 0's `out`/last.pt, on every rank (None, said once, when there is none); an
+    earlier version's last.pt, which the loop cannot continue, is refused."""
     import torch
 
-    path = run.out / "last.pt"
+    path = out / "last.pt"
     main = distributed.is_main()
     state = torch.load(path, map_location="cpu", weights_only=True) if main and path.is_file() else None
     state = distributed.broadcast_object(state)
-    if state is None:
-        if main:
-            print(f"nothing to resume in {run.out} (no last.pt): starting from the first epoch")
-        return
-    run.model.load_state_dict(state["model"])
-    run.ema.module.load_state_dict(state["ema"])
-    run.ema.updates = state["ema_updates"]
-    run.opt.load_state_dict(state["optimizer"])
-    if state.get("scaler") and run.precision.scaler.is_enabled():  # an fp16 run's loss scale, into fp16
-        run.precision.scaler.load_state_dict(state["scaler"])
-    run.first_epoch, run.best_score, run.stale = state["epoch"] + 1, state["best_score"], state["stale"]
-    run.history = state["history"]
-    # Dropout and stochastic depth continue as if never stopped: they draw from the device's generator.
-    torch.set_rng_state(state["torch_rng"])
-    if run.device.type == "cuda" and "cuda_rng" in state:
-        torch.cuda.set_rng_state(state["cuda_rng"], run.device)
-    if main:
-        print(f"resuming after epoch {run.first_epoch} (best validation score so far {run.best_score:.4f})")
-
-
-def resume_state(run: Run, epoch: int) -> dict[str, Any]:
-    """What `restore` needs to continue after `epoch` exactly as if the run had never stopped (last.pt)."""
-    import torch
-
-    state = {
-        "model": run.model.state_dict(),
-        "ema": run.ema.module.state_dict(),
-        "ema_updates": run.ema.updates,
-        "optimizer": run.opt.state_dict(),
-        "epoch": epoch,
-        "best_score": run.best_score,
-        "stale": run.stale,
-        "history": run.history,
-        "torch_rng": torch.get_rng_state(),
-        "scaler": run.precision.scaler.state_dict(),  # {} unless fp16
-    }
-    if run.device.type == "cuda":
-        state["cuda_rng"] = torch.cuda.get_rng_state(run.device)
+    if state is None and main:
+        print(f"nothing to resume in {out} (no last.pt): starting from the first epoch")
+    if state is not None and "schedule" not in state:
+        raise ConfigError(f"--resume: {path} was written by an earlier bonefrac; start again with --overwrite")
     return state
