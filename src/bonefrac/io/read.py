@@ -40,7 +40,11 @@ _JPEG_END_OF_IMAGE = b"\xff\xd9"
 
 
 def is_dicom(head: bytes) -> bool:
-    """True when the first bytes of a file carry the DICOM Part 10 preamble magic."""
+    """True when the first bytes of a file carry the DICOM Part 10 preamble magic.
+
+    `pydicom.misc.is_dicom`'s test on bytes already read: the reader sniffs before it knows it needs pydicom,
+    and importing pydicom costs JPEG/PNG users half a second. Code that has pydicom imported uses pydicom's.
+    """
     return len(head) >= 132 and head[128:132] == b"DICM"
 
 
