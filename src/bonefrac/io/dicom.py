@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import struct
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -88,9 +89,9 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
 
 
 def header_meta(ds: Any, name: str) -> dict[str, Any]:
-    """What the header says, checked before any pixel is decoded: pixel data present (and, uncompressed, as
-    long as the header says), a supported size and photometric interpretation. The DICOM node refuses an image
-    with this alone, so that its pixels are decoded once, when it is predicted.
+    """What the header says, checked before any pixel is decoded: pixel data present, a supported size and
+    photometric interpretation. The DICOM node refuses an image with this (and `check_pixel_length`) alone,
+    so that its pixels are decoded once, when it is predicted.
 
     Raises:
         ImageReadError: one line naming `name`.
@@ -113,7 +114,6 @@ def header_meta(ds: Any, name: str) -> dict[str, Any]:
             f"{name}: unsupported DICOM photometric interpretation {photometric!r} "
             f"(supported: {', '.join(DICOM_PHOTOMETRICS)})"
         )
-    _check_native_length(ds, name)
     file_meta = getattr(ds, "file_meta", None)
     sop_class = ds.get("SOPClassUID") or (file_meta.get("MediaStorageSOPClassUID") if file_meta else None)
     return {
@@ -130,9 +130,13 @@ def header_meta(ds: Any, name: str) -> dict[str, Any]:
     }
 
 
-def _check_native_length(ds: Any, name: str) -> None:
-    """Uncompressed pixel data shorter than its header says cannot be decoded (a compressed one is only known
-    bad once decoded)."""
+def check_pixel_length(ds: Any, name: str) -> None:
+    """Refuse uncompressed pixel data shorter than the header says, without decoding it (a compressed one is
+    only known bad once decoded). `read_image` leaves this to the decoder, whose message says more.
+
+    Raises:
+        ImageReadError: one line naming `name`.
+    """
     from pydicom.pixels.utils import get_expected_length
 
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
@@ -144,7 +148,7 @@ def _check_native_length(ds: Any, name: str) -> None:
     except (AttributeError, TypeError, ValueError, KeyError):
         return  # the decoder says what is wrong, with more detail
     if actual < expected:
-        raise ImageReadError(f"{name}: DICOM pixel data is {actual} bytes; its header says {expected}")
+        raise ImageReadError(f"{name}: DICOM pixel data is shorter than its header says ({actual} vs {expected} bytes)")
 
 
 def _text(value: Any) -> str | None:
@@ -213,7 +217,15 @@ def _one_line(message: str, path: Path) -> str:
 
 
 def _grey_to_unit(arr: np.ndarray, ds: Any, bits_stored: int, name: str) -> np.ndarray:
-    """Stored values -> modality values -> VOI (window or LUT) -> [0, 1]."""
+    """Stored values -> modality values -> VOI (LUT, or window with its VOI LUT Function) -> [0, 1].
+
+    pydicom's `apply_voi` and `apply_windowing` do the VOI step (LINEAR, LINEAR_EXACT and SIGMOID windows),
+    except for the two tables it mis-reads, which `_apply_lut` looks up instead: an 8-bit VOI LUT longer than
+    256 entries (pydicom indexes it through a uint8 array, so the index wraps around) and any modality LUT
+    (pydicom makes a `uint<bits>` array of it, which does not exist for a 12-bit table).
+    """
+    from pydicom.pixels import apply_voi, apply_windowing
+
     signed = int(ds.get("PixelRepresentation", 0)) == 1
     stored = arr.astype(np.int64)
     # Respect BitsStored: bits above it may hold overlays or garbage in old files.
@@ -230,24 +242,46 @@ def _grey_to_unit(arr: np.ndarray, ds: Any, bits_stored: int, name: str) -> np.n
         values = stored.astype(np.float64) * slope + intercept
         lo, hi = sorted((lo_stored * slope + intercept, hi_stored * slope + intercept))
     if ds.get("VOILUTSequence"):
-        out, bits = _apply_lut(values, ds.VOILUTSequence[0], ds, name)
-        return out / (2.0**bits - 1)
-    window = _first_window(ds)
-    if window is not None:
-        center, width = window
-        # DICOM PS3.3 C.11.2.1.2.1, linear function.
-        low = center - 0.5 - (width - 1) / 2
-        high = center - 0.5 + (width - 1) / 2
-        return (values - low) / max(high - low, 1e-6)
+        item = ds.VOILUTSequence[0]
+        if _wraps_in_pydicom(item):
+            out, bits = _apply_lut(values, item, ds, name)
+        else:
+            # A LUT is indexed by integers: rescaled values are rounded to the nearest entry first.
+            try:
+                out, bits = apply_voi(np.rint(values).astype(np.int64), ds), int(item.LUTDescriptor[2])
+            except (AttributeError, TypeError, ValueError, IndexError, NotImplementedError, struct.error):
+                raise ImageReadError(f"{name}: DICOM LUT Data does not match its LUT Descriptor") from None
+        return np.asarray(out, dtype=np.float64) / (2.0**bits - 1)
+    if "WindowCenter" in ds and "WindowWidth" in ds:
+        # pydicom reads the output range from these; a file may omit them (their defaults are the reader's).
+        ds.BitsStored, ds.PixelRepresentation = bits_stored, int(signed)
+        try:
+            windowed = apply_windowing(values, ds)
+        except (TypeError, ValueError, IndexError):
+            windowed = None  # an unusable window (width under 1, not a number): the full range instead
+        if windowed is not None:
+            return (windowed - lo) / max(hi - lo, 1e-6)
     return (values - lo) / max(hi - lo, 1e-6)
+
+
+def _wraps_in_pydicom(item: Any) -> bool:
+    """An 8-bit LUT longer than 256 entries (or with its entries packed in pairs in OW), which pydicom's
+    `apply_voi` indexes through a uint8 array."""
+    try:
+        entries, _, bits = (int(v) for v in item.LUTDescriptor)
+    except (AttributeError, TypeError, ValueError):
+        return True  # `_apply_lut` says what is wrong with it
+    entries = entries or 65536
+    data = item.get("LUTData")
+    packed = isinstance(data, bytes | bytearray) and len(data) < 2 * entries
+    return bits == 8 and (entries > 256 or packed)
 
 
 def _apply_lut(values: np.ndarray, item: Any, ds: Any, name: str) -> tuple[np.ndarray, int]:
     """Look `values` up in a modality or VOI LUT item; returns (output values, bits per output entry).
 
-    Done here rather than with pydicom's apply_voi_lut, which indexes 8-bit LUTs through a uint8 array
-    (so any LUT longer than 256 entries wraps around) and warns on the float input a rescale produces.
-    Inputs below the first mapped value take the first entry, inputs past the end the last (PS3.3 C.11.2.1.1).
+    Used only where pydicom mis-reads the table (see `_grey_to_unit`). Inputs below the first mapped value
+    take the first entry, inputs past the end the last (PS3.3 C.11.2.1.1).
     """
     try:
         entries, first, bits = (int(v) for v in item.LUTDescriptor)
@@ -269,17 +303,3 @@ def _apply_lut(values: np.ndarray, item: Any, ds: Any, name: str) -> tuple[np.nd
         raise ImageReadError(f"{name}: DICOM LUT Data does not match its LUT Descriptor")
     index = np.clip(np.rint(values) - first, 0, entries - 1).astype(np.intp)
     return table[:entries].astype(np.float64)[index], bits
-
-
-def _first_window(ds: Any) -> tuple[float, float] | None:
-    if "WindowCenter" not in ds or "WindowWidth" not in ds:
-        return None
-    center, width = ds.WindowCenter, ds.WindowWidth
-    try:
-        center = float(center[0]) if hasattr(center, "__len__") and not isinstance(center, str) else float(center)
-        width = float(width[0]) if hasattr(width, "__len__") and not isinstance(width, str) else float(width)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if width < 1:
-        return None
-    return center, width

@@ -158,10 +158,12 @@ class StorageSCP:
 def check_header(ds: Dataset, name: str) -> None:
     """Refuse, from its header alone, an image the worker could not read or should not predict: the reader's
     checks before decoding (size, photometric, pixel data length) and the modality rule."""
-    from bonefrac.io.dicom import header_meta
+    from bonefrac.io.dicom import check_pixel_length, header_meta
     from bonefrac.io.modality import check_radiograph_meta
 
-    check_radiograph_meta(header_meta(ds, name), name)
+    meta = header_meta(ds, name)
+    check_pixel_length(ds, name)
+    check_radiograph_meta(meta, name)
 
 
 def status(code: int, comment: str) -> Any:
