@@ -19,7 +19,8 @@ from bonefrac.errors import DatasetError
 from bonefrac.paths import cache_dir
 from bonefrac.preprocess import letterbox_image, read_for_model
 from bonefrac.spec import ModelSpec
-from bonefrac.train.data import DecodeCache
+from bonefrac.train import distributed as data_distributed
+from bonefrac.train.data import CachedImages, DecodeCache, TrainingSet, WholeImages, item_seed, training_loader
 
 
 def write_csv(path: Path, header: list[str], rows: list[list[str]], bom: bool = False) -> Path:
@@ -281,8 +282,8 @@ def test_cache_builds_letterboxed_uint8(fixtures_dir: Path, tmp_path: Path) -> N
         assert arr.dtype == np.uint8 and arr.shape == (64, 64)
         predict_input = letterbox_image(read_for_model(p, ModelSpec(image_size=64)), 64)[0]  # what predict feeds
         assert np.array_equal(arr, np.round(predict_input * 255).astype(np.uint8))
-        # and what training feeds it (train.load_batch), bit for bit: thresholds chosen on cached validation
-        # predictions hold for predict
+        # and what training feeds it (data.CachedImages, WholeImages), bit for bit: thresholds chosen on cached
+        # validation predictions hold for predict
         assert np.array_equal(torch.from_numpy(arr).float().div_(255).numpy(), predict_input)
     assert len(list((tmp_path / "cache" / "s64").glob("*.npy"))) == 4
     assert not list((tmp_path / "cache" / "s64").glob("*.tmp*"))
@@ -374,3 +375,88 @@ def test_cache_with_two_workers_matches_one(fixtures_dir: Path, tmp_path: Path) 
     assert set(one.build([*paths, bad], workers=1, progress=False)) == {bad}
     assert set(two.build([*paths, bad], workers=2, progress=False)) == {bad}
     assert all(np.array_equal(one.load(p), two.load(p)) for p in paths)
+
+
+# ---------------------------------------------------------------- the Dataset and DataLoader over the cache
+class Keys:
+    """A `Samples` whose item says which it is: (record index, seed) as a tensor; no images."""
+
+    def __init__(self, n: int, repeat_first: int = 1) -> None:
+        self.n, self.repeat_first, self.changes = n, repeat_first, 0
+
+    def epoch_pool(self) -> list[int]:
+        return [0] * self.repeat_first + list(range(1, self.n))
+
+    def item(self, i: int, seed: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return torch.tensor([i, seed % 2**62]), {"label": torch.tensor(float(i % 2))}
+
+    def start_epoch(self, epoch: int, model: torch.nn.Module) -> bool:
+        self.changes += 1
+        self.repeat_first = 1 + epoch  # the pool follows the epoch
+        return True
+
+
+def _batches(data: TrainingSet, batch_size: int, epoch: int, world: int, rank: int, mp: pytest.MonkeyPatch) -> list:
+    mp.setattr(data_distributed, "world_size", lambda: world)  # a torchrun rank, without a process group
+    mp.setattr(data_distributed, "rank", lambda: rank)
+    loader = training_loader(data, batch_size, seed=3)
+    loader.sampler.set_epoch(epoch)
+    return [x.tolist() for x, _ in loader]
+
+
+def test_ranks_take_one_process_global_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DistributedSampler's shards, batched, are each global batch's samples r, r + world, ...: the two ranks'
+    k-th batches interleave into one process's k-th batch, sample for sample (same record, same seed)."""
+    data = TrainingSet(Keys(11), seed=3)
+    for epoch in (0, 1):
+        one = _batches(data, 4, epoch, 1, 0, monkeypatch)
+        ranks = [_batches(data, 4, epoch, 2, r, monkeypatch) for r in (0, 1)]
+        assert len(one) == len(ranks[0]) == len(ranks[1]) == 11 // 4  # whole global batches
+        for k, batch in enumerate(one):
+            assert batch[0::2] == ranks[0][k] and batch[1::2] == ranks[1][k]
+        # every sample once at most, and the epoch's order is its own
+        assert len({tuple(s) for b in one for s in b}) == 8
+    assert _batches(data, 4, 0, 1, 0, monkeypatch) != _batches(data, 4, 1, 1, 0, monkeypatch)
+
+
+def test_a_pool_smaller_than_a_batch_makes_one_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = TrainingSet(Keys(3), seed=0)
+    assert [len(b) for b in _batches(data, 8, 0, 1, 0, monkeypatch)] == [3]
+    # under torchrun, the largest multiple of the processes in it: one sample per rank here
+    assert [len(b) for b in _batches(data, 8, 0, 2, 1, monkeypatch)] == [1]
+
+
+def test_samples_are_seeded_by_epoch_and_place_and_a_refresh_renews_the_pool() -> None:
+    keys = Keys(4, repeat_first=2)
+    data = TrainingSet(keys, seed=5)
+    assert data.pool == [0, 0, 1, 2, 3]
+    # a repeated record gets another draw in each of its places, and another in each epoch
+    assert data[(0, 0)][0].tolist() == [0, item_seed(5, 0, 0) % 2**62] != data[(0, 1)][0].tolist()
+    assert data[(1, 0)][0][1] != data[(0, 0)][0][1]
+    assert data.start_epoch(2, torch.nn.Identity()) and data.pool == [0, 0, 0, 1, 2, 3]
+
+
+@pytest.mark.filterwarnings("ignore::bonefrac.io.read.ImageReadWarning")  # IMG0004228.jpg is truncated
+def test_workers_make_the_batches_the_training_process_makes(fixtures_dir: Path, tmp_path: Path) -> None:
+    """Whole augmented images with their box masks, made in the training process or in 2 worker processes:
+    the same samples (each draws from its own seed, not from a worker's RNG)."""
+    cache = DecodeCache(tmp_path / "cache", size=48)
+    records = [r for r in load_dataset(fixtures_dir)][:6]
+    assert cache.build([r.path for r in records], workers=1, progress=False) == {}
+    data = TrainingSet(WholeImages(cache, records, box_masks=True), seed=0)
+    made = {}
+    for workers in (0, 2):
+        loader = training_loader(data, 2, seed=0, workers=workers)
+        loader.sampler.set_epoch(1)
+        made[workers] = list(loader)
+    assert len(made[0]) == 3
+    for (x0, t0), (x2, t2) in zip(made[0], made[2], strict=True):
+        # grid_sample and the contrast's mean on 48 x 48 pixels: float32 sums that a thread pool may split
+        # otherwise in the training process (2 threads) than in a worker (1), a few eps of values <= 1
+        torch.testing.assert_close(x2, x0, rtol=0, atol=1e-6)
+        assert torch.equal(t0["label"], t2["label"]) and t0["masks"].shape == (2, 1, 48, 48)
+        torch.testing.assert_close(t2["masks"], t0["masks"], rtol=0, atol=1e-6)
+    assert any(t["masks"].sum() > 0 for _, t in made[0])  # boxed images among them
+    # the augmentation is on: a sample is not its cached image
+    first = CachedImages(cache, records)[data.pool[0]]
+    assert not torch.equal(data[(1, 0)][0], first)
