@@ -9,3 +9,8 @@ bonefrac calibrate ../shared/data/fracatlas --model runs/v2 --out src/bonefrac/w
     --split src/bonefrac/weights/split.json --subset val
 # 3. Validation report (the figures below)
 bonefrac evaluate ../shared/data/fracatlas --out runs/bundled-val --split src/bonefrac/weights/split.json --subset val
+# 4. (2026-12-07, issue 22.5) The checkpoint's info was rewritten without the paths of the machine that trained and
+#    calibrated it (the calibration record now names the data "fracatlas" with a digest of its images), and with the
+#    validation figures measured at the thresholds the model uses (from a recalibration on the same 653 images: the
+#    same confusion counts at every point). Weights, calibration and thresholds are unchanged; the file's SHA-256
+#    moved from 2d5c8807551225fe... (the version in the logs of this folder) to ce6b5550631357234....
