@@ -84,7 +84,9 @@ class FractureDetector:
         """The bundled default model, or a training run folder / checkpoint file.
 
         `backend`: "onnx" (onnxruntime), "torch", or "auto" (onnx when onnxruntime imports). The ONNX export
-        is cached per checkpoint; with a cached export, torch is not imported at all (a fast start)."""
+        comes from beside the checkpoint when it ships there (the bundled model's `model.onnx`: no torch
+        needed), else from the per-checkpoint cache, else it is made now with torch and cached; with a shipped
+        or cached export, torch is not imported at all (a fast start)."""
         if backend not in BACKENDS:
             raise BonefracError(f"unknown backend {backend!r}: choose {', '.join(BACKENDS)}")
         checkpoint = resolve_checkpoint(bundled_model_path() if path is None else path)
@@ -92,11 +94,12 @@ class FractureDetector:
         if backend == "onnx" and not use_onnx:
             raise BonefracError("backend onnx: onnxruntime is not installed (pip install onnxruntime)")
         if use_onnx:
-            from bonefrac.inference.export import read_cached_export
+            from bonefrac.inference.export import read_cached_export, read_shipped_export
 
-            cached = read_cached_export(verified_digest(checkpoint))
-            if cached is not None:
-                onnx_path, spec, info = cached
+            digest = verified_digest(checkpoint)
+            found = read_shipped_export(checkpoint, digest) or read_cached_export(digest)
+            if found is not None:
+                onnx_path, spec, info = found
                 return cls(spec, OnnxBackend(onnx_path), info, checkpoint)
         model, spec, info = load_model(checkpoint)
         if use_onnx:

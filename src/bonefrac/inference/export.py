@@ -10,6 +10,11 @@ nothing from bonefrac.
 export is cached under a key made of the checkpoint's SHA-256, the bonefrac version and the export settings
 (an upgrade never runs a stale graph), with a JSON copy of the spec and facts beside it: later runs find it
 and predict without importing torch. torch is imported only to export.
+
+A checkpoint may also carry its export beside it: `model.onnx` next to `model.pt`, with its `.sha256` and a
+`.json` sidecar (the spec and facts, the checkpoint's digest and the export settings). The bundled model
+ships so, which lets an install without torch predict with it (`read_shipped_export`). A variant of the same
+checkpoint (`model.int8.onnx`, say) sits beside it the same way, named by `variant`.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ EXPORT_SETTINGS = (
     "heatmap,size,offset,global (detector);batch=dynamic;exporter=torchscript;metadata=calibration"
 )
 CACHE_FORMAT = "bonefrac-onnx-cache-v3"
+SHIPPED_FORMAT = "bonefrac-shipped-onnx-v1"
 PREPROCESSING = (
     "greyscale radiograph, bone bright; per-image min-max to [0, 1]; long side resized to image_size "
     "(antialiased bilinear; images of reduce_from x image_size or more box-reduced by 2, 4 or 8 first); "
@@ -145,6 +151,60 @@ def cached_export(model: torch.nn.Module, spec: ModelSpec, info: dict[str, Any])
             stacklevel=2,
         )
         return export_onnx(model, spec, tmp_dir / path.name, info)
+    return path
+
+
+# ---------------------------------------------------------------- an export shipped beside its checkpoint
+def shipped_export_path(checkpoint: str | Path, variant: str = "") -> Path:
+    """Where a checkpoint's own export lives: `model.onnx` beside `model.pt` (`model.<variant>.onnx`)."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(f"{checkpoint.stem}{f'.{variant}' if variant else ''}.onnx")
+
+
+def read_shipped_export(
+    checkpoint: str | Path, sha256: str, variant: str = ""
+) -> tuple[Path, ModelSpec, dict[str, Any]] | None:
+    """The export shipped beside the checkpoint with this digest: (ONNX file, spec, info), or None when there is
+    none, or it was made from another checkpoint or by other export settings (a stale file is never run).
+    Raises `ModelLoadError` when the ONNX file does not match its `.sha256`."""
+    from bonefrac.models.checkpoint import verified_digest
+
+    onnx_path = shipped_export_path(checkpoint, variant)
+    try:
+        meta = json.loads(Path(f"{onnx_path}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    fresh = (
+        isinstance(meta, dict)
+        and meta.get("format") == SHIPPED_FORMAT
+        and meta.get("checkpoint_sha256") == sha256
+        and meta.get("export_settings") == EXPORT_SETTINGS
+    )
+    if not fresh or not onnx_path.is_file() or not Path(f"{onnx_path}.sha256").is_file():
+        return None
+    verified_digest(onnx_path)
+    return onnx_path, ModelSpec.from_dict(meta["spec"]), dict(meta.get("info") or {})
+
+
+def ship_export(checkpoint: str | Path, variant: str = "") -> Path:
+    """Export the checkpoint beside itself (`shipped_export_path`) with its `.sha256` and `.json` sidecars.
+    The sidecars are written after the ONNX file, so a reader never pairs new metadata with an old graph."""
+    from bonefrac.models.checkpoint import load_model, sha256_file
+
+    model, spec, info = load_model(checkpoint)
+    path = export_onnx(model, spec, shipped_export_path(checkpoint, variant), info)
+    Path(f"{path}.sha256").write_text(f"{sha256_file(path)}  {path.name}\n")
+    meta = {
+        "format": SHIPPED_FORMAT,
+        "checkpoint_sha256": str(info["sha256"]),
+        "export_settings": EXPORT_SETTINGS,
+        "bonefrac_version": __version__,
+        "spec": spec.to_dict(),
+        "info": jsonable(info),
+    }
+    tmp = path.with_name(f".{path.name}.json.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, f"{path}.json")
     return path
 
 

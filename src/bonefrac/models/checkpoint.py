@@ -80,10 +80,16 @@ def verified_digest(path: str | Path) -> str:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load and validate a checkpoint dict (weights_only: no code from the file is ever run)."""
-    import torch
-
+    """Load and validate a checkpoint dict (weights_only: no code from the file is ever run). Raises
+    `ModelLoadError` when torch is not installed (the core install predicts from ONNX exports only)."""
     path = resolve_checkpoint(path)
+    try:
+        import torch
+    except ImportError:
+        raise ModelLoadError(
+            f"{path.name}: reading a torch checkpoint needs torch: pip install 'bonefrac[train]' "
+            "(without it, bonefrac predicts with the bundled model or a checkpoint's shipped model.onnx)"
+        ) from None
     digest = verified_digest(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
