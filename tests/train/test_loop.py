@@ -29,7 +29,7 @@ from bonefrac.datasets import content_digest
 from bonefrac.errors import BonefracError
 from bonefrac.models import registry
 from bonefrac.train.augment import Augment
-from bonefrac.train.config import ARCHS, ConfigError, TrainConfig
+from bonefrac.train.config import ARCHS, ConfigError, TrainConfig, check_start
 from bonefrac.train.loop import fit, restore, resume_state, warmed_up_ema, warmup_cosine
 from bonefrac.train.precision import MixedPrecision, autocast_dtype
 from bonefrac.train.run_folder import resume_command
@@ -276,6 +276,17 @@ def test_fit_refuses_bad_settings_before_writing_anything(tmp_path: Path) -> Non
     with pytest.raises(ConfigError, match="--epochs 0"):  # today's loop would have said "model written"
         fit(TrainConfig(str(FIXTURES), str(tmp_path / "run"), epochs=0, cache_dir=str(tmp_path / "cache")))
     assert not list(tmp_path.iterdir())
+
+
+def test_under_torchrun_the_global_batch_is_a_multiple_of_the_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun sets it before any process group exists
+    monkeypatch.setenv("RANK", "1")  # not the run folder's owner: only the settings are checked
+    cfg = TrainConfig(str(FIXTURES), str(tmp_path / "run"), batch_size=3)
+    with pytest.raises(ConfigError, match="--batch-size 3 is the global batch: it must be a multiple of 2 processes"):
+        check_start(cfg)
+    check_start(replace(cfg, batch_size=4))
 
 
 def test_the_arch_names_are_the_model_registry() -> None:

@@ -275,5 +275,10 @@ def check_start(cfg: TrainConfig, resume: bool = False, overwrite: bool = False)
     """Everything that can be refused before training starts: the settings, then the run folder (on the
     process that owns it: rank 0 under torchrun, which sets RANK before any process group exists)."""
     cfg.check()
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's, also set before any process group exists
+    if cfg.batch_size % world:  # equal shards: DistributedSampler's, which together are one process's batch
+        raise ConfigError(
+            f"--batch-size {cfg.batch_size} is the global batch: it must be a multiple of {world} processes"
+        )
     if int(os.environ.get("RANK", "0")) == 0:
         check_run_folder(cfg, resume, overwrite)

@@ -181,8 +181,6 @@ def set_up(cfg: TrainConfig, overwrite: bool) -> Run:
     """The run folder, the model, its EMA, optimiser and schedule, and the data (split, decode cache, digests,
     the loader)."""
     out, world = Path(cfg.out), distributed.world_size()
-    if cfg.batch_size % world:  # equal shards: DistributedSampler's, and the global batch one process takes
-        raise ConfigError(f"--batch-size {cfg.batch_size} is the global batch: it must be a multiple of {world}")
     torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
