@@ -76,9 +76,14 @@ def read_for_display(path: str | Path) -> XrayImage:
 
 def colormap(heat: np.ndarray) -> np.ndarray:
     """(H, W) in [0, 1] -> (H, W, 3) uint8, the heatmap colours shared by overlays and the web page."""
-    from matplotlib import colormaps
+    from bonefrac.render.inferno import INFERNO
 
-    return (colormaps["inferno"](heat)[..., :3] * 255).astype(np.uint8)
+    # matplotlib's Colormap.__call__ without matplotlib (not in the core install): index int(heat * 256) in
+    # heat's own dtype, below 0 -> the first colour, 1.0 and above -> the last, NaN -> black.
+    scaled = np.asarray(heat) * 256
+    rgb = INFERNO[np.clip(np.nan_to_num(scaled, nan=0.0), 0, 255).astype(np.intp)]
+    rgb[np.isnan(scaled)] = 0
+    return rgb
 
 
 def display_grey(image: XrayImage, shape: tuple[int, int]) -> np.ndarray:

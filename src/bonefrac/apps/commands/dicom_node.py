@@ -6,8 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from bonefrac.apps.extras import require_extra
+
 
 def _dicom_node(args: argparse.Namespace) -> int:
+    require_extra("dicom-node", "dicom")
     import logging
 
     from bonefrac.dicom.node import Allow, Destination, DicomNode, NodeConfig, quiet_dicom_library_logs

@@ -6,9 +6,11 @@ import argparse
 from pathlib import Path
 
 from bonefrac.apps.commands.common import model_args
+from bonefrac.apps.extras import require_extra
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    require_extra("evaluate", "eval")
     from bonefrac.evaluation.evaluate import evaluate
 
     m = evaluate(
@@ -28,6 +30,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
+    require_extra("calibrate", "train")  # it writes a torch checkpoint
     from bonefrac.evaluation.calibration import recalibrate, summary
 
     record = recalibrate(

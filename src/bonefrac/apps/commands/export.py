@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from bonefrac.apps.extras import require_extra
+
 
 def _export(args: argparse.Namespace) -> int:
+    require_extra("export", "train")  # torch and onnx write the graph
     from bonefrac.inference.export import export_model
     from bonefrac.models.registry import kind_for
 

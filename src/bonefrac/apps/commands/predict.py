@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bonefrac.apps.commands.common import model_args
+from bonefrac.apps.extras import require_extra
 from bonefrac.paths import EXAMPLES_DIR
 
 if TYPE_CHECKING:
@@ -14,6 +15,8 @@ if TYPE_CHECKING:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    if args.dicom_out:
+        require_extra("predict --dicom-out", "dicom")
     from bonefrac.apps.predict import PredictOptions, run_predict
     from bonefrac.inference.detector import FractureDetector
     from bonefrac.train import distributed

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 
+from bonefrac.apps.extras import require_extra
 from bonefrac.apps.server.settings import TOKEN_ENV, ServerSettings
 
 
 def _serve(args: argparse.Namespace) -> int:
+    require_extra("serve", "serve")
     import logging
 
     from bonefrac.apps.server.app import serve  # FastAPI and uvicorn: imported only to serve, not by every command

@@ -12,8 +12,11 @@ import sys
 from dataclasses import MISSING, fields
 from typing import Any
 
+from bonefrac.apps.extras import require_extra
+
 
 def _train(args: argparse.Namespace) -> int:
+    require_extra("train", "train")
     from bonefrac.train import distributed
     from bonefrac.train.config import TrainConfig, check_start
     from bonefrac.train.run_folder import resume_command
