@@ -25,7 +25,9 @@ T = TypeVar("T")  # an np.ndarray or a torch.Tensor: `normalize` is plain arithm
 
 @dataclass(frozen=True)
 class Geometry:
-    """How an (height x width) image was placed in the (size x size) model input."""
+    """How an (height x width) image was placed in the (size x size) model input: resized to `content` pixels
+    (long side `size`), then padded by `pad_x`, `pad_y`. Points and boxes cross between image pixels and model
+    pixels only through `to_model` and `to_image`."""
 
     height: int
     width: int
@@ -33,6 +35,29 @@ class Geometry:
     scale: float
     pad_x: int
     pad_y: int
+
+    @property
+    def content(self) -> tuple[int, int]:
+        """(height, width) of the image inside the model input, before padding."""
+        return resized_shape(self.height, self.width, self.size)
+
+    def to_model(self, coords: np.ndarray | list) -> np.ndarray:
+        """x, y pairs (points, or [x0, y0, x1, y1] boxes: any last axis of even length) from image pixels to
+        model-input pixels. x and y have their own scale: the content's sides are rounded separately."""
+        nh, nw = self.content
+        xy = np.asarray(coords, np.float64)
+        pairs = xy.reshape(*xy.shape[:-1], -1, 2)
+        out = pairs * [nw / self.width, nh / self.height] + [self.pad_x, self.pad_y]
+        return out.reshape(xy.shape)
+
+    def to_image(self, coords: np.ndarray | list, clip: bool = True) -> np.ndarray:
+        """The inverse of `to_model`, clipped to the image unless `clip` is False."""
+        nh, nw = self.content
+        xy = np.asarray(coords, np.float64)
+        pairs = (xy.reshape(*xy.shape[:-1], -1, 2) - [self.pad_x, self.pad_y]) * [self.width / nw, self.height / nh]
+        if clip:
+            pairs = np.clip(pairs, 0, [self.width, self.height])
+        return pairs.reshape(xy.shape)
 
 
 def resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
@@ -49,14 +74,10 @@ def letterbox_geometry(height: int, width: int, size: int) -> Geometry:
 
 def box_mask(boxes: list[list[float]], geometry: Geometry) -> np.ndarray:
     """(size, size) float32 mask, 1 inside any [x0, y0, x1, y1] box given in image pixels."""
-    g = geometry
-    nh, nw = resized_shape(g.height, g.width, g.size)
-    sx, sy = nw / g.width, nh / g.height
-    mask = np.zeros((g.size, g.size), dtype=np.float32)
-    for x0, y0, x1, y1 in (b[:4] for b in boxes):
-        c0, c1 = int(np.floor(x0 * sx + g.pad_x)), int(np.ceil(x1 * sx + g.pad_x))
-        r0, r1 = int(np.floor(y0 * sy + g.pad_y)), int(np.ceil(y1 * sy + g.pad_y))
-        mask[max(r0, 0) : min(r1, g.size), max(c0, 0) : min(c1, g.size)] = 1.0
+    mask = np.zeros((geometry.size, geometry.size), dtype=np.float32)
+    for x0, y0, x1, y1 in (geometry.to_model(b[:4]) for b in boxes):
+        c0, c1, r0, r1 = int(np.floor(x0)), int(np.ceil(x1)), int(np.floor(y0)), int(np.ceil(y1))
+        mask[max(r0, 0) : min(r1, geometry.size), max(c0, 0) : min(c1, geometry.size)] = 1.0
     return mask
 
 

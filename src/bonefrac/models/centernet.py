@@ -20,10 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from bonefrac.models.efficientnet import FEATURES, EfficientNetLite0
+from bonefrac.models.kinds.detector import STRIDE
 from bonefrac.spec import ModelSpec
 
-#: Pixels of the input per heatmap cell.
-STRIDE = 8
 #: The centre heatmap's initial bias: sigmoid(-2.19) = 0.1, CenterNet's prior for a rare foreground.
 HEATMAP_PRIOR_BIAS = -2.19
 

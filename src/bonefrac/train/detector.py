@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bonefrac.models.centernet import STRIDE
+from bonefrac.models.kinds.detector import STRIDE
 from bonefrac.train.data import DecodeCache, Record
 
 MAX_BOXES = 8  # FracAtlas has at most 6 boxes per image
@@ -48,7 +48,7 @@ class CropSampler:
             return np.zeros((0, 4), np.float32)
         g = self.cache.geometry(r.path)
         b = np.asarray(r.boxes, np.float32).reshape(-1, 4)
-        return b * g.scale + np.array([g.pad_x, g.pad_y, g.pad_x, g.pad_y], np.float32)
+        return g.to_model(b).astype(np.float32)
 
     def sample(self, i: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """One augmented crop in [0, 1] (crop, crop) and its boxes (k, 4) in crop pixels."""

@@ -122,16 +122,8 @@ def heatmap_on_image(content: np.ndarray, g: Geometry, full: bool = False) -> np
 def content_box_to_image(box: list[float], g: Geometry) -> list[float]:
     """[x0, y0, x1, y1, ...] in model-content pixels -> the same box in the pixels of the image as read,
     clipped to it."""
-    nh, nw = resized_shape(g.height, g.width, g.size)
-    sx, sy = g.width / nw, g.height / nh
-    x0, y0, x1, y1 = box[:4]
-    return [
-        min(max(x0 * sx, 0.0), g.width),
-        min(max(y0 * sy, 0.0), g.height),
-        min(max(x1 * sx, 0.0), g.width),
-        min(max(y1 * sy, 0.0), g.height),
-        *box[4:],
-    ]
+    corners = np.asarray(box[:4], np.float64) + [g.pad_x, g.pad_y, g.pad_x, g.pad_y]  # onto the model input
+    return [*g.to_image(corners).tolist(), *box[4:]]
 
 
 def normalize_heatmap(cam: np.ndarray) -> np.ndarray:

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-#: Input pixels per cell of the heatmap (`centernet.STRIDE`; that module imports torch).
+#: Input pixels per cell of the heatmap: the one stride of the detector (`centernet` builds its head on it).
 STRIDE = 8
 
 
@@ -118,19 +118,18 @@ def read_detector(
     # CenterNet's decoding, in model-input pixels, then in the content's (the padding subtracted) and the image's.
     r, c = np.divmod(np.append(keep, best), score.shape[1])
     r, c = r + rows.start, c + cols.start  # on the whole grid
-    centre = (np.stack([c, r]) + offset[:, r, c].astype(np.float64)) * STRIDE - [[g.pad_x], [g.pad_y]]
+    centre = (np.stack([c, r], 1) + offset[:, r, c].T.astype(np.float64)) * STRIDE  # (k, 2) x, y
     # (a size beyond twice the input is clipped by the image anyway; capping it avoids exp overflow)
-    half = np.exp(np.minimum(log_size[:, r, c].astype(np.float64), np.log(2 * g.size / STRIDE))) * STRIDE / 2
-    nh, nw = resized_shape(g.height, g.width, g.size)
-    to_image, limit = np.array([[g.width / nw], [g.height / nh]]), np.array([[g.width], [g.height]])
-    lo, hi, centre = (np.clip(v * to_image, 0, limit) for v in (centre - half, centre + half, centre))
-    boxes = np.concatenate([lo, hi, box_score.ravel()[np.append(keep, best)][None]])[:, :-1]
-    detections = boxes.T.tolist()
+    half = np.exp(np.minimum(log_size[:, r, c].T.astype(np.float64), np.log(2 * g.size / STRIDE))) * STRIDE / 2
+    boxes = g.to_image(np.concatenate([centre - half, centre + half], 1))
+    centre = g.to_image(centre)
+    scores = box_score.ravel()[np.append(keep, best)][:, None]
+    detections = np.concatenate([boxes, scores], 1)[:-1].tolist()
     return Read(
         logit=float((centre_logit.flat[best] + global_logit) / 2),
         probability=float(score.flat[best]),
         detections=detections,
-        peak=centre[:, -1].tolist(),  # the best cell's centre: the best detection's, when it has one
+        peak=centre[-1].tolist(),  # the best cell's centre: the best detection's, when it has one
         heatmap=cell_heatmap_on_image(score, rows, cols, g, full=heatmap == "full") if heatmap else None,
     )
 
