@@ -8,7 +8,8 @@ SHA-256) of its training and validation images, so that `bonefrac evaluate` can 
 images the model has already seen. This writes the same list for an older checkpoint, from the run's
 split.json and the dataset it split. Spec, weights and the rest of `info` are kept exactly (checked after
 writing), the file is replaced atomically and its `.sha256` sidecar rewritten: the checkpoint's SHA-256
-(and so the version derived from it) changes, its predictions do not.
+(and so the version derived from it) changes, its predictions do not. An ONNX export shipped beside it
+(`model.onnx`, see tools/ship_onnx.py) names the old digest, so it is regenerated too.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 from bonefrac.datasets import content_digest, load_dataset, load_split
 from bonefrac.errors import BonefracError
 from bonefrac.evaluation.evaluate import split_subsets
+from bonefrac.inference.export import ship_export, shipped_export_path
 from bonefrac.models.checkpoint import atomic_save, load_checkpoint, sha256_file
 
 #: split.json's names for the subsets -> the names `info["image_digests"]` uses.
@@ -61,6 +63,8 @@ def stamp(checkpoint: str | Path, digests: dict[str, list[str]], out: str | Path
     same = same and all(torch.equal(again["state_dict"][k], v) for k, v in ckpt["state_dict"].items())
     if not same:
         raise BonefracError(f"{out}: spec or weights changed while stamping")
+    if Path(f"{shipped_export_path(ckpt['path'])}.json").is_file():  # it names the old digest: ship a fresh one
+        ship_export(out)
     return digest
 
 
