@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from bonefrac.io.read import is_dicom_file
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -243,10 +245,9 @@ def study_key(path: str | Path) -> str:
 
 def dicom_study_uid(path: str | Path) -> str | None:
     """The Study Instance UID from a DICOM file's header (pixels not read); None for other files."""
+    if not is_dicom_file(path):
+        return None
     try:
-        with open(path, "rb") as f:
-            if f.read(132)[128:] != b"DICM":
-                return None
         import pydicom
 
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"])

@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydicom.misc import is_dicom
-
 from bonefrac.dicom.report import StudyResults, read_source_header, save_dataset, study_digest
+from bonefrac.io.read import is_dicom_file
 
 if TYPE_CHECKING:
     from bonefrac.io.read import XrayImage
@@ -34,7 +33,7 @@ class DicomResultsWriter:
         from bonefrac.render import read_for_display
 
         assert pred.path is not None
-        if not _is_dicom(pred.path):
+        if not is_dicom_file(pred.path):
             self.not_dicom.append(pred.path)
             return
         try:
@@ -54,7 +53,7 @@ class DicomResultsWriter:
     def add(self, path: str | Path, image: XrayImage, pred: Prediction) -> bool:
         """The overlay of one predicted file; False (nothing written) when the file is not DICOM.
         Raises `ImageReadError` for a DICOM file whose header cannot place results in a study."""
-        if not _is_dicom(path):
+        if not is_dicom_file(path):
             return False
         source = read_source_header(path)
         study = self.studies.setdefault(
@@ -70,11 +69,3 @@ class DicomResultsWriter:
             self.written.append(save_dataset(study.report(), self.out_dir / study_digest(uid)))
         self.studies = {}
         return self.written
-
-
-def _is_dicom(path: str | Path) -> bool:
-    """pydicom's sniff (the Part 10 `DICM` magic), False for a file that cannot be opened."""
-    try:
-        return is_dicom(path)
-    except OSError:
-        return False

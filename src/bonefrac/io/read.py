@@ -25,7 +25,16 @@ from bonefrac.io.image import ImageReadWarning, XrayImage, check_size, warn
 
 # The reader's public names; `XrayImage` and `ImageReadWarning` live in `image` and are re-exported here
 # because `read_image` returns and raises them.
-__all__ = ["IMAGE_SUFFIXES", "ImageReadWarning", "Reduce", "XrayImage", "find_images", "is_dicom", "read_image"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "ImageReadWarning",
+    "Reduce",
+    "XrayImage",
+    "find_images",
+    "is_dicom",
+    "is_dicom_file",
+    "read_image",
+]
 
 #: A truncated JPEG is read when at most this share of its rows is missing (FracAtlas has files missing up
 #: to 51%); beyond it there is too little radiograph left to judge, and the file is refused.
@@ -40,10 +49,10 @@ _JPEG_END_OF_IMAGE = b"\xff\xd9"
 
 
 def is_dicom(head: bytes) -> bool:
-    """True when the first bytes of a file carry the DICOM Part 10 preamble magic.
+    """True when the first bytes of a file carry the DICOM Part 10 preamble magic: bonefrac's one sniff.
 
-    `pydicom.misc.is_dicom`'s test on bytes already read: the reader sniffs before it knows it needs pydicom,
-    and importing pydicom costs JPEG/PNG users half a second. Code that has pydicom imported uses pydicom's.
+    `pydicom.misc.is_dicom`'s test, on bytes already read: the reader sniffs before it knows it needs pydicom,
+    and importing pydicom costs JPEG/PNG users half a second. `is_dicom_file` is the same test on a path.
     """
     return len(head) >= 132 and head[128:132] == b"DICM"
 
@@ -263,14 +272,15 @@ def find_images(paths: list[str | Path]) -> list[Path]:
             for f in sorted(p.rglob("*")):
                 if not f.is_file() or f.name.startswith("."):
                     continue
-                if f.suffix.lower() in IMAGE_SUFFIXES or (f.suffix == "" and _has_dicom_magic(f)):
+                if f.suffix.lower() in IMAGE_SUFFIXES or (f.suffix == "" and is_dicom_file(f)):
                     out.append(f)
         else:
             out.append(p)
     return out
 
 
-def _has_dicom_magic(path: Path) -> bool:
+def is_dicom_file(path: str | Path) -> bool:
+    """`is_dicom` on a file's first bytes; False for a file that cannot be opened."""
     try:
         with open(path, "rb") as f:
             return is_dicom(f.read(132))
