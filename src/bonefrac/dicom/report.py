@@ -34,6 +34,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from bonefrac import results
 from bonefrac._version import __version__
 from bonefrac.errors import ImageReadError
 from bonefrac.results import STUDY_RULE, StudyResult, study_result
@@ -207,7 +208,7 @@ def overlay_instance(
     sc.PatientOrientation = source.get("PatientOrientation", "") or ""
     # Type 2C for paired body parts (hands, wrists, ...): the source's side, or present but empty (unknown).
     sc.Laterality = _laterality(source) or ""
-    verdict = "FRACTURE" if pred.fractured else "no fracture"
+    verdict = results.verdict(pred.fractured)
     sc.BurnedInAnnotation = "YES"
     sc.ImageComments = (
         f"{NOT_FOR_DIAGNOSIS}. {verdict}, p={pred.probability:.3f} at {pred.operating_point} "

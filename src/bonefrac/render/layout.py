@@ -14,6 +14,7 @@ from typing import Literal
 import numpy as np
 from PIL import ImageFont
 
+from bonefrac import results
 from bonefrac.inference.decode import display_shape
 from bonefrac.results import Prediction
 
@@ -168,7 +169,7 @@ def _tag_size(number: int, size: int) -> tuple[int, int]:
 def header_texts(pred: Prediction) -> list[tuple[str, tuple[int, int, int]]]:
     """The band above the radiograph: the verdict with its probability, the threshold it was decided at, and
     the image's warnings (without the file name they start with: the overlay is that file's)."""
-    verdict = "FRACTURE" if pred.fractured else "no fracture"
+    verdict = results.verdict(pred.fractured)
     texts = [
         (f"{verdict}  p={pred.probability:.3f}", (255, 90, 90) if pred.fractured else (150, 240, 150)),
         (f"threshold {pred.threshold:.3f} ({pred.operating_point})", TEXT_COLOUR),

@@ -36,6 +36,7 @@ from fastapi.security import HTTPBearer
 from PIL import Image
 from pydantic import BaseModel, create_model
 
+from bonefrac import results
 from bonefrac._version import __version__
 from bonefrac.apps.server.middleware import (
     RequestLog,
@@ -188,7 +189,7 @@ async def predict(
         logger.error("request %s: internal error\n%s", request.state.request_id, trace.rstrip())
         set_outcome(request.scope, "internal error", name)
         return json_error(500, "internal error")
-    verdict = "fracture" if body["fractured"] else "no fracture"
+    verdict = results.verdict(body["fractured"])
     warned = f", {len(body['warnings'])} warning(s)" if body.get("warnings") else ""
     set_outcome(request.scope, f"{verdict} p={body['probability']:.3f} at {body['operating_point']}{warned}", name)
     return JSONResponse(body)

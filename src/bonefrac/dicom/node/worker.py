@@ -122,7 +122,7 @@ class Worker:
         for ds in written:
             save_dataset(ds, out_dir)
         summary = results.study()
-        verdict = "FRACTURE" if summary.fractured else "no fracture"
+        verdict = results.verdict(summary.fractured)
         log.info(
             "study %s: %d view(s), p=%.3f %s (%s) in %.1f s; results in %s",
             study.digest,
