@@ -457,6 +457,10 @@ def test_workers_make_the_batches_the_training_process_makes(fixtures_dir: Path,
         assert torch.equal(t0["label"], t2["label"]) and t0["masks"].shape == (2, 1, 48, 48)
         torch.testing.assert_close(t2["masks"], t0["masks"], rtol=0, atol=1e-6)
     assert any(t["masks"].sum() > 0 for _, t in made[0])  # boxed images among them
-    # the augmentation is on: a sample is not its cached image
-    first = CachedImages(cache, records)[data.pool[0]]
-    assert not torch.equal(data[(1, 0)][0], first)
+    # the augmentation is on: a sample is not its cached image; each image by its own parameters, whatever the
+    # batch it is in (the augmentation runs batched in `collate`)
+    order = list(loader.sampler)
+    cached = torch.stack([CachedImages(cache, records)[data.pool[j]] for _, j in order[:2]])
+    assert not torch.equal(made[0][0][0], cached)
+    alone = data.collate([data[order[1]]])[0]
+    torch.testing.assert_close(alone[0], made[0][0][0][1], rtol=0, atol=1e-6)
