@@ -178,7 +178,7 @@ class Samples(Protocol):
         ...
 
     def item(self, i: int, seed: int) -> tuple[torch.Tensor, Targets]:
-        """Record `i`'s sample drawn from `seed`: (1, S, S) in [0, 1], and its targets."""
+        """Record `i`'s sample drawn from `seed`: (1, S, S) in [0, 1] (or as `collate` takes it), its targets."""
         ...
 
     def start_epoch(self, epoch: int, model: torch.nn.Module) -> bool:
@@ -192,8 +192,8 @@ class Samples(Protocol):
 @dataclass
 class WholeImages:
     """A classifier's samples: the whole cached image with its label, its augmentation's parameters and, for
-    box supervision, its fracture-box mask, warped alike. The augmentation runs batched in `collate` (per image
-    it costs a thread-pool round per operation: 30x slower on 2 busy cores), each image by its own parameters."""
+    box supervision, its fracture-box mask, warped alike. Scaling and augmentation run batched in `collate`, each image
+    by its own parameters: per image, every small operation would pay a round of the thread pool."""
 
     cache: DecodeCache
     records: list[Record]
@@ -205,7 +205,7 @@ class WholeImages:
 
     def item(self, i: int, seed: int) -> tuple[torch.Tensor, Targets]:
         r = self.records[i]
-        x = torch.from_numpy(self.cache.load(r.path))[None].float().div_(255)
+        x = torch.from_numpy(self.cache.load(r.path))[None]  # uint8: `collate` scales the batch
         targets = {"label": torch.tensor(float(r.label)), "augment": self.augment.sample(1, _generator(seed))[0]}
         if self.box_masks:
             grid = box_mask(r.boxes, self.cache.geometry(r.path)) if r.boxes else np.zeros(x.shape[1:], np.float32)
@@ -214,7 +214,7 @@ class WholeImages:
 
     def collate(self, items: list[tuple[torch.Tensor, Targets]]) -> tuple[torch.Tensor, Targets]:
         x, targets = default_collate(items)
-        x, masks = self.augment.apply(x, targets.pop("augment"), targets.get("masks"))
+        x, masks = self.augment.apply(x.float().div_(255), targets.pop("augment"), targets.get("masks"))
         return x, targets if masks is None else {**targets, "masks": masks}
 
     def start_epoch(self, epoch: int, model: torch.nn.Module) -> bool:
