@@ -122,6 +122,12 @@ def test_overlays_colour_heat_as_matplotlibs_inferno() -> None:
         np.testing.assert_array_equal(colormap(heat), expected)
 
 
+def pip_environ() -> dict[str, str]:
+    """The environment pip runs in here: its download cache in the session's cache folder (conftest), whatever
+    the user's PIP_CACHE_DIR says."""
+    return {**os.environ, "PIP_CACHE_DIR": str(Path(os.environ["XDG_CACHE_HOME"]) / "pip")}
+
+
 def _tree_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
 
@@ -140,7 +146,7 @@ def test_pip_install_without_extras_predicts_as_the_full_install(tmp_path: Path)
     python = env_dir / "bin" / "python"
     install = subprocess.run(
         [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(source)],
-        capture_output=True, text=True, timeout=1800,
+        capture_output=True, text=True, timeout=1800, env=pip_environ(),
     )  # fmt: skip
     if install.returncode != 0:
         unreachable = ("Could not find a version", "No matching distribution", "NewConnectionError", "unreachable")
