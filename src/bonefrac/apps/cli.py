@@ -11,6 +11,7 @@ import sys
 import warnings
 
 from bonefrac.apps.commands import COMMANDS
+from bonefrac.apps.extras import MissingExtraError
 from bonefrac.errors import BonefracError
 
 
@@ -38,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         warnings.showwarning = _one_line_warning
         try:
             return args.func(args)
+        except MissingExtraError as e:  # its message already starts with "bonefrac COMMAND needs ..."
+            print(e, file=sys.stderr)
+            return 1
         except BonefracError as e:
             print(f"bonefrac: error: {e}", file=sys.stderr)
             return 1

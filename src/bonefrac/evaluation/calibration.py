@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,12 +97,13 @@ def recalibrate(
     out: str | Path,
     model: str | Path | None = None,
     split_file: str | Path | None = None,
-    subset: str = "val",
+    subset: str | None = None,
     backend: str = "auto",
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int | None = None,
     progress: bool = True,
     allow_small: bool = False,
+    fracture_classes: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """`bonefrac calibrate`: predict the labelled images of `dataset` (with `split_file`, only its `subset`;
     "all" = every image), refit the calibration on their raw logits and the operating points on the
@@ -128,7 +129,7 @@ def recalibrate(
         raise BonefracError(f"{out}: --out is the model itself; write the recalibrated model beside it")
     if not out.parent.is_dir():
         raise BonefracError(f"{out}: the folder for the model does not exist")
-    records = select_records(dataset, split_file if subset != "all" else None, subset)
+    records = select_records(dataset, split_file if subset != "all" else None, subset, fracture_classes)
     _check_enough(dataset, [r.label for r in records], allow_small)  # before the model runs
     det = FractureDetector.load(source, backend=backend)
     labels, logits, digests = [], [], []
@@ -169,7 +170,10 @@ def recalibrate(
         "fitted_on": Path(dataset).name,
         "images_sha256": hashlib.sha256("\n".join(sorted(digests)).encode()).hexdigest(),
         "split_file": Path(split_file).name if split_file and subset != "all" else None,
-        "subset": subset if split_file else "all",
+        # with a split file, its subset; else the dataset's own subsets used (a YOLO data.yaml's), or all
+        "subset": (subset or "val")
+        if split_file
+        else "+".join(sorted({r.subset for r in records if r.subset})) or "all",
     }
     record = {
         **data,

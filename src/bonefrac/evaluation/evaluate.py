@@ -14,13 +14,14 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bonefrac._version import __version__
-from bonefrac.datasets import Record, content_digest, load_dataset, load_split
+from bonefrac.datasets import Record, content_digest, detect_layout, load_dataset, load_split
 from bonefrac.errors import DatasetError
 from bonefrac.evaluation.detection import detection_scores
 from bonefrac.evaluation.html import write_report_html
@@ -41,8 +42,26 @@ from bonefrac.results import Prediction
 GROUPS = ("unseen", "validation", "train")
 
 
-def select_records(dataset: str | Path, split_file: str | Path | None, subset: str | None) -> list[Record]:
-    records = load_dataset(dataset)
+def select_records(
+    dataset: str | Path,
+    split_file: str | Path | None,
+    subset: str | None,
+    fracture_classes: Sequence[str] | None = None,
+) -> list[Record]:
+    """The labelled images to evaluate or calibrate on: with `split_file`, its `subset` (default val); for a
+    YOLO dataset, which carries its own subsets, the data.yaml's `subset` (default val, or every image when it
+    has none; "all": every subset); else every image. `fracture_classes`: the COCO/YOLO categories that mean
+    fracture."""
+    if not split_file and detect_layout(dataset)[0] == "yolo":
+        records = load_dataset(dataset, fracture_classes=fracture_classes)  # each record knows its subset
+        present = {r.subset for r in records}
+        want = subset or ("val" if "val" in present else "all")
+        if want != "all":
+            if want not in present:
+                raise DatasetError(f"{dataset}: no {want!r} subset (it has {', '.join(sorted(present))})")
+            records = [r for r in records if r.subset == want]
+        return records
+    records = load_dataset(dataset, fracture_classes=fracture_classes)
     if split_file:
         want = subset or "val"
         subsets = split_subsets(records, load_split(Path(split_file)), split_file)
@@ -173,6 +192,7 @@ def evaluate(
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int | None = None,
     progress: bool = True,
+    fracture_classes: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate `model` (default: the bundled one) on `dataset`; write the report into `out`."""
     from tqdm import tqdm
@@ -180,7 +200,7 @@ def evaluate(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     det = FractureDetector.load(model, backend=backend)
-    records = select_records(dataset, split_file, subset)
+    records = select_records(dataset, split_file, subset, fracture_classes)
     kept: list[Record] = []
     preds: list[Prediction] = []
     errors: dict[str, str] = {}

@@ -6,6 +6,12 @@ import argparse
 
 from bonefrac.inference.backends import DEFAULT_BATCH_SIZE
 
+#: What a command that reads a labelled dataset takes (`bonefrac.datasets` detects the layout on disk).
+DATASET_HELP = (
+    "a labelled dataset: a labels.csv folder, class folders, a path,label CSV, a COCO JSON, a YOLO data.yaml "
+    "or the unpacked FracAtlas download (`bonefrac inspect` shows what it holds)"
+)
+
 
 def model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="checkpoint file or training run folder (default: the bundled model)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bonefrac.apps.commands.common import model_args
+from bonefrac.apps.commands.common import DATASET_HELP, fracture_class_arg, model_args
 from bonefrac.apps.extras import require_extra
 
 
@@ -23,6 +23,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         workers=args.workers,
         progress=not args.no_progress,
+        fracture_classes=args.fracture_class,
     )
     print((Path(args.out) / "results.txt").read_text(), end="")
     print(f"report written to {args.out}/ (report.html, metrics.json, results.txt, plots)")
@@ -44,6 +45,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         workers=args.workers,
         progress=not args.no_progress,
         allow_small=args.allow_small,
+        fracture_classes=args.fracture_class,
     )
     print(summary(record))
     print(f"recalibrated model written to {record['path']} (sha256 {record['sha256'][:12]}...)")
@@ -58,7 +60,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "per body region, localisation, plots. Images the model was trained or validated on are counted "
         "and the unseen images' figures come first.",
     )
-    e.add_argument("dataset", help="FracAtlas-style folder, fractured/ + not_fractured/ folders, or a CSV")
+    e.add_argument("dataset", help=DATASET_HELP)
     e.add_argument(
         "--out", required=True, help="report folder (report.html, metrics.json, results.txt, predictions.csv, plots)"
     )
@@ -66,8 +68,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--split", help="a training run's split.json: evaluate only one subset of it (default: none, every image)"
     )
     e.add_argument(
-        "--subset", default="val", choices=["train", "val"], help="with --split: which subset (default %(default)s)"
+        "--subset",
+        choices=["train", "val", "test", "all"],
+        help="with --split, or of a YOLO dataset's own subsets: which images (default val; a YOLO dataset "
+        "without a val subset: all)",
     )
+    fracture_class_arg(e)
     model_args(e)
     e.set_defaults(func=_evaluate)
 
@@ -79,15 +85,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "what it was fitted on, ECE and Brier before and after. Fit on images the model was not trained on, "
         "with both classes; the more the better.",
     )
-    c.add_argument("dataset", help="FracAtlas-style folder, fractured/ + not_fractured/ folders, or a CSV")
+    c.add_argument("dataset", help=DATASET_HELP)
     c.add_argument("--out", required=True, help="the recalibrated checkpoint (.pt; a folder: model.pt in it)")
     c.add_argument("--split", help="a split.json: fit on one subset of it only (default: none, every image)")
     c.add_argument(
         "--subset",
-        default="val",
-        choices=["val", "train", "all"],
-        help="with --split: which images (default %(default)s; all = every image of the dataset)",
+        choices=["val", "train", "test", "all"],
+        help="with --split, or of a YOLO dataset's own subsets: which images (default val; all = every image of "
+        "the dataset)",
     )
+    fracture_class_arg(c)
     c.add_argument(
         "--allow-small",
         action="store_true",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from bonefrac.apps.commands.common import fracture_class_arg
+from bonefrac.apps.commands.common import DATASET_HELP, fracture_class_arg
 from bonefrac.datasets.layouts import LAYOUT_NAMES
 
 
@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="what a labelled dataset holds: classes, regions, boxes, unreadable images, duplicates",
         description=f"Summarise a labelled dataset before training or evaluating on it. Layouts: {layouts}.",
     )
-    i.add_argument("dataset", help="a dataset folder, a labels/COCO/CSV file, or a YOLO data.yaml")
+    i.add_argument("dataset", help=DATASET_HELP)
     i.add_argument("--subset", choices=["train", "val", "test"], help="one subset of a YOLO dataset (default: all)")
     fracture_class_arg(i)
     i.add_argument("--json", action="store_true", help="the summary as one JSON object")
