@@ -71,6 +71,14 @@ def test_the_card_carries_the_calibration_and_the_validation_report(tmp_path: Pa
     assert f"**{m['localization']['pointing_game']:.3f}**" in card
     assert "| model | AUC (95% CI) |\n|---|---|\n| v2 | 0.931 (0.900-0.950) |" in card  # verbatim
     assert "bonefrac calibrate DATASET --model M --out M2" in card
+    # a new model has no independent test yet, and says so; the public download's route is written out
+    assert "## Independent test (images not in this repository)\n\nIndependent test: not yet measured." in card
+    assert "--split src/bonefrac/weights/split.json" in card.split("## From the public download")[1]
+    measured = tmp_path / "independent.md"
+    measured.write_text("AUC **0.917** on 819 radiographs outside the repository.")
+    with_test = _card(tmp_path, tmp_path / "cal.pt", tmp_path / "rep", *common, "--trained-on", "x",
+                      "--independent-test", str(measured))  # fmt: skip
+    assert "AUC **0.917** on 819 radiographs" in with_test and "not yet measured" not in with_test
 
     # a report of another model (here: the uncalibrated source) is refused, not carded
     with pytest.raises(SystemExit, match="evaluated"):
