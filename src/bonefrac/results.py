@@ -47,6 +47,10 @@ class Prediction:
         heatmap: float32 in [0, 1] covering the whole image, when asked for: (height, width) at full
             resolution, else scaled so that its long side is at most `DISPLAY_SIDE`. A detector's is absolute
             (the calibrated score of each cell); a classifier's is min-max normalised per image.
+        ood_score: how unlike the model's training images this one is (`models.ood`: ~0 typical, higher is
+            further); None when the model has no OOD statistics.
+        in_distribution: ood_score <= the model's OOD threshold; None as ood_score. An image out of
+            distribution also carries `models.ood.WARNING` in `warnings`.
     """
 
     path: str | None
@@ -64,6 +68,8 @@ class Prediction:
     logit: float = float("nan")
     heatmap: np.ndarray | None = field(default=None, repr=False)
     warnings: list[str] = field(default_factory=list)
+    ood_score: float | None = None
+    in_distribution: bool | None = None
 
     def boxes_at(self, threshold: float) -> list[list[float]]:
         """The detections scoring at least `threshold` (e.g. an operating point's: "suspicious" boxes at
@@ -97,6 +103,8 @@ class Prediction:
             "width": self.width,
             "height": self.height,
             "model_version": self.model_version,
+            "ood_score": None if self.ood_score is None else round(self.ood_score, 4),
+            "in_distribution": self.in_distribution,
             **({"warnings": self.warnings} if self.warnings else {}),
         }
 
@@ -111,6 +119,8 @@ class Prediction:
             "operating_point": d["operating_point"],
             "boxes": boxes_text(d["boxes"]),
             "detections": boxes_text(d["detections"]),
+            "ood_score": "" if d["ood_score"] is None else f"{d['ood_score']:.4f}",
+            "in_distribution": "" if self.in_distribution is None else str(int(self.in_distribution)),
             "warnings": WARNINGS_SEPARATOR.join(self.warnings),
             "model_version": d["model_version"],
             "error": "",
@@ -142,8 +152,8 @@ class PredictionError:
 
 #: The columns of `bonefrac predict --csv` (`Prediction.to_row`); `STUDY_CSV_COLUMNS` follow with --by-study.
 CSV_COLUMNS = [
-    "path", "probability", "fractured", "threshold", "operating_point", "boxes", "detections", "warnings",
-    "model_version", "error",
+    "path", "probability", "fractured", "threshold", "operating_point", "boxes", "detections", "ood_score",
+    "in_distribution", "warnings", "model_version", "error",
 ]  # fmt: skip
 #: Between the warnings of one image in its CSV cell (a warning's text may hold commas and semicolons).
 WARNINGS_SEPARATOR = " | "

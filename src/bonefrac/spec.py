@@ -35,6 +35,9 @@ class ModelSpec:
             with, so it travels with it (checkpoints without it: 8).
         calibration: Platt scaling of the image logit z, probability = sigmoid(scale * z + bias), fitted on
             validation images (`bonefrac calibrate`); the identity until fitted.
+        ood: the out-of-distribution statistics (`models.ood.OodGaussian.to_dict`: plain lists and numbers),
+            fitted on the training images' `ood_features` and thresholded on validation; None for models
+            without them (classifiers, older checkpoints): their predictions carry no ood_score.
     """
 
     arch: str = "efficientnet_lite0"
@@ -46,6 +49,7 @@ class ModelSpec:
     drop_path_rate: float = 0.1
     reduce_from: int = REDUCE_FROM
     calibration: dict[str, float] = field(default_factory=lambda: {"scale": 1.0, "bias": 0.0})
+    ood: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -57,7 +57,7 @@ def test_the_export_names_the_detectors_outputs_and_carries_the_calibration(onnx
     import onnx
 
     graph = onnx.load(onnx_det.backend.path)
-    assert [o.name for o in graph.graph.output] == ["heatmap", "size", "offset", "global"]
+    assert [o.name for o in graph.graph.output] == ["heatmap", "size", "offset", "global", "ood_features"]
     props = {p.key: p.value for p in graph.metadata_props}
     assert props["arch"] == "lite0_centernet" and '"scale": 1.0' in props["calibration"]
     x = np.stack([preprocess(_read(p), onnx_det.spec)[0] for p in IMAGES[:2]])

@@ -118,6 +118,7 @@ def recalibrate(
     from bonefrac.datasets import content_digest
     from bonefrac.evaluation.evaluate import select_records
     from bonefrac.evaluation.metrics import choose_operating_points, discrimination
+    from bonefrac.evaluation.ood_fit import fit_ood
     from bonefrac.inference.detector import FractureDetector
     from bonefrac.models.checkpoint import bundled_model_path, load_model, resolve_checkpoint, save_model
     from bonefrac.models.metadata import without_machine_paths
@@ -158,6 +159,10 @@ def recalibrate(
     if same_images and "pointing_game" in old_validation:  # the heatmap's peaks move with neither
         validation["pointing_game"] = old_validation["pointing_game"]
     spec.calibration, spec.operating_points = new, points
+    # The OOD statistics: the threshold (and the Gaussian, given enough images) on these images (`ood_fit`).
+    from_train = spec.ood is None and split_file and subset not in ("train", "all")
+    train = [r.path for r in select_records(dataset, split_file, "train", fracture_classes)] if from_train else None
+    spec.ood, ood_record = fit_ood(det, [r.path for r in records], spec.ood, train)
     before_after = compare(y, z, previous["calibration"], new)
     caveats = warnings(y, p, new, points, validation, before_after)
     if n_trained_on:  # the model's logits on its own training images are more confident than on new ones
@@ -184,6 +189,7 @@ def recalibrate(
         "caveat": "; ".join(caveats) or None,
         "caveats": caveats,
         **before_after,
+        "ood": ood_record,
         "at_operating_points": {k: {s: v[s] for s in _SHOWN} for k, v in validation["operating_points"].items()},
         "fitted_at": datetime.datetime.now(datetime.UTC).date().isoformat(),
         "previous_calibration": previous["calibration"],

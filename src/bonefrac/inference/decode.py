@@ -22,6 +22,9 @@ from bonefrac.models.kinds.base import (
     display_shape,
     probabilities,
 )
+from bonefrac.models.ood import OUTPUT as OOD_OUTPUT
+from bonefrac.models.ood import WARNING as OOD_WARNING
+from bonefrac.models.ood import scores_and_flags
 from bonefrac.models.registry import kind_for
 from bonefrac.preprocess import Geometry
 from bonefrac.results import Prediction
@@ -51,12 +54,16 @@ def predictions(
     threshold: float | None = None,
 ) -> list[Prediction]:
     """One `Prediction` per image of a batch (the backend's named `outputs`), decided at `operating_point`:
-    at its threshold in `spec.operating_points`, or at `threshold` when given."""
+    at its threshold in `spec.operating_points`, or at `threshold` when given. With the model's OOD statistics
+    (`spec.ood`) and an `ood_features` output, each also gets its ood_score and in_distribution, and an image
+    out of distribution a warning (which the table, overlays, page and SR show with the others)."""
     threshold = spec.operating_points[operating_point] if threshold is None else float(threshold)
     kind = kind_for(spec)
+    ood = scores_and_flags(spec.ood, outputs.get(OOD_OUTPUT), len(geometries))
     out = []
     for i, (g, path, notes) in enumerate(zip(geometries, paths, warnings, strict=True)):
         r = kind.decode(outputs, i, g, spec.calibration, heatmap)
+        ood_score, in_distribution = ood[i] if ood[i] is not None else (None, None)
         undecided = Prediction(
             path=path,
             probability=r.probability,
@@ -72,7 +79,9 @@ def predictions(
             detections=r.detections,
             logit=r.logit,
             heatmap=r.heatmap,
-            warnings=list(notes),
+            warnings=list(notes) + ([OOD_WARNING] if in_distribution is False else []),
+            ood_score=ood_score,
+            in_distribution=in_distribution,
         )
         out.append(undecided.decided_at(operating_point, threshold))
     return out

@@ -43,7 +43,7 @@ ONNX_OPSET = 17
 #: Everything about the export besides the checkpoint that changes the file: part of the cache key.
 EXPORT_SETTINGS = (
     f"opset={ONNX_OPSET};inputs=image;outputs=logit,cam (input grid, bicubic by matmul) | "
-    "heatmap,size,offset,global (detector);batch=dynamic;exporter=torchscript;metadata=calibration"
+    "heatmap,size,offset,global,ood_features (detector);batch=dynamic;exporter=torchscript;metadata=calibration"
 )
 CACHE_FORMAT = "bonefrac-onnx-cache-v3"
 SHIPPED_FORMAT = "bonefrac-shipped-onnx-v1"

@@ -67,10 +67,20 @@ class CenterNetLite0(nn.Module):
         return self.backbone.parameters()
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.heads(*self.taps(x))
+
+    def taps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The backbone's stride 8, 16 and 32 features (40, 112 and 320 channels)."""
         bb = self.backbone
         c8 = bb._blocks[:5](bb.stem(x))
         c16 = bb._blocks[5:11](c8)
-        c32 = bb._blocks[11:](c16)
+        return c8, c16, bb._blocks[11:](c16)
+
+    def heads(
+        self, c8: torch.Tensor, c16: torch.Tensor, c32: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`forward`'s outputs from the backbone's `taps`."""
+        bb = self.backbone
         p32 = self.lat32(c32)
         p16 = self.smooth16(self.lat16(c16) + F.interpolate(p32, size=c16.shape[-2:], mode="nearest"))
         p8 = self.smooth8(self.lat8(c8) + F.interpolate(p16, size=c8.shape[-2:], mode="nearest"))
@@ -91,6 +101,19 @@ def build_detector(spec: ModelSpec, pretrained: bool = True) -> CenterNetLite0:
     return model
 
 
+def ood_features(c8: torch.Tensor, c16: torch.Tensor) -> torch.Tensor:
+    """(N, 152): the spatial mean of each channel of the c8 and c16 taps, padding included (`models.ood`)."""
+    return torch.cat([c8.mean((2, 3)), c16.mean((2, 3))], 1)
+
+
+@torch.no_grad()
+def pooled_features(model: CenterNetLite0, x: torch.Tensor) -> torch.Tensor:
+    """`ood_features` of a batch, without the heads (what the OOD Gaussian is fitted on)."""
+    bb = model.backbone
+    c8 = bb._blocks[:5](bb.stem(x))
+    return ood_features(c8, bb._blocks[5:11](c8)).float()
+
+
 class DetectorGraph(nn.Module):
     """The detector's inference graph (the torch backend runs it, `export` writes it as ONNX): the outputs
     `kinds.detector.Detector.outputs` names, in order. The global class-activation map is left out (the
@@ -100,9 +123,10 @@ class DetectorGraph(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        heatmap, size, offset, global_logit, _ = self.model(x)
-        return heatmap[:, 0], size, offset, global_logit
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        c8, c16, c32 = self.model.taps(x)
+        heatmap, size, offset, global_logit, _ = self.model.heads(c8, c16, c32)
+        return heatmap[:, 0], size, offset, global_logit, ood_features(c8, c16)
 
 
 @torch.no_grad()

@@ -1,7 +1,8 @@
 """The detector kind: a dense CenterNet-style head (`models.centernet`).
 
 Outputs "heatmap" (N, h, w) centre logits at stride 8, "size" (N, 2, h, w) log box size in cells, "offset"
-(N, 2, h, w) centre offset in cells, "global" (N,) the global head's logit. The image's probability and the
+(N, 2, h, w) centre offset in cells, "global" (N,) the global head's logit, "ood_features" (N, 152) what
+`models.ood` scores against the training images. The image's probability and the
 heatmap come from the calibrated cell scores (centre and global heads together); each detection is scored by
 its own centre logit through the same calibration, so boxes rank across images by their own evidence. An
 image can thus be called normal with a box above the threshold, or fractured without one.
@@ -39,11 +40,12 @@ STRIDE = 8
 
 class Detector(Kind):
     name = "detector"
-    outputs = ("heatmap", "size", "offset", "global")
+    outputs = ("heatmap", "size", "offset", "global", "ood_features")
     outputs_doc = (
         "heatmap (N, h, w): fracture-centre logits on a stride-8 grid; size (N, 2, h, w): log(width / 8), "
         "log(height / 8); offset (N, 2, h, w): the centre's (dx, dy) in the cell, so centre = (cell + offset) * 8 "
-        "input pixels; global (N,): the global head's logit. Per cell z = (heatmap + global) / 2, its score "
+        "input pixels; global (N,): the global head's logit; ood_features (N, 152): the spatial mean of the backbone's "
+        "c8 and c16 channels (the spec's ood statistics score them). Per cell z = (heatmap + global) / 2, its score "
         "sigmoid(scale * z + bias); image z = the highest z over the image content (not the padding); {calibrated}"
     )
     parity_as_probability = ("global", "heatmap")
