@@ -267,6 +267,9 @@ def test_train_a_detector_then_resume(tmp_path: Path) -> None:
     assert v["calibration"] == {k: fit[k] for k in ("ece_before", "ece_after", "brier_before", "brier_after")}
     assert all(0 <= x <= 1 for x in v["calibration"].values())
     assert v["operating_points"]["default"]["threshold"] == ops["default"]
+    # The out-of-distribution statistics: fitted on the training images, thresholded on the validation ones.
+    assert spec.ood is not None and len(spec.ood["precision"]) == 152 and spec.ood["threshold"] is not None
+    assert info["ood"]["n_fit"] == info["n_train"] and info["ood"]["n_threshold"] == info["n_val"]
     with torch.no_grad():  # the saved weights are the detector's, in its checkpoint format
         heatmap, size, offset, global_logit, _ = model.eval()(torch.zeros(1, 1, 96, 96))
     assert heatmap.shape == (1, 1, 12, 12) and size.shape == offset.shape == (1, 2, 12, 12)

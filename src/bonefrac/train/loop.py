@@ -56,6 +56,7 @@ from bonefrac.train.data import (
     training_loader,
 )
 from bonefrac.train.detector import CropSampler, pointing_game
+from bonefrac.train.ood import add_ood_statistics
 from bonefrac.train.precision import MixedPrecision
 
 __all__ = ["TrainConfig", "fit"]
@@ -173,6 +174,9 @@ def fit(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Path
         select_and_save(run, epoch, row, y, z)
         distributed.barrier()  # ranks leave the epoch together, after rank 0's checkpoint is on disk
     if distributed.is_main():
+        # The best model's out-of-distribution statistics (a detector's): train fits, validation thresholds.
+        if (run.out / "model.pt").is_file():
+            add_ood_statistics(run.out / "model.pt", run.cache, run.train, run.val, run.cfg.workers)
         print(f"best validation score {run.best_score:.4f}; model written to {run.out / 'model.pt'}")
     return run.out
 
