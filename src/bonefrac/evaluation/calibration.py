@@ -295,6 +295,14 @@ def summary(record: Mapping[str, Any]) -> str:
             f"{name:<18}{old:>10.{digits}f}{s['threshold']:>10.{digits}f}  {s['sensitivity']:>11.3f}  "
             f"{s['specificity']:>11.3f}"
         )
+    ood = record.get("ood") or {}
+    if ood.get("threshold") is not None:
+        lines.append(
+            f"out of distribution: ood_score > {ood['threshold']:.3f} ({ood['method']}; {ood['flagged_here']:.1%} "
+            "of these images flagged)"
+        )
+    elif ood:
+        lines.append(f"out of distribution: {ood['method']}")
     caveats = record.get("caveats") or ([record["caveat"]] if record.get("caveat") else [])
     return "\n".join(lines + [f"caution: {c}" for c in caveats])
 
