@@ -188,8 +188,8 @@ class TrainConfig:
     threads: int | None = setting(None, "torch CPU threads (default: torch's choice, one per core)", Whole(1))
     workers: int = setting(
         0,
-        "DataLoader worker processes preparing the batches (default %(default)s: in the training process, "
-        "which measured fastest on 2 cores; more pay where cores are idle)",
+        "DataLoader worker processes preparing the batches (default %(default)s: in the training process; "
+        "workers pay only where cores are idle: bench/bench_train_pipeline.py)",
         Whole(0),
     )
     device: str = setting(
