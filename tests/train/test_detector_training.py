@@ -262,8 +262,13 @@ def test_train_a_detector_then_resume(tmp_path: Path) -> None:
     assert ops["high_sensitivity"] < ops["default"] < ops["high_specificity"]
     # Calibrated on the validation logits; the operating points and the figures are on calibrated probabilities.
     fit = info["calibration"]
-    assert fit["n_images"] == v["n"] and fit["subset"] == "val" and fit["error"] is None, fit
-    assert spec.calibration["scale"] > 0 and spec.calibration != {"scale": 1.0, "bias": 0.0}
+    assert fit["n_images"] == v["n"] and fit["subset"] == "val", fit
+    # Five validation images after two steps may rank either way (the kernels decide): a fit gives a positive
+    # scale; a refused one (a decreasing fit) keeps the identity and says why. Either is recorded as it happened.
+    if fit["error"] is None:
+        assert spec.calibration["scale"] > 0 and spec.calibration != {"scale": 1.0, "bias": 0.0}
+    else:
+        assert spec.calibration == {"scale": 1.0, "bias": 0.0} and fit["error"].strip()
     assert v["calibration"] == {k: fit[k] for k in ("ece_before", "ece_after", "brier_before", "brier_after")}
     assert all(0 <= x <= 1 for x in v["calibration"].values())
     assert v["operating_points"]["default"]["threshold"] == ops["default"]

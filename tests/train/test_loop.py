@@ -30,9 +30,10 @@ from bonefrac.errors import BonefracError
 from bonefrac.models import registry
 from bonefrac.train.augment import Augment
 from bonefrac.train.config import ARCHS, ConfigError, TrainConfig, check_start
-from bonefrac.train.loop import fit, restore, resume_state, warmed_up_ema, warmup_cosine
+from bonefrac.train.loop import fit, restore, resume_state
 from bonefrac.train.precision import MixedPrecision, autocast_dtype
 from bonefrac.train.run_folder import resume_command
+from bonefrac.train.schedule import warmed_up_ema, warmup_cosine
 
 ARGS = [*TINY_TRAIN_ARGS, "--no-progress"]
 
