@@ -285,3 +285,21 @@ def test_train_a_detector_then_resume(tmp_path: Path) -> None:
     assert "resuming after epoch 1" in out
     assert [h["epoch"] for h in csv.DictReader(open(run / "history.csv"))] == ["1", "2"]
     assert len(json.loads((run / "run.json").read_text())["invocations"]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:.*JPEG file is truncated")
+def test_the_v3_recipe_mines_hard_negatives_and_resumes_with_them(tmp_path: Path) -> None:
+    """Every recipe option on: the first epoch mines the model's peaks on normal training images, last.pt keeps
+    them, and a resumed run restores them (the crops it centres on) before its next epoch."""
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    recipe = ["--zoom-min", "0.5", "--zoom-max", "3", "--p-edge", "0.3", "--region-balance", "--small-box-factor",
+              "2", "--photometric", "0.25", "--hard-negative-every", "2", "--p-hard-negative", "0.7"]  # fmt: skip
+    out = bonefrac_train(run, cache, "--epochs", "1", *recipe)
+    assert "epoch 1: hard negatives:" in out
+    mined = torch.load(run / "last.pt", map_location="cpu", weights_only=True)["hard_negatives"]
+    assert mined and all(len(p[0]) == 2 for p in mined.values())
+    out = bonefrac_train(run, cache, "--epochs", "2", "--resume", *recipe)
+    assert "resuming after epoch 1" in out and "epoch 2: hard negatives:" not in out  # every 2: mined at 1, 3, ...
+    again = torch.load(run / "last.pt", map_location="cpu", weights_only=True)["hard_negatives"]
+    assert again == mined  # restored, not re-mined

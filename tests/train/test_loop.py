@@ -337,6 +337,7 @@ def _resumable(tmp_path: Path, device: torch.device, precision: MixedPrecision) 
         stale=0,
         history=[{"epoch": 1}],
         first_epoch=0,
+        sampler=None,  # a classifier's run: no crops, no hard negatives
     )
 
 

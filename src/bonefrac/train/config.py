@@ -136,7 +136,10 @@ class TrainConfig:
     """Everything that decides a training run. Each field's help and bounds are in its `setting`; `bonefrac
     train`'s options are generated from them (apps/commands/train.py)."""
 
-    dataset: str = setting(help="FracAtlas-style folder, fractured/ + not_fractured/ folders, or a CSV")
+    dataset: str = setting(
+        help="a labelled dataset: a labels.csv folder, class folders, a path,label CSV, a COCO JSON, a YOLO data.yaml "
+        "or the unpacked FracAtlas download"
+    )
     out: str = setting(help="run folder (checkpoints, logs, split)")
     arch: str = setting("efficientnet_lite0", f"{' | '.join(ARCHS)} (default %(default)s)", OneOf(ARCHS, listed=False))
     epochs: int = setting(12, "at most this many (default %(default)s)", Whole(1))
@@ -176,6 +179,48 @@ class TrainConfig:
         0.5,
         "weight of the heatmap box-supervision loss when the dataset has fracture boxes, 0 = off (default %(default)g)",
         Number(0),
+    )
+    # Detectors, the v3 recipe (issue 24): each default reproduces v2's crops (`train.detector.CropSampler`).
+    zoom_min: float = setting(
+        0.8, "detectors: the crop window's zoom, log-uniform from this... (default %(default)g)", Between(0.1, 10)
+    )
+    zoom_max: float = setting(
+        1.25, "...to this; a range other than 0.8-1.25 pads zoomed-out windows (default %(default)g)", Between(0.1, 10)
+    )
+    p_edge: float = setting(
+        0.0, "detectors: chance that a box crop puts the box near a crop edge (default %(default)g)", Between(0, 1)
+    )
+    region_balance: bool = setting(
+        False, "detectors: share each class's draws between body regions as sqrt(images) (default: off)"
+    )
+    small_box_factor: float = setting(
+        1.0,
+        "detectors: draws of fractured images whose smallest box is in the smallest third (default %(default)g)",
+        Number(1),
+    )
+    photometric: float = setting(
+        0.0,
+        "detectors: chance of each of gamma, window, unsharp masking, noise and JPEG re-encoding, as other sites "
+        "process radiographs (default %(default)g)",
+        Between(0, 1),
+    )
+    hard_negative_every: int = setting(
+        0, "detectors: every N epochs, mine the model's peaks on normal training images (default 0: off)", Whole(0)
+    )
+    p_hard_negative: float = setting(
+        0.0,
+        "detectors: chance that a mined image's crop is centred on one of its peaks (default %(default)g)",
+        Between(0, 1),
+    )
+    hard_negative_images: int = setting(
+        400, "detectors: normal images looked at per mining (0: all; default %(default)s)", Whole(0)
+    )
+    fracture_classes: list[str] | None = setting(
+        None,
+        "COCO/YOLO category that means fracture (repeatable; default: those named fracture or fractured, or the "
+        "only one)",
+        flag="--fracture-class",
+        metavar="NAME",
     )
     seed: int = setting(0, "split, order and augmentation (default %(default)s)", Whole(0))
     init_from: str | None = setting(
@@ -217,6 +262,8 @@ class TrainConfig:
             Whole(32).check("--crop-size", self.crop_size)
             if self.crop_size % 8 or self.crop_size > self.image_size:
                 raise ConfigError(f"--crop-size {self.crop_size}: must be a multiple of 8, at most --image-size")
+        if self.zoom_min > self.zoom_max:
+            raise ConfigError(f"--zoom-min {self.zoom_min}: must be at most --zoom-max {self.zoom_max}")
         if not Path(self.dataset).exists():
             raise DatasetError(f"{self.dataset}: no such dataset folder or CSV file")
         if Path(self.out).is_file():

@@ -125,7 +125,7 @@ class DecodeCache:
 def prepare_data(cfg: TrainConfig, spec: ModelSpec, out: Path) -> tuple[list[Record], list[Record], DecodeCache]:
     """A training run's data: its split (made, or reused from `out` or --split; rank 0 decides), the decode
     cache at the model's preprocessing, and the training and validation records that could be read."""
-    records = load_dataset(cfg.dataset)
+    records = load_dataset(cfg.dataset, fracture_classes=cfg.fracture_classes)
     split: dict[str, str] | None = None
     if distributed.is_main():
         split_path = Path(cfg.split_file) if cfg.split_file else out / "split.json"

@@ -3,22 +3,37 @@
 The decode cache holds each image letterboxed to the model input (the same preprocessing as inference), so a
 crop shows the fractures at the scale the model meets them whole. Training on 256 px crops costs about a
 third of whole images; the crops of a fractured image contain one of its boxes most of the time (`p_box`),
-and a mild scale jitter keeps the model from learning one pixel size per fracture (other sites' images).
+and a scale jitter keeps the model from learning one pixel size per fracture (other sites' images).
+
+The v3 recipe (issue 24 points 1, 2) adds, each off by default so that the defaults draw v2's crops bit for bit:
+a wide zoom range whose zoom-out windows are padded with the letterbox fill (`pad`), boxes placed near a crop
+edge so that the edge cuts through the bone (`p_edge`), square-root balancing of body regions (`region_balance`),
+more draws of the smallest fractures (`small_box_factor`), other sites' processing (`photometric`), and crops
+centred on the model's own peaks on normal images (`hard_negatives`, mined by `train.hard_negatives`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from PIL import Image
 
 from bonefrac.models.kinds.detector import STRIDE
+from bonefrac.spec import ModelSpec
+from bonefrac.train import distributed
+from bonefrac.train.augment import Photometric
+from bonefrac.train.config import TrainConfig
 from bonefrac.train.data import DecodeCache, Record
 
 MAX_BOXES = 8  # FracAtlas has at most 6 boxes per image
+#: With `region_balance`, no image is drawn more than this many times its unbalanced number per epoch (the
+#: 6 training fractures of hips or shoulders would otherwise be drawn ~10 times each).
+MAX_BALANCE_REPEAT = 3.0
 
 
 @dataclass
@@ -35,10 +50,48 @@ class CropSampler:
     gamma: tuple[float, float] = (0.8, 1.25)
     contrast: float = 0.1
     brightness: float = 0.05
+    pad: bool = False  # windows larger than the image are padded with the letterbox fill (v2: clamped to it)
+    p_edge: float = 0.0  # chance that a box crop puts the box near a crop edge rather than anywhere inside
+    region_balance: bool = False  # each class's draws shared by body region as sqrt(images), not as images
+    small_box_factor: float = 1.0  # draws of fractured images whose smallest box is in the smallest third
+    p_hard_negative: float = 0.0  # chance that a normal image with mined peaks is cropped around one
+    photometric: Photometric = field(default_factory=Photometric)
+    seed: int = 0  # the rounding of the balanced pool's repeats
+    #: Record index -> (k, 2) points (x, y) on the cached grid: the model's peaks on that normal image.
+    hard_negatives: dict[int, np.ndarray] = field(default_factory=dict)
+    hard_negative_every: int = 0  # mine every N epochs (0: never)
+    hard_negative_images: int = 400  # normal images looked at per mining (0: all)
+    spec: ModelSpec | None = None  # the model's preprocessing, for mining
 
     def epoch_pool(self) -> list[int]:
-        """The record indices of one epoch, before shuffling (images with boxes repeated)."""
-        return [i for i, r in enumerate(self.records) for _ in range(self.box_repeat if r.boxes else 1)]
+        """The record indices of one epoch, before shuffling (images with boxes repeated; with `region_balance`
+        or `small_box_factor`, each image's expected draws rounded up or down at random, once for the run)."""
+        base = np.array([self.box_repeat if r.boxes else 1 for r in self.records], np.float64)
+        if not self.region_balance and self.small_box_factor == 1:
+            return [i for i, n in enumerate(base.astype(int)) for _ in range(n)]
+        weights = base.copy()
+        fractured = np.array([bool(r.boxes) for r in self.records])
+        if self.small_box_factor != 1 and fractured.any():
+            side = np.array([self.smallest_box(i) if f else np.inf for i, f in enumerate(fractured)])
+            weights[fractured & (side <= np.quantile(side[fractured], 1 / 3))] *= self.small_box_factor
+        if self.region_balance:
+            for cls in (True, False):  # each class keeps its draws; its regions share them as sqrt(images)
+                members = np.flatnonzero(fractured == cls)
+                groups: dict[str, list[int]] = defaultdict(list)
+                for i in members:
+                    groups[self.records[i].region.split(":")[0]].append(int(i))
+                total, roots = weights[members].sum(), sum(math.sqrt(len(g)) for g in groups.values())
+                for g in groups.values():
+                    weights[g] *= total * math.sqrt(len(g)) / roots / weights[g].sum()
+            weights = np.minimum(weights, MAX_BALANCE_REPEAT * base)
+        rng = np.random.default_rng(self.seed)
+        counts = np.floor(weights).astype(int) + (rng.random(len(weights)) < weights - np.floor(weights))
+        return [i for i, n in enumerate(counts) for _ in range(n)]
+
+    def smallest_box(self, i: int) -> float:
+        """The longest side (cached-grid pixels) of record `i`'s smallest box."""
+        b = self.boxes_on_grid(i)
+        return float(np.max(b[:, 2:] - b[:, :2], axis=1).min())
 
     def boxes_on_grid(self, i: int, records: list[Record] | None = None) -> np.ndarray:
         """The boxes of record `i` (of `records`, by default the training ones), from image pixels onto the
@@ -54,16 +107,25 @@ class CropSampler:
         """One augmented crop in [0, 1] (crop, crop) and its boxes (k, 4) in crop pixels."""
         img, boxes = self.cache.load(self.records[i].path), self.boxes_on_grid(i)
         size = img.shape[0]
-        window = min(size, round(self.crop / math.exp(rng.uniform(*np.log(self.scale)))))
-        if len(boxes) and rng.random() < self.p_box:
+        window = round(self.crop / math.exp(rng.uniform(*np.log(self.scale))))
+        window = window if self.pad else min(size, window)
+        # Where the window may start: inside the image, or holding all of it when larger (zoom-out).
+        lo, hi = min(0, size - window), max(0, size - window)
+        peaks = self.hard_negatives.get(i) if self.p_hard_negative > 0 and not len(boxes) else None
+        if peaks is not None and len(peaks) and rng.random() < self.p_hard_negative:
+            px, py = peaks[rng.integers(len(peaks))]
+            x0, y0 = round(px - window / 2), round(py - window / 2)  # centred, padded where it leaves the image
+        elif len(boxes) and rng.random() < self.p_box:
             b = boxes[rng.integers(len(boxes))]
             cx, cy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
-            # the whole box inside where it fits, else at least its centre, away from the edge by a cell
-            x0 = _start(rng, b[0], b[2], cx, window, size)
-            y0 = _start(rng, b[1], b[3], cy, window, size)
+            if self.p_edge > 0 and rng.random() < self.p_edge:
+                x0, y0 = _edge_start(rng, b, window, lo, hi)
+            else:  # the whole box inside where it fits, else at least its centre, away from the edge by a cell
+                x0 = _start(rng, b[0], b[2], cx, window, lo, hi)
+                y0 = _start(rng, b[1], b[3], cy, window, lo, hi)
         else:
-            x0, y0 = int(rng.integers(0, size - window + 1)), int(rng.integers(0, size - window + 1))
-        patch = img[y0 : y0 + window, x0 : x0 + window]
+            x0, y0 = int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1))
+        patch = _window(img, x0, y0, window)
         zoom = self.crop / window
         if window != self.crop:
             patch = np.asarray(Image.fromarray(patch).resize((self.crop, self.crop), Image.BILINEAR))
@@ -75,6 +137,7 @@ class CropSampler:
         x = x ** rng.uniform(*self.gamma)
         c, shift = rng.uniform(1 - self.contrast, 1 + self.contrast), rng.uniform(-self.brightness, self.brightness)
         x = np.clip((x - 0.5) * c + 0.5 + shift, 0, 1)
+        x = self.photometric(x, rng)  # draws nothing when off
         centre_x, centre_y = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
         inside = (centre_x >= 0) & (centre_x < self.crop) & (centre_y >= 0) & (centre_y < self.crop)
         return np.ascontiguousarray(x, np.float32), boxes[inside].reshape(-1, 4)
@@ -86,8 +149,44 @@ class CropSampler:
         return torch.from_numpy(x)[None], {k: torch.from_numpy(v) for k, v in targets.items()}
 
     def start_epoch(self, epoch: int, model: torch.nn.Module) -> bool:
-        """Before each epoch (`data.Samples`): where the crops would follow the model; True if they changed."""
-        return False
+        """Before each epoch (`data.Samples`): every `hard_negative_every` epochs from the first, the model's
+        peaks on normal training images become the centres of hard-negative crops; True when they changed."""
+        if not self.hard_negative_every or epoch % self.hard_negative_every or self.spec is None:
+            return False
+        from bonefrac.train import hard_negatives  # it builds on this module
+
+        t0 = time.time()
+        subset = hard_negatives.mining_subset(self, self.hard_negative_images, self.seed * 1000 + epoch)
+        self.hard_negatives = hard_negatives.mine(model, self.spec, self, subset)
+        if distributed.is_main():
+            points = sum(len(p) for p in self.hard_negatives.values())
+            print(
+                f"epoch {epoch + 1}: hard negatives: {points} peaks on {len(self.hard_negatives)} of {len(subset)} "
+                f"normal images in {time.time() - t0:.0f} s",
+                flush=True,
+            )
+        return True
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig, cache: DecodeCache, train: list[Record], spec: ModelSpec) -> CropSampler:
+        """The detector's crops as a run's settings ask (the defaults: v2's recipe)."""
+        zoom = (cfg.zoom_min, cfg.zoom_max)
+        return cls(
+            cache,
+            train,
+            crop=cfg.crop_size,
+            scale=zoom,
+            pad=zoom != (TrainConfig.zoom_min, TrainConfig.zoom_max),  # v2 clamped its windows to the image
+            p_edge=cfg.p_edge,
+            region_balance=cfg.region_balance,
+            small_box_factor=cfg.small_box_factor,
+            p_hard_negative=cfg.p_hard_negative if cfg.hard_negative_every else 0.0,
+            photometric=Photometric(cfg.photometric),
+            seed=cfg.seed,
+            hard_negative_every=cfg.hard_negative_every,
+            hard_negative_images=cfg.hard_negative_images,
+            spec=spec,
+        )
 
     def batch(self, idx: list[int], seeds: list[int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(N, 1, crop, crop) crops in [0, 1] and their targets; `seeds` make each crop reproducible (the same
@@ -112,10 +211,39 @@ def pointing_game(sampler: CropSampler, records: list[Record], peaks: np.ndarray
     return float(np.mean(hits)) if hits else float("nan")
 
 
-def _start(rng: np.random.Generator, lo: float, hi: float, centre: float, window: int, size: int) -> int:
-    first = max(0.0, min(hi - window, centre - window + STRIDE))
-    last = min(size - window, max(lo, centre - STRIDE))
+def _start(
+    rng: np.random.Generator, lo: float, hi: float, centre: float, window: int, first_ok: int, last_ok: int
+) -> int:
+    """A window start (one axis) holding the box [lo, hi] where it fits, else its centre a cell from the edge,
+    within [first_ok, last_ok]."""
+    first = max(float(first_ok), min(hi - window, centre - window + STRIDE))
+    last = min(last_ok, max(lo, centre - STRIDE))
     return int(rng.uniform(first, max(first, last)))
+
+
+def _edge_start(rng: np.random.Generator, box: np.ndarray, window: int, lo: int, hi: int) -> tuple[int, int]:
+    """A window start whose one edge (left, right, top or bottom, at random) passes between one cell and a
+    quarter window from the box's centre: the edge cuts the bone, as a tight clinical crop does."""
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    axis, side = int(rng.integers(2)), int(rng.integers(2))
+    d = rng.uniform(STRIDE, max(STRIDE, window / 4))
+    centre, other_lo, other_hi, other_c = (cx, box[1], box[3], cy) if axis == 0 else (cy, box[0], box[2], cx)
+    start = centre - d if side == 0 else centre + d - window
+    near = int(np.clip(round(start), lo, hi))
+    across = _start(rng, other_lo, other_hi, other_c, window, lo, hi)
+    return (near, across) if axis == 0 else (across, near)
+
+
+def _window(img: np.ndarray, x0: int, y0: int, window: int) -> np.ndarray:
+    """img[y0 : y0 + window, x0 : x0 + window], the part outside the image filled with 0 (the letterbox fill)."""
+    h, w = img.shape
+    if 0 <= x0 and 0 <= y0 and x0 + window <= w and y0 + window <= h:
+        return img[y0 : y0 + window, x0 : x0 + window]
+    out = np.zeros((window, window), img.dtype)
+    sx0, sy0, sx1, sy1 = max(0, x0), max(0, y0), min(w, x0 + window), min(h, y0 + window)
+    if sx1 > sx0 and sy1 > sy0:
+        out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = img[sy0:sy1, sx0:sx1]
+    return out
 
 
 # ---------------------------------------------------------------- CenterNet targets (the loss: `models.centernet`)

@@ -41,7 +41,7 @@ from bonefrac.models.registry import build_model, kind_for
 from bonefrac.preprocess import normalize
 from bonefrac.spec import ModelSpec
 from bonefrac.train import ddp as distributed_model
-from bonefrac.train import distributed, run_folder
+from bonefrac.train import distributed, hard_negatives, run_folder
 from bonefrac.train.config import ConfigError, TrainConfig, check_start
 from bonefrac.train.data import (
     DecodeCache,
@@ -184,7 +184,7 @@ def set_up(cfg: TrainConfig, overwrite: bool) -> Run:
         )
         if params
     ]
-    sampler = CropSampler(cache, train, crop=cfg.crop_size) if kind.trains_on_crops else None
+    sampler = CropSampler.from_config(cfg, cache, train, spec) if kind.trains_on_crops else None
     use_boxes = cfg.loc_weight > 0 and any(r.boxes for r in train) and kind.box_supervision
     samples = TrainingSet(sampler or WholeImages(cache, train, box_masks=use_boxes), cfg.seed)
     loader = training_loader(samples, cfg.batch_size, cfg.seed, cfg.workers)
@@ -366,6 +366,7 @@ def resume_state(run: Run, epoch: int) -> dict[str, Any]:
         "history": run.history,
         "torch_rng": torch.get_rng_state(),
         "scaler": run.precision.scaler.state_dict(),  # {} unless fp16
+        "hard_negatives": hard_negatives.to_state(run.sampler),  # the crops the next epochs centre on
     }
     if run.device.type == "cuda":
         state["cuda_rng"] = torch.cuda.get_rng_state(run.device)
@@ -389,6 +390,8 @@ def restore(run: Run) -> None:
         run.precision.scaler.load_state_dict(state["scaler"])
     run.first_epoch, run.best_score, run.stale = state["epoch"] + 1, state["best_score"], state["stale"]
     run.history = state["history"]
+    if hard_negatives.restore(run.sampler, state.get("hard_negatives")):  # new samples: a new loader
+        run.loader = training_loader(run.samples, run.cfg.batch_size, run.cfg.seed, run.cfg.workers)
     # Dropout and stochastic depth continue as if never stopped: they draw from the device's generator.
     torch.set_rng_state(state["torch_rng"])
     if run.device.type == "cuda" and "cuda_rng" in state:

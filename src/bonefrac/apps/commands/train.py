@@ -39,7 +39,9 @@ def _train(args: argparse.Namespace) -> int:
 
 def _value(args: argparse.Namespace, name: str, annotation: object) -> object:
     """A `TrainConfig` field's value from the parsed options (a switch on by default is given as --no-NAME)."""
-    return not getattr(args, f"no_{name}") if annotation == "bool" else getattr(args, name)
+    if annotation == "bool":
+        return getattr(args, name) if hasattr(args, name) else not getattr(args, f"no_{name}")
+    return getattr(args, name)
 
 
 #: Option values by the field's type (`from __future__ import annotations`: the annotation as written).
@@ -58,8 +60,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     for f in fields(TrainConfig):
         meta, kw = f.metadata, {}
         help_text = meta.get("help") or argparse.SUPPRESS
-        if f.type == "bool":  # a switch on by default: --no-NAME turns it off
+        if f.type == "bool" and f.default:  # a switch on by default: --no-NAME turns it off
             t.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f"no_{f.name}", action="store_true", help=help_text)
+            continue
+        if f.type == "bool":  # a switch off by default: --NAME turns it on
+            t.add_argument(flag_of(f), dest=f.name, action="store_true", help=help_text)
+            continue
+        if str(f.type).startswith("list[str]"):  # repeatable: each use adds one
+            t.add_argument(flag_of(f), dest=f.name, action="append", metavar=f.metadata.get("metavar"), help=help_text)
             continue
         if f.default is MISSING and f.name == "dataset":  # the one thing every command line starts with
             t.add_argument(f.name, help=help_text)
