@@ -580,7 +580,8 @@ def test_the_request_log_has_no_file_names_unless_asked(
     assert len(set(ids)) == 2 and all(re.fullmatch(r"[0-9a-f]{8}", i) for i in ids)
     size = f"{len(truncated) / 1000:.0f}"
     assert re.fullmatch(
-        rf"request {ids[0]}: POST /api/predict, {size[:-1]}\d\.\d kB received -> 200 (FRACTURE|no fracture) p=0\.\d{{3}} "
+        rf"request {ids[0]}: POST /api/predict, {size[:-1]}\d\.\d kB received -> 200 (FRACTURE|no fracture) "
+        rf"p=0\.\d{{3}} "
         rf"at default, 1 warning\(s\)( \(file '{re.escape(PATIENT_FILE)}'\))? in \d+ ms",
         lines[0],
     ), lines[0]
