@@ -65,6 +65,7 @@ LAZY = {
     ("models/checkpoint.py", "torch"): "train",  # reading and writing .pt files
     ("models/kinds/classifier.py", "torch"): "train",  # the graph and loss; decoding is numpy and scipy
     ("datasets/splits.py", "sklearn"): "train",  # stratified splits, made by bonefrac train
+    ("models/ood.py", "sklearn"): "train",  # fitting the OOD Gaussian: bonefrac train and calibrate; scoring is numpy
 }
 
 

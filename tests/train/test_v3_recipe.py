@@ -13,13 +13,19 @@ import torch
 from PIL import Image
 from torch import nn
 
-from bonefrac.models.kinds.detector import STRIDE
+from bonefrac.models.grid import STRIDE
 from bonefrac.spec import ModelSpec
-from bonefrac.train import hard_negatives
 from bonefrac.train.augment import Photometric
 from bonefrac.train.config import ConfigError, TrainConfig
 from bonefrac.train.data import DecodeCache, Record
-from bonefrac.train.detector import MAX_BALANCE_REPEAT, CropSampler
+from bonefrac.train.detector import (
+    MAX_BALANCE_REPEAT,
+    CropSampler,
+    hard_negatives_state,
+    mine,
+    mining_subset,
+    restore_hard_negatives,
+)
 
 SIZE, CROP = 128, 64
 BG, FG = 20, 250
@@ -251,17 +257,17 @@ def test_mining_keeps_the_top_peaks_inside_the_content(cache: DecodeCache, tmp_p
     wide = _cache_entry(cache, tmp_path / "wide.png", np.full((SIZE, SIZE), BG, np.uint8), (100, 200))
     records = [Record(wide, 0), Record(_square(cache, tmp_path, "f.png"), 1, boxes=[[1, 1, 9, 9]])]
     s = CropSampler(cache, records)
-    assert hard_negatives.mining_subset(s, 400, 0) == [0]
+    assert mining_subset(s, 400, 0) == [0]
     model = PeakModel({(5, 3): 2.0, (8, 12): 1.0, (10, 10): 0.5, (6, 7): -1.0, (1, 1): 5.0, (8, 13): -4.0})
-    found = hard_negatives.mine(model, ModelSpec(arch="lite0_centernet", image_size=SIZE), s, [0])
+    found = mine(model, ModelSpec(arch="lite0_centernet", image_size=SIZE), s, [0])
     # (1, 1) is on the padding; (8, 13) is below the floor; the top three of the rest, best first
     expected = [[(c + 0.5) * STRIDE, (r + 0.5) * STRIDE] for r, c in ((5, 3), (8, 12), (10, 10))]
     np.testing.assert_array_equal(found[0], expected)
     s.hard_negatives = found
-    state = hard_negatives.to_state(s)
+    state = hard_negatives_state(s)
     assert state == {"wide.png": expected}
     fresh = CropSampler(cache, records)
-    assert hard_negatives.restore(fresh, state) and not hard_negatives.restore(fresh, {})
+    assert restore_hard_negatives(fresh, state) and not restore_hard_negatives(fresh, {})
     assert list(fresh.hard_negatives) == [0] and np.array_equal(fresh.hard_negatives[0], found[0])
 
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bonefrac.models.efficientnet import FEATURES, EfficientNetLite0
-from bonefrac.models.kinds.detector import STRIDE
+from bonefrac.models.grid import STRIDE
 from bonefrac.spec import ModelSpec
 
 #: The centre heatmap's initial bias: sigmoid(-2.19) = 0.1, CenterNet's prior for a rare foreground.

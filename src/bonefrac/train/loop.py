@@ -41,7 +41,7 @@ from bonefrac.models.registry import build_model, kind_for
 from bonefrac.preprocess import normalize
 from bonefrac.spec import ModelSpec
 from bonefrac.train import ddp as distributed_model
-from bonefrac.train import distributed, hard_negatives, run_folder
+from bonefrac.train import distributed, run_folder
 from bonefrac.train.config import ConfigError, TrainConfig, check_start
 from bonefrac.train.data import (
     DecodeCache,
@@ -54,7 +54,7 @@ from bonefrac.train.data import (
     prepare_data,
     training_loader,
 )
-from bonefrac.train.detector import CropSampler, pointing_game
+from bonefrac.train.detector import CropSampler, hard_negatives_state, pointing_game, restore_hard_negatives
 from bonefrac.train.ood import add_ood_statistics
 from bonefrac.train.precision import MixedPrecision
 from bonefrac.train.schedule import warmed_up_ema, warmup_cosine
@@ -366,7 +366,7 @@ def resume_state(run: Run, epoch: int) -> dict[str, Any]:
         "history": run.history,
         "torch_rng": torch.get_rng_state(),
         "scaler": run.precision.scaler.state_dict(),  # {} unless fp16
-        "hard_negatives": hard_negatives.to_state(run.sampler),  # the crops the next epochs centre on
+        "hard_negatives": hard_negatives_state(run.sampler),  # the crops the next epochs centre on
     }
     if run.device.type == "cuda":
         state["cuda_rng"] = torch.cuda.get_rng_state(run.device)
@@ -390,7 +390,7 @@ def restore(run: Run) -> None:
         run.precision.scaler.load_state_dict(state["scaler"])
     run.first_epoch, run.best_score, run.stale = state["epoch"] + 1, state["best_score"], state["stale"]
     run.history = state["history"]
-    if hard_negatives.restore(run.sampler, state.get("hard_negatives")):  # new samples: a new loader
+    if restore_hard_negatives(run.sampler, state.get("hard_negatives")):  # new samples: a new loader
         run.loader = training_loader(run.samples, run.cfg.batch_size, run.cfg.seed, run.cfg.workers)
     # Dropout and stochastic depth continue as if never stopped: they draw from the device's generator.
     torch.set_rng_state(state["torch_rng"])

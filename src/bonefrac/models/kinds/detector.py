@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from bonefrac.models.grid import STRIDE
 from bonefrac.models.kinds.base import (
     DETECTION_FLOOR,
     MAX_DETECTIONS,
@@ -33,9 +34,6 @@ from bonefrac.preprocess import Geometry, float_image, resized_shape
 if TYPE_CHECKING:
     import torch
     from torch import nn
-
-#: Input pixels per cell of the heatmap: the one stride of the detector (`centernet` builds its head on it).
-STRIDE = 8
 
 
 class Detector(Kind):
