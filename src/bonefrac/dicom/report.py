@@ -34,10 +34,9 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from bonefrac import results
 from bonefrac._version import __version__
 from bonefrac.errors import ImageReadError
-from bonefrac.results import STUDY_RULE, StudyResult, study_result
+from bonefrac.results import STUDY_RULE, StudyResult, study_result, verdict
 
 if TYPE_CHECKING:
     from PIL import Image, ImageFont
@@ -208,10 +207,10 @@ def overlay_instance(
     sc.PatientOrientation = source.get("PatientOrientation", "") or ""
     # Type 2C for paired body parts (hands, wrists, ...): the source's side, or present but empty (unknown).
     sc.Laterality = _laterality(source) or ""
-    verdict = results.verdict(pred.fractured)
+    decision = verdict(pred.fractured)
     sc.BurnedInAnnotation = "YES"
     sc.ImageComments = (
-        f"{NOT_FOR_DIAGNOSIS}. {verdict}, p={pred.probability:.3f} at {pred.operating_point} "
+        f"{NOT_FOR_DIAGNOSIS}. {decision}, p={pred.probability:.3f} at {pred.operating_point} "
         f"(threshold {pred.threshold:.3f}), model {pred.model_version}"
     )[:10240]
     sc.DerivationDescription = "bonefrac fracture heatmap, boxes and verdict over the source radiograph"

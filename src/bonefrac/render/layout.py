@@ -14,9 +14,8 @@ from typing import Literal
 import numpy as np
 from PIL import ImageFont
 
-from bonefrac import results
 from bonefrac.inference.decode import display_shape
-from bonefrac.results import Prediction
+from bonefrac.results import Prediction, verdict
 
 WARNING_COLOUR = (255, 170, 60)
 TEXT_COLOUR = (225, 225, 225)
@@ -169,9 +168,9 @@ def _tag_size(number: int, size: int) -> tuple[int, int]:
 def header_texts(pred: Prediction) -> list[tuple[str, tuple[int, int, int]]]:
     """The band above the radiograph: the verdict with its probability, the threshold it was decided at, and
     the image's warnings (without the file name they start with: the overlay is that file's)."""
-    verdict = results.verdict(pred.fractured)
+    decision = verdict(pred.fractured)
     texts = [
-        (f"{verdict}  p={pred.probability:.3f}", (255, 90, 90) if pred.fractured else (150, 240, 150)),
+        (f"{decision}  p={pred.probability:.3f}", (255, 90, 90) if pred.fractured else (150, 240, 150)),
         (f"threshold {pred.threshold:.3f} ({pred.operating_point})", TEXT_COLOUR),
     ]
     name = f"{Path(pred.path).name}: " if pred.path else None

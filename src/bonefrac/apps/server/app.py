@@ -36,7 +36,6 @@ from fastapi.security import HTTPBearer
 from PIL import Image
 from pydantic import BaseModel, create_model
 
-from bonefrac import results
 from bonefrac._version import __version__
 from bonefrac.apps.server.middleware import (
     RequestLog,
@@ -54,7 +53,7 @@ from bonefrac.io.read import ImageReadWarning, XrayImage
 from bonefrac.models.metadata import jsonable
 from bonefrac.paths import WEIGHTS_DIR
 from bonefrac.render import PNG_COMPRESS_LEVEL, display_grey, heatmap_rgba, read_for_display, render_overlay
-from bonefrac.results import Prediction
+from bonefrac.results import Prediction, verdict
 
 __all__ = ["ServerSettings", "create_app", "serve"]
 
@@ -189,9 +188,9 @@ async def predict(
         logger.error("request %s: internal error\n%s", request.state.request_id, trace.rstrip())
         set_outcome(request.scope, "internal error", name)
         return json_error(500, "internal error")
-    verdict = results.verdict(body["fractured"])
+    decision = verdict(body["fractured"])
     warned = f", {len(body['warnings'])} warning(s)" if body.get("warnings") else ""
-    set_outcome(request.scope, f"{verdict} p={body['probability']:.3f} at {body['operating_point']}{warned}", name)
+    set_outcome(request.scope, f"{decision} p={body['probability']:.3f} at {body['operating_point']}{warned}", name)
     return JSONResponse(body)
 
 

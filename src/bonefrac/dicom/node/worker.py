@@ -22,6 +22,7 @@ from bonefrac.dicom.node.spool import Spool
 from bonefrac.dicom.node.tracker import Study, StudyTracker
 from bonefrac.dicom.send import send
 from bonefrac.errors import BonefracError
+from bonefrac.results import verdict
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -122,13 +123,13 @@ class Worker:
         for ds in written:
             save_dataset(ds, out_dir)
         summary = results.study()
-        verdict = results.verdict(summary.fractured)
+        decision = verdict(summary.fractured)
         log.info(
             "study %s: %d view(s), p=%.3f %s (%s) in %.1f s; results in %s",
             study.digest,
             len(results.views),
             summary.probability,
-            verdict,
+            decision,
             summary.operating_point,
             time.monotonic() - started,
             out_dir,
