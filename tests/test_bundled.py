@@ -138,7 +138,9 @@ def test_demo_writes_overlays_and_explains_the_boxes(tmp_path: Path) -> None:
     assert "'fracture' boxes" in out and "'suspicious' boxes" in out and "high_specificity" in out, out
     assert "detections column" in out and "heatmap" in out, out
     rows = (tmp_path / "predictions.csv").read_text().splitlines()
-    assert rows[0].split(",")[:6] == ["path", "probability", "fractured", "threshold", "boxes", "detections"]
+    header = rows[0].split(",")
+    assert header[:7] == ["path", "probability", "fractured", "threshold", "operating_point", "boxes", "detections"]
+    assert {"ood_score", "in_distribution", "warnings", "model_version", "error"} <= set(header)
     assert len(rows) == 1 + len(LABELS)
 
 

@@ -14,3 +14,9 @@ bonefrac evaluate ../shared/data/fracatlas --out runs/bundled-val --split src/bo
 #    validation figures measured at the thresholds the model uses (from a recalibration on the same 653 images: the
 #    same confusion counts at every point). Weights, calibration and thresholds are unchanged; the file's SHA-256
 #    moved from 2d5c8807551225fe... (the version in the logs of this folder) to ce6b5550631357234....
+# 5. (2026-12-07, issue 24.4) The out-of-distribution statistics (docs/ood.md) were fitted with
+#      bonefrac calibrate ../shared/data/fracatlas --model src/bonefrac/weights/model.pt --out /tmp/model-ood.pt \
+#          --split src/bonefrac/weights/split.json --subset val
+#    (Gaussian on the 2611 training images, threshold on the 653 validation images) and only spec.ood and
+#    info["ood"] were copied into this checkpoint: weights, calibration and thresholds unchanged. SHA-256 now
+#    5ed334dcf1b57ea2...; the shipped model.onnx regenerated with tools/ship_onnx.py.
