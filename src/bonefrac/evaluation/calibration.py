@@ -92,6 +92,18 @@ MIN_PER_CLASS = 20
 MIN_PROBABILITY_SPREAD = 0.1
 
 
+def _split_training_images(
+    dataset: str | Path, split_file: str | Path, fracture_classes: Sequence[str] | None
+) -> list[str] | None:
+    """The split's training images (the OOD Gaussian's fit set for a model without one); None when it has none."""
+    from bonefrac.evaluation.evaluate import select_records
+
+    try:
+        return [r.path for r in select_records(dataset, split_file, "train", fracture_classes)]
+    except DatasetError:  # a split of validation images only: the threshold alone can be fitted
+        return None
+
+
 def recalibrate(
     dataset: str | Path,
     out: str | Path,
@@ -161,7 +173,7 @@ def recalibrate(
     spec.calibration, spec.operating_points = new, points
     # The OOD statistics: the threshold (and the Gaussian, given enough images) on these images (`ood_fit`).
     from_train = spec.ood is None and split_file and subset not in ("train", "all")
-    train = [r.path for r in select_records(dataset, split_file, "train", fracture_classes)] if from_train else None
+    train = _split_training_images(dataset, split_file, fracture_classes) if from_train else None
     spec.ood, ood_record = fit_ood(det, [r.path for r in records], spec.ood, train)
     before_after = compare(y, z, previous["calibration"], new)
     caveats = warnings(y, p, new, points, validation, before_after)
