@@ -29,6 +29,7 @@ from bonefrac.inference.decode import DISPLAY_SIDE, HeatmapOption, display_shape
 from bonefrac.io.modality import check_radiograph
 from bonefrac.io.read import XrayImage
 from bonefrac.models.checkpoint import bundled_model_path, load_model, resolve_checkpoint, verified_digest
+from bonefrac.models.registry import kind_of
 from bonefrac.preprocess import Geometry, float_image, preprocess, read_for_model
 from bonefrac.results import Prediction, PredictionError
 from bonefrac.spec import ModelSpec
@@ -130,6 +131,11 @@ class FractureDetector:
     @property
     def operating_points(self) -> dict[str, float]:
         return dict(self.spec.operating_points)
+
+    @property
+    def kind(self) -> str:
+        """What the model is: "detector" (boxes from a CenterNet head) or "classifier" (a heatmap's hot regions)."""
+        return kind_of(self.spec.arch)
 
     def facts(self) -> dict[str, Any]:
         """The model card facts as plain JSON (what `/api/model` and `metrics.json` show)."""
