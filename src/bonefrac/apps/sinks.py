@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from bonefrac.errors import BonefracError
 from bonefrac.io.image import XrayImage
 from bonefrac.results import CSV_COLUMNS, STUDY_CSV_COLUMNS, Prediction, PredictionError, StudyResult, rounded_boxes
 
@@ -229,11 +228,7 @@ class DicomSink(Sink):
         res = entry.result
         if not isinstance(res, Prediction) or res.path is None or entry.image is None:
             return
-        try:
-            if not self.writer.add(res.path, entry.image, res):
-                self.writer.not_dicom.append(res.path)
-        except BonefracError as e:
-            self.writer.problems.append(str(e))
+        self.writer.add_prediction(res, entry.image)
 
     def close(self, interrupted: bool = False) -> None:
         if interrupted:  # a study's report needs all its views: none is written from a part of them

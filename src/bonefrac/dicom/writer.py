@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bonefrac.dicom.report import StudyResults, read_source_header, save_dataset, study_digest
+from bonefrac.errors import BonefracError
 from bonefrac.io.read import is_dicom_file
 
 if TYPE_CHECKING:
@@ -26,18 +27,13 @@ class DicomResultsWriter:
         self.not_dicom: list[str] = []
         self.problems: list[str] = []
 
-    def add_prediction(self, pred: Prediction) -> None:
-        """`add` for `bonefrac predict`: the file read again at display size for the overlay; a non-DICOM file
-        is noted (for `summary`), a DICOM file whose results cannot be made is noted with its reason."""
-        from bonefrac.errors import BonefracError
-        from bonefrac.render import read_for_display
-
+    def add_prediction(self, pred: Prediction, image: XrayImage) -> None:
+        """`add` for `bonefrac predict --dicom-out`, on the image already decoded: a non-DICOM input is noted once
+        for `summary`, a DICOM file whose results cannot be made is noted with its reason; neither stops the run."""
         assert pred.path is not None
-        if not is_dicom_file(pred.path):
-            self.not_dicom.append(pred.path)
-            return
         try:
-            self.add(pred.path, read_for_display(pred.path), pred)
+            if not self.add(pred.path, image, pred):
+                self.not_dicom.append(pred.path)
         except BonefracError as e:
             self.problems.append(str(e))
 

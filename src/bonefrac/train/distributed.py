@@ -175,11 +175,6 @@ def gather_predictions(predict: Callable[[list[Any]], np.ndarray], items: list[A
     return out
 
 
-def sum_int(value: int) -> int:
-    """Sum an integer over all ranks (e.g. failure counts, so every rank returns the same exit code)."""
-    return sum_ints([value])[0]
-
-
 def sum_ints(values: list[int]) -> list[int]:
     """Element-wise sums over all ranks of equal-length integer lists, in one collective."""
     if not is_dist():
