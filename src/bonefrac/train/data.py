@@ -13,7 +13,7 @@ import os
 import random
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -27,7 +27,7 @@ from bonefrac.datasets import Record, content_digest, layout_split, load_dataset
 from bonefrac.errors import BonefracError, DatasetError
 from bonefrac.io.read import read_image
 from bonefrac.paths import cache_dir
-from bonefrac.preprocess import Geometry, box_mask, letterbox_geometry, letterbox_image, reduction_factor
+from bonefrac.preprocess import Geometry, box_mask, letterbox_geometry, letterbox_image, normalize, reduction_factor
 from bonefrac.spec import REDUCE_FROM
 from bonefrac.train import distributed
 from bonefrac.train.augment import Augment
@@ -317,3 +317,21 @@ def image_loader(cache: DecodeCache, records: list[Record], batch_size: int = 32
         worker_init_fn=_seed_worker,
         generator=torch.Generator().manual_seed(0),  # an iterator draws a seed: not from the global RNG
     )
+
+
+@torch.no_grad()
+def run_on_cache(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    spec: ModelSpec,
+    cache: DecodeCache,
+    records: list[Record],
+    batch_size: int = 32,
+    workers: int = 0,
+) -> np.ndarray:
+    """`fn` (a model's forward) on each batch of `records` from the decode cache, normalised as the model reads
+    them and on this rank's device; its rows in the records' order, as numpy (validation, OOD features)."""
+    out = [
+        fn(normalize(x, spec).to(distributed.device())).float().cpu().numpy()
+        for x in image_loader(cache, records, batch_size, workers)
+    ]
+    return np.concatenate(out) if out else np.zeros(0)

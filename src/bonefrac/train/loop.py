@@ -50,8 +50,8 @@ from bonefrac.train.data import (
     TrainingSet,
     WholeImages,
     image_digests,
-    image_loader,
     prepare_data,
+    run_on_cache,
     training_loader,
 )
 from bonefrac.train.detector import CropSampler, hard_negatives_state, pointing_game, restore_hard_negatives
@@ -62,7 +62,6 @@ from bonefrac.train.schedule import warmed_up_ema, warmup_cosine
 __all__ = ["TrainConfig", "fit"]
 
 
-@torch.no_grad()
 def predict_cached(
     model: torch.nn.Module,
     spec: ModelSpec,
@@ -74,11 +73,11 @@ def predict_cached(
     """Raw (uncalibrated) image logits for records from the decode cache (validation during training), in
     fp32. For a detector, one row per image: the logit, then the heatmap peak's (x, y) on the cached grid."""
     model.eval()
-    out = []
-    for x in image_loader(cache, records, batch_size, workers):
-        x = normalize(x, spec).to(distributed.device()).contiguous(memory_format=torch.channels_last)
-        out.append(kind_for(spec).validation_outputs(model, x).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros(0)
+    kind = kind_for(spec)
+    return run_on_cache(
+        lambda x: kind.validation_outputs(model, x.contiguous(memory_format=torch.channels_last)),
+        spec, cache, records, batch_size, workers,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------- the loop and its steps

@@ -17,13 +17,11 @@ from bonefrac.datasets import Record
 from bonefrac.models.checkpoint import load_model, save_model
 from bonefrac.models.ood import OodGaussian
 from bonefrac.models.registry import kind_of
-from bonefrac.preprocess import normalize
 from bonefrac.spec import ModelSpec
 from bonefrac.train import distributed
-from bonefrac.train.data import DecodeCache, image_loader
+from bonefrac.train.data import DecodeCache, run_on_cache
 
 
-@torch.no_grad()
 def cached_features(
     model: torch.nn.Module,
     spec: ModelSpec,
@@ -36,10 +34,7 @@ def cached_features(
     prediction prepares them)."""
     from bonefrac.models.centernet import pooled_features
 
-    out = []
-    for x in image_loader(cache, records, batch_size, workers):
-        out.append(pooled_features(model, normalize(x, spec).to(distributed.device())).cpu().numpy())
-    return np.concatenate(out)
+    return run_on_cache(lambda x: pooled_features(model, x), spec, cache, records, batch_size, workers)
 
 
 def add_ood_statistics(
