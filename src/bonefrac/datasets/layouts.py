@@ -22,6 +22,16 @@ LAYOUT_NAMES = {
     "csv": "path,label CSV",
 }
 
+#: What every command that reads a labelled dataset says of its argument and of --fracture-class.
+DATASET_HELP = (
+    "a labelled dataset: a labels.csv folder, class folders, a path,label CSV, a COCO JSON, a YOLO data.yaml "
+    "or the unpacked FracAtlas download (`bonefrac inspect` shows what it holds)"
+)
+FRACTURE_CLASS_HELP = (
+    "COCO/YOLO category that means fracture (repeatable; default: the categories named fracture or fractured, "
+    "or the only one); boxes of other categories are ignored"
+)
+
 #: The layouts whose categories are chosen with `fracture_classes`, and the one with subsets of its own.
 _WITH_CATEGORIES = ("coco", "yolo")
 _WITH_SUBSETS = ("yolo",)

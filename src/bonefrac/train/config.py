@@ -12,6 +12,7 @@ from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from bonefrac.datasets.layouts import DATASET_HELP, FRACTURE_CLASS_HELP
 from bonefrac.errors import BonefracError, DatasetError
 from bonefrac.models import registry
 from bonefrac.spec import REDUCE_FROM
@@ -136,10 +137,7 @@ class TrainConfig:
     """Everything that decides a training run. Each field's help and bounds are in its `setting`; `bonefrac
     train`'s options are generated from them (apps/commands/train.py)."""
 
-    dataset: str = setting(
-        help="a labelled dataset: a labels.csv folder, class folders, a path,label CSV, a COCO JSON, a YOLO data.yaml "
-        "or the unpacked FracAtlas download"
-    )
+    dataset: str = setting(help=DATASET_HELP)
     out: str = setting(help="run folder (checkpoints, logs, split)")
     arch: str = setting("efficientnet_lite0", f"{' | '.join(ARCHS)} (default %(default)s)", OneOf(ARCHS, listed=False))
     epochs: int = setting(12, "at most this many (default %(default)s)", Whole(1))
@@ -215,13 +213,7 @@ class TrainConfig:
     hard_negative_images: int = setting(
         400, "detectors: normal images looked at per mining (0: all; default %(default)s)", Whole(0)
     )
-    fracture_classes: list[str] | None = setting(
-        None,
-        "COCO/YOLO category that means fracture (repeatable; default: those named fracture or fractured, or the "
-        "only one)",
-        flag="--fracture-class",
-        metavar="NAME",
-    )
+    fracture_classes: list[str] | None = setting(None, FRACTURE_CLASS_HELP, flag="--fracture-class", metavar="NAME")
     seed: int = setting(0, "split, order and augmentation (default %(default)s)", Whole(0))
     init_from: str | None = setting(
         None, "fine-tune this checkpoint or run folder (default: none, start from ImageNet weights)", Exists()

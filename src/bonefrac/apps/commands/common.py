@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from bonefrac.datasets.layouts import FRACTURE_CLASS_HELP
 from bonefrac.inference.backends import DEFAULT_BATCH_SIZE
-
-#: What a command that reads a labelled dataset takes (`bonefrac.datasets` detects the layout on disk).
-DATASET_HELP = (
-    "a labelled dataset: a labels.csv folder, class folders, a path,label CSV, a COCO JSON, a YOLO data.yaml "
-    "or the unpacked FracAtlas download (`bonefrac inspect` shows what it holds)"
-)
 
 
 def model_args(p: argparse.ArgumentParser) -> None:
@@ -38,6 +33,5 @@ def fracture_class_arg(p: argparse.ArgumentParser) -> None:
         "--fracture-class",
         action="append",
         metavar="NAME",
-        help="COCO/YOLO category that means fracture (repeatable; default: the categories named fracture or "
-        "fractured, or the only one); boxes of other categories are ignored",
+        help=FRACTURE_CLASS_HELP,
     )

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bonefrac.apps.commands.common import DATASET_HELP, fracture_class_arg, model_args
+from bonefrac.apps.commands.common import fracture_class_arg, model_args
 from bonefrac.apps.extras import require_extra
+from bonefrac.datasets.layouts import DATASET_HELP
 
 
 def _evaluate(args: argparse.Namespace) -> int:

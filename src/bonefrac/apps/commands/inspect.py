@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from bonefrac.apps.commands.common import DATASET_HELP, fracture_class_arg
-from bonefrac.datasets.layouts import LAYOUT_NAMES
+from bonefrac.apps.commands.common import fracture_class_arg
+from bonefrac.datasets.layouts import DATASET_HELP, LAYOUT_NAMES
 
 
 def _inspect(args: argparse.Namespace) -> int:
