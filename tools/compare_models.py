@@ -1,7 +1,8 @@
 """The model comparison of issue 16 (for the model card): one markdown table from `bonefrac evaluate` folders.
 
     python tools/compare_models.py "bundled v1=/work/runs/eval-bundled" "v2=/work/runs/eval-v2" \
-        --minutes "v2=118" --ips "bundled v1=70.1" --ips "v2=31.5"
+        --minutes "v2=118" --ips "bundled v1=70.1" --ips "v2=31.5" \
+        --reframe "v2=/work/runs/reframe-v2.json" --ood "v2=MURA wrist: 12% flagged"
 
 Each positional argument is an evaluate output folder (metrics.json and predictions.csv), optionally named
 `LABEL=FOLDER` (default label: the folder's name). Training minutes and `bonefrac predict` images/s are not
@@ -11,8 +12,16 @@ figures over different images do not compare.
 
 Columns: AUC with its bootstrap 95% CI; sensitivity at specificity 0.90 read off the ROC (no operating point:
 computed from predictions.csv when an older metrics.json lacks it); the pointing game (heatmap peak inside a
-fracture box); COCO box AP@0.5 over fractured images (the FracAtlas paper's protocol); ECE (15 bins). Below the
-table: each calibrated model's record of its calibration (ECE before and after, on the images it was fitted on).
+fracture box); COCO box AP@0.5 over fractured images (the FracAtlas paper's protocol); ECE (15 bins).
+
+A second table, of robustness: the pointing game per box-size tercile (small/medium/large fractures); the
+sensitivity at the model's default operating point in the two big regions, hand and leg; the AUC without
+images showing orthopaedic hardware (the implant shortcut); the pointing game on images re-framed at zoom
+1.5/2/3 (`tools/reframe_probe.py --json`, given per label with `--reframe`); and a free-text OOD proxy
+figure per label (`--ood`). A figure an older metrics.json lacks shows as "-".
+
+Below the tables: each calibrated model's record of its calibration (ECE before and after, on the images it
+was fitted on).
 """
 
 from __future__ import annotations
@@ -40,6 +49,17 @@ COLUMNS = (
     "training minutes",
     "predict images/s",
 )
+#: The regions of the robustness table (FracAtlas' two big ones) and the zooms of the re-framing probe.
+REGIONS = ("hand", "leg")
+REFRAME_ZOOMS = ("1.5", "2", "3")
+ROBUSTNESS_COLUMNS = (
+    "model",
+    "pointing s/m/l boxes",
+    *(f"sens @ default, {r}" for r in REGIONS),
+    "AUC without hardware",
+    f"re-framed pointing {'/'.join(z + 'x' for z in REFRAME_ZOOMS)}",
+    "OOD proxy",
+)
 
 
 @dataclass
@@ -49,11 +69,18 @@ class Row:
     metrics: dict[str, Any]
     minutes: float | None = None
     images_per_s: float | None = None
+    reframe: dict[str, Any] | None = None  # reframe_probe.py's --json
+    ood: str | None = None
     notes: list[str] = field(default_factory=list)
 
 
 def _num(x: Any, digits: int = 3) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _dash(x: Any, digits: int = 3) -> str:
+    """A figure of the robustness table: "-" when this report lacks it."""
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
 def read_sensitivity(folder: Path, metrics: dict[str, Any]) -> float | None:
@@ -84,6 +111,28 @@ def cells(row: Row) -> list[str]:
     ]
 
 
+def robustness_cells(row: Row) -> list[str]:
+    m = row.metrics
+    terciles = (m.get("localization") or {}).get("by_box_size")
+    regions = m.get("per_region") or {}
+    default = [((regions.get(r) or {}).get("operating_points") or {}).get("default") or {} for r in REGIONS]
+    zooms = (row.reframe or {}).get("zoom") or {}
+    return [
+        row.label,
+        "/".join(_dash(t.get("pointing_game"), 2) for t in terciles) if terciles else "-",
+        *(_dash(d.get("sensitivity")) for d in default),
+        _dash((m.get("auc_without_hardware") or {}).get("auc")),
+        "/".join(_dash(zooms.get(z), 2) for z in REFRAME_ZOOMS) if zooms else "-",
+        (row.ood or "-").replace("|", "\\|"),  # a bar would end the cell
+    ]
+
+
+def _markdown(columns: tuple[str, ...], body: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)] + [
+        "| " + " | ".join(c) + " |" for c in body
+    ]
+
+
 def calibration_note(row: Row) -> str | None:
     fitted = ((row.metrics.get("model") or {}).get("calibration") or {}).get("fitted")
     if not isinstance(fitted, dict):
@@ -98,9 +147,10 @@ def calibration_note(row: Row) -> str | None:
 
 
 def table(rows: list[Row]) -> str:
-    """The markdown table, then the evaluated images and the calibration records."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(cells(r)) + " |" for r in rows]
+    """The main markdown table, the robustness one (two: one would be too wide to read), then the evaluated
+    images and the calibration records."""
+    lines = _markdown(COLUMNS, [cells(r) for r in rows])
+    lines += ["", *_markdown(ROBUSTNESS_COLUMNS, [robustness_cells(r) for r in rows])]
     m = rows[0].metrics
     ds = m.get("dataset") or {}
     lines += [
@@ -122,17 +172,36 @@ def _pairs(values: list[str], what: str) -> dict[str, float]:
     return out
 
 
-def load_rows(folders: list[str], minutes: dict[str, float], ips: dict[str, float]) -> list[Row]:
+def _texts(values: list[str], what: str) -> dict[str, str]:
+    """LABEL=TEXT pairs, split at the first "=": the text may hold one, a label may not."""
+    out = {}
+    for v in values:
+        label, sep, text = v.partition("=")
+        if not sep:
+            raise SystemExit(f"{what} {v!r}: expected LABEL=TEXT")
+        out[label] = text
+    return out
+
+
+def load_rows(
+    folders: list[str],
+    minutes: dict[str, float],
+    ips: dict[str, float],
+    reframe: dict[str, str] | None = None,
+    ood: dict[str, str] | None = None,
+) -> list[Row]:
+    reframe, ood = reframe or {}, ood or {}
     rows = []
     for arg in folders:
         label, sep, path = arg.rpartition("=")
         folder = Path(path)
         label = label if sep else folder.name
         metrics = json.loads((folder / "metrics.json").read_text())
-        rows.append(Row(label, folder, metrics, minutes.get(label), ips.get(label)))
-    unknown = (set(minutes) | set(ips)) - {r.label for r in rows}
+        probe = json.loads(Path(reframe[label]).read_text()) if label in reframe else None
+        rows.append(Row(label, folder, metrics, minutes.get(label), ips.get(label), probe, ood.get(label)))
+    unknown = (set(minutes) | set(ips) | set(reframe) | set(ood)) - {r.label for r in rows}
     if unknown:
-        raise SystemExit(f"--minutes/--ips name no model here: {', '.join(sorted(unknown))}")
+        raise SystemExit(f"--minutes/--ips/--reframe/--ood name no model here: {', '.join(sorted(unknown))}")
     # Figures over different images do not compare: the same image files (by name, as predictions.csv lists
     # them; dataset paths may be written differently) with the same labels, or refuse.
     first = evaluated_images(rows[0].folder)
@@ -154,8 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("folders", nargs="+", help="[LABEL=]FOLDER of a `bonefrac evaluate` report")
     ap.add_argument("--minutes", action="append", default=[], help="LABEL=training minutes (repeatable)")
     ap.add_argument("--ips", action="append", default=[], help="LABEL=bonefrac predict images/s (repeatable)")
+    ap.add_argument(
+        "--reframe", action="append", default=[], help="LABEL=JSON written by tools/reframe_probe.py --json"
+    )
+    ap.add_argument("--ood", action="append", default=[], help="LABEL=free text of an OOD proxy figure")
     a = ap.parse_args(argv)
-    rows = load_rows(a.folders, _pairs(a.minutes, "--minutes"), _pairs(a.ips, "--ips"))
+    minutes, ips = _pairs(a.minutes, "--minutes"), _pairs(a.ips, "--ips")
+    rows = load_rows(a.folders, minutes, ips, _texts(a.reframe, "--reframe"), _texts(a.ood, "--ood"))
     sys.stdout.write(table(rows))
     return 0
 

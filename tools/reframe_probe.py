@@ -8,6 +8,9 @@ source: it moves the scale, not the scanner, processing or population.
 
     python tools/reframe_probe.py --model src/bonefrac/weights/model.pt \
         --split src/bonefrac/weights/split.json --dataset ../shared/data/fracatlas --zoom 1 1.5 2 3
+
+`--json OUT` also writes {"zoom": {"1.5": pointing game, ...}, "n": images}: `tools/compare_models.py
+--reframe LABEL=OUT` reads it into the model comparison.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ def main() -> None:
     ap.add_argument("--zoom", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0])
     ap.add_argument("--limit", type=int)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", type=Path, help="also write the pointing game per zoom to this JSON file")
     args = ap.parse_args()
     det = FractureDetector.load(args.model)
     split = load_split(Path(args.split))
@@ -70,6 +74,9 @@ def main() -> None:
         out[f"zoom {zoom:g}"] = {"pointing_game": float(np.mean(hits)), "n": len(hits)}
         print(f"zoom {zoom:g}: pointing game {np.mean(hits):.3f} (n = {len(hits)})", flush=True)
     print(json.dumps(out))
+    if args.json:
+        zooms = {f"{z:g}": out[f"zoom {z:g}"]["pointing_game"] for z in args.zoom}
+        args.json.write_text(json.dumps({"zoom": zooms, "n": len(records)}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -256,6 +256,9 @@ def test_a_detector_is_evaluated_on_its_boxes(tmp_path: Path) -> None:
     boxed = [(r, q) for r, q in zip(records, preds, strict=True) if r.boxes]
     hits = sum(any(b[0] <= q.peak[0] <= b[2] and b[1] <= q.peak[1] <= b[3] for b in r.boxes) for r, q in boxed)
     assert saved["localization"]["pointing_game"] == pytest.approx(hits / len(boxed))
+    terciles = saved["localization"]["by_box_size"]  # every boxed image in one of the three, smallest first
+    assert [t["tercile"] for t in terciles] == ["small", "medium", "large"]
+    assert sum(t["n_images"] for t in terciles) == len(boxed)
     ap50, ap50_95 = average_precision([r.boxes for r, _ in boxed], [q.detections for _, q in boxed])
     d = saved["detection"]
     assert (d["ap50_fractured"], d["ap50_95_fractured"]) == pytest.approx((ap50, ap50_95), nan_ok=True)
@@ -268,6 +271,9 @@ def test_a_detector_is_evaluated_on_its_boxes(tmp_path: Path) -> None:
     sens = saved["sensitivity_at_specificity"]["sensitivity"]
     assert f"sensitivity at specificity >= 0.90 on the ROC: {sens:.3f}" in text
     assert "AP@0.5       all images" in text and (tmp_path / "rep" / "froc.png").stat().st_size > 1000
+    small = terciles[0]
+    assert f"  small  boxes (smallest box's long side {small['size_px'][0]:.1f}-" in text
+    assert f"n={small['n_images']}): pointing game {small['pointing_game']:.3f}" in text
 
 
 def _tool(name: str) -> ModuleType:
@@ -306,12 +312,21 @@ def test_compare_models_prints_one_row_per_evaluation(tmp_path: Path, capsys: py
               "ece_after": 0.04, "brier_before": 0.2, "brier_after": 0.15}  # fmt: skip
     # An older report without the ROC figure (recomputed from predictions.csv), and a detector's full one.
     old = _fake_report(tmp_path / "old", y, p_old, auc_ci95=[0.41, 0.55], calibration={"ece": 0.2})
+    terciles = [{"pointing_game": g} for g in (0.41, 0.623, 0.9)]
+    regions = {r: {"operating_points": {"default": {"sensitivity": s}}} for r, s in (("hand", 0.81), ("leg", 0.7))}
     new = _fake_report(
         tmp_path / "new", y, p_new, auc_ci95=[0.8, 0.9], calibration={"ece": 0.04},
-        sensitivity_at_specificity=sensitivity_at_specificity(y, p_new), localization={"pointing_game": 0.7},
-        detection={"ap50_fractured": 0.31}, model={"calibration": {"fitted": fitted}},
+        sensitivity_at_specificity=sensitivity_at_specificity(y, p_new),
+        localization={"pointing_game": 0.7, "by_box_size": terciles}, per_region=regions,
+        auc_without_hardware={"auc": 0.77}, detection={"ap50_fractured": 0.31},
+        model={"calibration": {"fitted": fitted}},
     )  # fmt: skip
-    assert tool.main([f"v1={old}", f"v2 detector={new}", "--minutes", "v2 detector=118", "--ips", "v1=70.5"]) == 0
+    # reframe_probe.py --json's file (its zoom 1 is not a column).
+    probe = tmp_path / "reframe.json"
+    probe.write_text(json.dumps({"zoom": {"1": 0.7, "1.5": 0.65, "2": 0.5, "3": 0.333}, "n": 50}))
+    argv = [f"v1={old}", f"v2 detector={new}", "--minutes", "v2 detector=118", "--ips", "v1=70.5"]
+    argv += ["--reframe", f"v2 detector={probe}", "--ood", "v2 detector=MURA wrist: 12% flagged | p=0.9"]
+    assert tool.main(argv) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("| model | AUC (95% CI) | sens @ spec 0.90 | pointing game | AP@0.5 (fractured) | ECE |")
     sens_old = sensitivity_at_specificity(y, p_old)["sensitivity"]
@@ -321,6 +336,12 @@ def test_compare_models_prints_one_row_per_evaluation(tmp_path: Path, capsys: py
         lines[3]
         == f"| v2 detector | {auc(y, p_new):.3f} (0.800-0.900) | {sens_new:.3f} | 0.700 | 0.310 | 0.040 | 118 | n/a |"
     )
+    # The robustness table, below the main one: an older report's figures are "-".
+    assert lines[5].startswith("| model | pointing s/m/l boxes | sens @ default, hand | sens @ default, leg |")
+    assert lines[5].endswith("| AUC without hardware | re-framed pointing 1.5x/2x/3x | OOD proxy |")
+    assert lines[7] == "| v1 | - | - | - | - | - | - |"
+    ood = "MURA wrist: 12% flagged \\| p=0.9"  # its bar escaped: it would end the cell
+    assert lines[8] == f"| v2 detector | 0.41/0.62/0.90 | 0.810 | 0.700 | 0.770 | 0.65/0.50/0.33 | {ood} |"
     assert f"200 images ({y.sum()} fractured) of data, subset val of split.json." in lines
     assert lines[-1].startswith("v2 detector: calibrated on 200 images of data") and "ECE 0.210 -> 0.040" in lines[-1]
     # Evaluations over different images do not compare; a figure for a model not in the table is a typo.
@@ -329,3 +350,5 @@ def test_compare_models_prints_one_row_per_evaluation(tmp_path: Path, capsys: py
         tool.main([str(old), str(other)])
     with pytest.raises(SystemExit, match="name no model here: v3"):
         tool.main([f"v1={old}", "--ips", "v3=1"])
+    with pytest.raises(SystemExit, match="name no model here: v3"):
+        tool.main([f"v1={old}", "--ood", "v3=x"])

@@ -13,6 +13,7 @@ from bonefrac.evaluation.metrics import (
     auc_ci,
     choose_operating_points,
     discrimination,
+    localization_by_box_size,
     localization_scores,
     operating_point_stats,
 )
@@ -87,6 +88,38 @@ def test_localization_scores() -> None:
     s = localization_scores(peaks, preds, truth)
     assert s["pointing_game"] == 0.5
     assert s["box_precision"] == 1.0 and s["box_recall"] == 0.5
+
+
+def test_localization_by_box_size_splits_at_the_terciles_of_the_smallest_box() -> None:
+    # Six images whose smallest boxes have long sides 10..60 px: the cuts (np.quantile 1/3, 2/3: 26.7, 43.3)
+    # put two in each tercile. Image 1's smallest box is its second (20 x 10), not its first (200 x 200).
+    truth = [
+        [[0, 0, 10, 5]],
+        [[100, 100, 300, 300], [0, 0, 20, 10]],
+        [[0, 0, 30, 30]],
+        [[0, 0, 5, 40]],
+        [[0, 0, 50, 50]],
+        [[0, 0, 60, 10]],
+    ]
+    peaks = [(5, 2), (500, 500), (40, 40), (50, 50), (25, 25), (30, 5)]
+    preds = [[[0, 0, 10, 5, 0.9]], [], [[0, 0, 30, 30, 0.8]], [], [[1, 1, 50, 50, 0.7]], [[0, 0, 60, 10, 0.6]]]
+    small, medium, large = localization_by_box_size(peaks, preds, truth)
+    assert [t["tercile"] for t in (small, medium, large)] == ["small", "medium", "large"]
+    assert [t["n_images"] for t in (small, medium, large)] == [2, 2, 2]
+    assert (small["size_px"], medium["size_px"], large["size_px"]) == ([10, 20], [30, 40], [50, 60])
+    # small: one peak of two in a box, one GT box of three found; medium: no peak, one box of two; large: all.
+    assert (small["pointing_game"], small["box_recall"]) == (0.5, pytest.approx(1 / 3))
+    assert (medium["pointing_game"], medium["box_recall"]) == (0.0, 0.5)
+    assert (large["pointing_game"], large["box_recall"]) == (1.0, 1.0) and large["iou_threshold"] == 0.3
+    # The groups together are the whole: the same rules as localization_scores.
+    whole = localization_scores(peaks, preds, truth)
+    assert whole["pointing_game"] == pytest.approx(
+        sum(t["pointing_game"] * t["n_images"] for t in (small, medium, large)) / 6
+    )
+    # An image on a cut goes to the smaller group: equal sizes all land in "small", the others stay empty.
+    same = localization_by_box_size(peaks[:3], preds[:3], [[[0, 0, 10, 10]]] * 3)
+    assert [t["n_images"] for t in same] == [3, 0, 0] and np.isnan(same[2]["pointing_game"])
+    assert np.isnan(same[1]["size_px"]).all()
 
 
 def test_a_model_better_than_both_targets_gets_its_named_points_at_the_ends_of_the_range() -> None:

@@ -29,6 +29,7 @@ from bonefrac.evaluation.metrics import (
     auc_verdict,
     calibration,
     discrimination,
+    localization_by_box_size,
     localization_scores,
     sensitivity_at_specificity,
 )
@@ -147,11 +148,13 @@ def compute_metrics(
         m["auc_without_hardware"] = discrimination(y[no_hw], p[no_hw], operating_points)
     boxed = [i for i, r in enumerate(records) if r.label == 1 and r.boxes]
     if boxed:
-        m["localization"] = localization_scores(
+        located = (
             [tuple(preds[i].peak) for i in boxed],
             [preds[i].boxes for i in boxed],
             [records[i].boxes for i in boxed],
         )
+        m["localization"] = localization_scores(*located)
+        m["localization"]["by_box_size"] = localization_by_box_size(*located)
         # Detection: over the images whose boxes are known, those without a fracture (nothing to find: their
         # detections are false positives) and the fractured ones with boxes. A fractured image without boxes
         # is left out (counted): its detections are neither right nor wrong as far as anyone can tell.
@@ -189,6 +192,7 @@ def evaluate(
     split_file: str | Path | None = None,
     subset: str | None = None,
     backend: str = "auto",
+    precision: str = "auto",
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int | None = None,
     progress: bool = True,
@@ -199,7 +203,7 @@ def evaluate(
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    det = FractureDetector.load(model, backend=backend)
+    det = FractureDetector.load(model, backend=backend, precision=precision)
     records = select_records(dataset, split_file, subset, fracture_classes)
     kept: list[Record] = []
     preds: list[Prediction] = []

@@ -271,3 +271,41 @@ def localization_scores(
         "box_precision": matched_pred / n_pred if n_pred else float("nan"),
         "box_recall": matched_true / n_true if n_true else float("nan"),
     }
+
+
+#: The box-size terciles of `localization_by_box_size`, smallest boxes first.
+BOX_SIZE_TERCILES = ("small", "medium", "large")
+
+
+def localization_by_box_size(
+    peaks: list[tuple[float, float]],
+    pred_boxes: list[list[list[float]]],
+    true_boxes: list[list[list[float]]],
+    iou_threshold: float = 0.3,
+) -> list[dict[str, Any]]:
+    """`localization_scores` in three groups of images by fracture size: a model that finds only the large,
+    obvious fractures shows it here, where one pointing game over all of them hides it.
+
+    An image's size is the longest side, in image pixels, of its smallest ground-truth box (by area): the
+    fracture hardest to see. The images are split at `np.quantile` 1/3 and 2/3 of those sizes: small up to
+    the first cut, medium up to the second, large above it (an image on a cut goes to the smaller group).
+    Each group's dict has its `tercile` name, `size_px` [smallest, largest] (nan when empty) and the scores.
+    """
+    sizes = np.array([smallest_box_side(t) for t in true_boxes], dtype=np.float64)
+    cuts = np.quantile(sizes, [1 / 3, 2 / 3]) if len(sizes) else np.array([np.nan, np.nan])
+    which = np.searchsorted(cuts, sizes, side="left")  # 0 at or below the first cut, 1 to the second, 2 above
+    out = []
+    for k, name in enumerate(BOX_SIZE_TERCILES):
+        ix = np.nonzero(which == k)[0]
+        size_px = [float(sizes[ix].min()), float(sizes[ix].max())] if len(ix) else [float("nan")] * 2
+        scores = localization_scores(
+            [peaks[i] for i in ix], [pred_boxes[i] for i in ix], [true_boxes[i] for i in ix], iou_threshold
+        )
+        out.append({"tercile": name, "size_px": size_px, **scores})
+    return out
+
+
+def smallest_box_side(boxes: Sequence[Sequence[float]]) -> float:
+    """The longest side of the smallest (by area) of `boxes` [x0, y0, x1, y1]."""
+    x0, y0, x1, y1 = min(boxes, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))[:4]
+    return float(max(x1 - x0, y1 - y0))

@@ -252,6 +252,19 @@ def _detection_lines(d: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _box_size_lines(terciles: list[dict[str, Any]]) -> list[str]:
+    """One line per box-size tercile (`metrics.localization_by_box_size`): its images, size range, scores."""
+    lines = []
+    for t in terciles:
+        lo, hi = t["size_px"]
+        span = f"{lo:.1f}-{hi:.1f} px" if t["n_images"] else "no images"
+        lines.append(
+            f"  {t['tercile']:<6} boxes (smallest box's long side {span}, n={t['n_images']}): "
+            f"pointing game {_fmt(t['pointing_game'])}, recall at IoU>={t['iou_threshold']} {_fmt(t['box_recall'])}"
+        )
+    return lines
+
+
 def results_text(m: dict[str, Any]) -> str:
     """The readable summary (the seed project's results.txt, with the numbers that matter clinically)."""
     lines = [
@@ -280,6 +293,7 @@ def results_text(m: dict[str, Any]) -> str:
             f"  pointing game (heatmap peak inside a fracture box): {_fmt(loc['pointing_game'])}",
             f"  boxes at IoU>={loc['iou_threshold']}: precision {_fmt(loc['box_precision'])}, "
             f"recall {_fmt(loc['box_recall'])}",
+            *_box_size_lines(loc.get("by_box_size") or []),
         ]
     if "detection" in m:
         lines += ["", *_detection_lines(m["detection"])]
