@@ -192,6 +192,7 @@ def evaluate(
     split_file: str | Path | None = None,
     subset: str | None = None,
     backend: str = "auto",
+    precision: str = "auto",
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int | None = None,
     progress: bool = True,
@@ -202,7 +203,7 @@ def evaluate(
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    det = FractureDetector.load(model, backend=backend)
+    det = FractureDetector.load(model, backend=backend, precision=precision)
     records = select_records(dataset, split_file, subset, fracture_classes)
     kept: list[Record] = []
     preds: list[Prediction] = []

@@ -79,21 +79,31 @@ class FractureDetector:
         self.info = info or {}
         self.checkpoint = checkpoint
         self._model = model
+        #: "fp32" or "int8" (`load`'s `precision`), and why it was chosen
+        self.precision, self.precision_reason = "fp32", "the torch model" if backend.name == "torch" else "given"
 
     @classmethod
-    def load(cls, path: str | Path | None = None, backend: str = "auto") -> FractureDetector:
+    def load(cls, path: str | Path | None = None, backend: str = "auto", precision: str = "auto") -> FractureDetector:
         """The bundled default model, or a training run folder / checkpoint file.
 
         `backend`: "onnx" (onnxruntime), "torch", or "auto" (onnx when onnxruntime imports). The ONNX export
         comes from beside the checkpoint when it ships there (the bundled model's `model.onnx`: no torch
         needed), else from the per-checkpoint cache, else it is made now with torch and cached; with a shipped
-        or cached export, torch is not imported at all (a fast start)."""
+        or cached export, torch is not imported at all (a fast start).
+
+        `precision`: "fp32", "int8" (the checkpoint's `model.int8.onnx`, made by `bonefrac quantize`; onnx only)
+        or "auto": int8 where its parity passed and it is measured faster on this machine (`precision`)."""
+        from bonefrac.inference.precision import check_precision
+
         if backend not in BACKENDS:
             raise BonefracError(f"unknown backend {backend!r}: choose {', '.join(BACKENDS)}")
+        check_precision(precision)
         checkpoint = resolve_checkpoint(bundled_model_path() if path is None else path)
         use_onnx = backend != "torch" and onnxruntime_available()
         if backend == "onnx" and not use_onnx:
             raise BonefracError("backend onnx: onnxruntime is not installed (pip install onnxruntime)")
+        if precision == "int8" and not use_onnx:
+            raise BonefracError("--precision int8 runs on onnxruntime: use --backend onnx (or auto) with it installed")
         if use_onnx:
             from bonefrac.inference.export import read_cached_export, read_shipped_export
 
@@ -101,15 +111,37 @@ class FractureDetector:
             found = read_shipped_export(checkpoint, digest) or read_cached_export(digest)
             if found is not None:
                 onnx_path, spec, info = found
-                return cls(spec, OnnxBackend(onnx_path), info, checkpoint)
+                return cls._onnx(spec, onnx_path, info, checkpoint, precision, digest)
         model, spec, info = load_model(checkpoint)
         if use_onnx:
             from bonefrac.inference.export import cached_export
 
-            return cls(spec, OnnxBackend(cached_export(model, spec, info)), info, checkpoint, model)
+            onnx_path = cached_export(model, spec, info)
+            return cls._onnx(spec, onnx_path, info, checkpoint, precision, str(info["sha256"]), model)
         from bonefrac.inference.backends import TorchBackend
 
         return cls(spec, TorchBackend(model, spec.image_size), info, checkpoint, model)
+
+    @classmethod
+    def _onnx(
+        cls,
+        spec: ModelSpec,
+        fp32: Path,
+        info: dict[str, Any],
+        checkpoint: Path,
+        precision: str,
+        digest: str,
+        model: torch.nn.Module | None = None,
+    ) -> FractureDetector:
+        """On onnxruntime, with the fp32 export or the int8 one as `precision` chooses."""
+        from bonefrac.inference.precision import choose
+        from bonefrac.inference.quantize import read_int8
+
+        int8 = read_int8(checkpoint, digest) if precision != "fp32" else None
+        path, chosen, why = choose(precision, fp32, int8)
+        det = cls(spec, OnnxBackend(path), info, checkpoint, model)
+        det.precision, det.precision_reason = chosen, why
+        return det
 
     @property
     def model(self) -> torch.nn.Module:
@@ -141,7 +173,8 @@ class FractureDetector:
         """The model card facts as plain JSON (what `/api/model` and `metrics.json` show)."""
         from bonefrac.models.metadata import model_facts
 
-        return {**model_facts(self.spec, self.info, self.version, self.sha256), "backend": self.backend.name}
+        facts = model_facts(self.spec, self.info, self.version, self.sha256)
+        return {**facts, "backend": self.backend.name, "precision": self.precision}
 
     def preprocess(self, image: XrayImage) -> torch.Tensor:
         """The one preprocessing: (1, S, S) float32 model input for an `XrayImage`."""

@@ -108,8 +108,11 @@ def onnx_metadata(spec: ModelSpec, info: dict[str, Any]) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------- the cache
-def cache_key(sha256: str) -> str:
-    return hashlib.sha256(f"{sha256}|bonefrac {__version__}|{EXPORT_SETTINGS}".encode()).hexdigest()[:16]
+def cache_key(sha256: str, precision: str = "fp32") -> str:
+    """The cache entry of a checkpoint's export: its digest, this bonefrac, the export settings and the
+    precision (only fp32 is made on the fly: int8 needs calibration images, `bonefrac quantize`)."""
+    key = f"{sha256}|bonefrac {__version__}|{EXPORT_SETTINGS}|precision={precision}"
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def onnx_cache_path(sha256: str) -> Path:
@@ -162,11 +165,12 @@ def shipped_export_path(checkpoint: str | Path, variant: str = "") -> Path:
 
 
 def read_shipped_export(
-    checkpoint: str | Path, sha256: str, variant: str = ""
+    checkpoint: str | Path, sha256: str, variant: str = "", settings: str = EXPORT_SETTINGS
 ) -> tuple[Path, ModelSpec, dict[str, Any]] | None:
     """The export shipped beside the checkpoint with this digest: (ONNX file, spec, info), or None when there is
-    none, or it was made from another checkpoint or by other export settings (a stale file is never run).
-    Raises `ModelLoadError` when the ONNX file does not match its `.sha256`."""
+    none, or it was made from another checkpoint or by other export `settings` (a stale file is never run; a
+    variant names its own, e.g. `quantize.INT8_SETTINGS`). Raises `ModelLoadError` when the ONNX file does not
+    match its `.sha256`."""
     from bonefrac.models.checkpoint import verified_digest
 
     onnx_path = shipped_export_path(checkpoint, variant)
@@ -178,7 +182,7 @@ def read_shipped_export(
         isinstance(meta, dict)
         and meta.get("format") == SHIPPED_FORMAT
         and meta.get("checkpoint_sha256") == sha256
-        and meta.get("export_settings") == EXPORT_SETTINGS
+        and meta.get("export_settings") == settings
     )
     if not fresh or not onnx_path.is_file() or not Path(f"{onnx_path}.sha256").is_file():
         return None

@@ -41,7 +41,7 @@ from bonefrac.models.registry import build_model, kind_for
 from bonefrac.preprocess import normalize
 from bonefrac.spec import ModelSpec
 from bonefrac.train import ddp as distributed_model
-from bonefrac.train import distributed, run_folder
+from bonefrac.train import distributed, fakequant, run_folder
 from bonefrac.train.config import ConfigError, TrainConfig, check_start
 from bonefrac.train.data import (
     DecodeCache,
@@ -63,13 +63,9 @@ __all__ = ["TrainConfig", "fit"]
 
 
 def predict_cached(
-    model: torch.nn.Module,
-    spec: ModelSpec,
-    cache: DecodeCache,
-    records: list[Record],
-    batch_size: int = 32,
+    model: torch.nn.Module, spec: ModelSpec, cache: DecodeCache, records: list[Record], batch_size: int = 32,
     workers: int = 0,
-) -> np.ndarray:
+) -> np.ndarray:  # fmt: skip
     """Raw (uncalibrated) image logits for records from the decode cache (validation during training), in
     fp32. For a detector, one row per image: the logit, then the heatmap peak's (x, y) on the cached grid."""
     model.eval()
@@ -164,6 +160,8 @@ def set_up(cfg: TrainConfig, overwrite: bool) -> Run:
     spec = ModelSpec(arch=cfg.arch, image_size=cfg.image_size, reduce_from=cfg.reduce_from)
     # Built first: a wrong --init-from fails before any writing or decoding (no torch RNG is drawn in between).
     model = initial_model(cfg, spec).to(dev, memory_format=torch.channels_last)
+    if cfg.fake_quant:  # the int8 export's rounding, before the EMA's copy (which keeps it)
+        fakequant.enable(model)
     if distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
         if overwrite:

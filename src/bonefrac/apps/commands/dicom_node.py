@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from bonefrac.apps.commands.common import precision_arg
 from bonefrac.apps.extras import require_extra
 
 
@@ -31,7 +32,7 @@ def _dicom_node(args: argparse.Namespace) -> int:
         max_pending=args.max_pending,
         allow=allow,
     )
-    return DicomNode(FractureDetector.load(args.model, backend=args.backend), config).run()
+    return DicomNode(FractureDetector.load(args.model, backend=args.backend, precision=args.precision), config).run()
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -82,4 +83,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     n.add_argument(
         "--backend", default="auto", choices=["auto", "onnx", "torch"], help="default auto = onnx when available"
     )
+    precision_arg(n)
     n.set_defaults(func=_dicom_node)

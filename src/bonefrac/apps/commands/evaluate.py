@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bonefrac.apps.commands.common import fracture_class_arg, model_args
+from bonefrac.apps.commands.common import fracture_class_arg, model_args, precision_arg
 from bonefrac.apps.extras import require_extra
 from bonefrac.datasets.layouts import DATASET_HELP
 
@@ -21,6 +21,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         split_file=args.split,
         subset=args.subset,
         backend=args.backend,
+        precision=args.precision,
         batch_size=args.batch_size,
         workers=args.workers,
         progress=not args.no_progress,
@@ -76,6 +77,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     fracture_class_arg(e)
     model_args(e)
+    precision_arg(e)
     e.set_defaults(func=_evaluate)
 
     c = sub.add_parser(

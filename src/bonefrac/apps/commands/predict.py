@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bonefrac.apps.commands.common import model_args
+from bonefrac.apps.commands.common import model_args, precision_arg
 from bonefrac.apps.extras import require_extra
 from bonefrac.paths import EXAMPLES_DIR
 
@@ -24,7 +24,7 @@ def _predict(args: argparse.Namespace) -> int:
     distributed.init_from_env()
     try:
         with distributed.node_first():  # one ONNX export per node, not one per process
-            det = FractureDetector.load(args.model, backend=args.backend)
+            det = FractureDetector.load(args.model, backend=args.backend, precision=args.precision)
         opts = PredictOptions(
             json=args.json,
             csv=args.csv,
@@ -126,6 +126,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "are refused by default: the model was not trained on them and its output means nothing there",
     )
     model_args(p)
+    precision_arg(p)
     p.set_defaults(func=_predict)
 
     d = sub.add_parser("demo", help="run the bundled model on the bundled example radiographs")

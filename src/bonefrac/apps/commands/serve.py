@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from bonefrac.apps.commands.common import precision_arg
 from bonefrac.apps.extras import require_extra
 from bonefrac.apps.server.settings import TOKEN_ENV, ServerSettings
 
@@ -31,7 +32,7 @@ def _serve(args: argparse.Namespace) -> int:
     sock = settings.bind()
     try:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        serve(FractureDetector.load(args.model, backend=args.backend), settings, sock)
+        serve(FractureDetector.load(args.model, backend=args.backend, precision=args.precision), settings, sock)
     finally:
         sock.close()
     return 0
@@ -54,6 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument(
         "--backend", default="auto", choices=["auto", "onnx", "torch"], help="default auto = onnx when available"
     )
+    precision_arg(s)
     s.add_argument(
         "--max-upload-mb",
         type=float,
