@@ -56,6 +56,9 @@ def _caches_outside_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[P
     with pytest.MonkeyPatch.context() as mp:
         folder = tmp_path_factory.mktemp("bonefrac-cache")
         mp.setenv("BONEFRAC_CACHE", str(folder))
+        # fp32 unless a test asks otherwise: the references are fp32's, and "auto" would run int8 on one machine
+        # and fp32 on another (`inference.precision`); the int8 tests ask for it.
+        mp.setenv("BONEFRAC_PRECISION", "fp32")
         yield folder
 
 

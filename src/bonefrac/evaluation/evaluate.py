@@ -192,7 +192,7 @@ def evaluate(
     split_file: str | Path | None = None,
     subset: str | None = None,
     backend: str = "auto",
-    precision: str = "auto",
+    precision: str | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int | None = None,
     progress: bool = True,

@@ -83,7 +83,9 @@ class FractureDetector:
         self.precision, self.precision_reason = "fp32", "the torch model" if backend.name == "torch" else "given"
 
     @classmethod
-    def load(cls, path: str | Path | None = None, backend: str = "auto", precision: str = "auto") -> FractureDetector:
+    def load(
+        cls, path: str | Path | None = None, backend: str = "auto", precision: str | None = None
+    ) -> FractureDetector:
         """The bundled default model, or a training run folder / checkpoint file.
 
         `backend`: "onnx" (onnxruntime), "torch", or "auto" (onnx when onnxruntime imports). The ONNX export
@@ -92,9 +94,11 @@ class FractureDetector:
         or cached export, torch is not imported at all (a fast start).
 
         `precision`: "fp32", "int8" (the checkpoint's `model.int8.onnx`, made by `bonefrac quantize`; onnx only)
-        or "auto": int8 where its parity passed and it is measured faster on this machine (`precision`)."""
-        from bonefrac.inference.precision import check_precision
+        or "auto": int8 where its parity passed and it is measured faster on this machine (`precision`); None:
+        $BONEFRAC_PRECISION, else "auto"."""
+        from bonefrac.inference.precision import check_precision, default_precision
 
+        precision = precision or default_precision()
         if backend not in BACKENDS:
             raise BonefracError(f"unknown backend {backend!r}: choose {', '.join(BACKENDS)}")
         check_precision(precision)

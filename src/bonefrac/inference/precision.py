@@ -4,7 +4,8 @@
 only where both hold: its parity with fp32, measured on a validation split when it was made, passed every gate
 (`evaluation.parity`), and it is measured faster on this machine. The speed depends on the CPU (int8 gains most
 with AVX-512 VNNI; on an AVX2-only machine it may not pay), so it is timed here, once per machine and pair of
-files, and the verdict kept in the cache: about a second, the first time.
+files, and the verdict kept in the cache: about a second, the first time. $BONEFRAC_PRECISION sets the default
+for every command and `FractureDetector.load` (e.g. fp32 for a site that validated fp32 only).
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ PRECISIONS = ("auto", "fp32", "int8")
 MIN_SPEEDUP = 1.05
 _PROBE_BATCH = 2  # predict's batch size (`backends.DEFAULT_BATCH_SIZE`)
 _PROBE_ROUNDS = 5
+
+
+def default_precision() -> str:
+    """$BONEFRAC_PRECISION, else "auto"."""
+    return os.environ.get("BONEFRAC_PRECISION") or "auto"
 
 
 def check_precision(precision: str) -> None:

@@ -241,11 +241,6 @@ class TrainConfig:
         "scaling), fp32 on a CPU; bf16 on a CPU pays only with AVX512-BF16 (default %(default)s)",
         OneOf(PRECISIONS),
     )
-    fake_quant: bool = setting(
-        False,
-        "round the convolutions that `bonefrac quantize` runs in int8 as it does, in every forward pass: "
-        "quantization-aware fine-tuning of an --init-from model (default: off)",
-    )
     max_train_images: int | None = setting(None, None, Whole(1))  # for smoke tests only: no help, a hidden option
     progress: bool = setting(True, "no progress bars (default: shown)")  # a switch on by default: --no-progress
 

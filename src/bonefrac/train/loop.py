@@ -41,7 +41,7 @@ from bonefrac.models.registry import build_model, kind_for
 from bonefrac.preprocess import normalize
 from bonefrac.spec import ModelSpec
 from bonefrac.train import ddp as distributed_model
-from bonefrac.train import distributed, fakequant, run_folder
+from bonefrac.train import distributed, run_folder
 from bonefrac.train.config import ConfigError, TrainConfig, check_start
 from bonefrac.train.data import (
     DecodeCache,
@@ -160,8 +160,6 @@ def set_up(cfg: TrainConfig, overwrite: bool) -> Run:
     spec = ModelSpec(arch=cfg.arch, image_size=cfg.image_size, reduce_from=cfg.reduce_from)
     # Built first: a wrong --init-from fails before any writing or decoding (no torch RNG is drawn in between).
     model = initial_model(cfg, spec).to(dev, memory_format=torch.channels_last)
-    if cfg.fake_quant:  # the int8 export's rounding, before the EMA's copy (which keeps it)
-        fakequant.enable(model)
     if distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
         if overwrite:

@@ -30,10 +30,10 @@ def model_args(p: argparse.ArgumentParser) -> None:
 def precision_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--precision",
-        default="auto",
         choices=["auto", "fp32", "int8"],
-        help="int8 runs the model's int8 export (bonefrac quantize; the bundled model ships one); default auto = "
-        "int8 where its parity with fp32 passed and it is measured faster on this machine, else fp32",
+        help="int8 runs the model's int8 export (bonefrac quantize; the bundled model ships one); default: "
+        "$BONEFRAC_PRECISION, else auto = int8 where its parity with fp32 passed and it is measured faster on this "
+        "machine, else fp32",
     )
 
 
