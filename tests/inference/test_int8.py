@@ -102,3 +102,31 @@ def test_evaluate_reports_the_precision_that_ran(tmp_path: Path, fixtures_dir: P
     runs = {p: evaluate(fixtures_dir, tmp_path / p, precision=p, workers=1, progress=False) for p in ("fp32", "int8")}
     assert {p: m["model"]["precision"] for p, m in runs.items()} == {"fp32": "fp32", "int8": "int8"}
     assert abs(runs["int8"]["auc"] - runs["fp32"]["auc"]) <= 0.1  # 14 images: one swapped pair moves it ~0.02
+
+
+def test_quantize_command_end_to_end(tmp_path: Path, tiny_detector: Path, fixtures_dir: Path) -> None:
+    """`bonefrac quantize` on a tiny random detector: the int8 file and its sidecar beside a copy of the
+    checkpoint, calibrated on the split's train images, the gates measured on its val images and printed; the
+    exit code is the verdict; `--precision int8` then runs it, and a changed checkpoint never does."""
+    from _models import copy_checkpoint
+
+    from bonefrac.errors import BonefracError
+
+    checkpoint = copy_checkpoint(tiny_detector, tmp_path / "model")
+    names = sorted(p.name for p in (fixtures_dir / "images").iterdir())
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({n: "val" if i % 2 else "train" for i, n in enumerate(names)}))
+    cmd = [sys.executable, "-m", "bonefrac", "quantize", str(fixtures_dir), "--model", str(checkpoint)]
+    out = subprocess.run([*cmd, "--split", str(split), "--calibration-images", "4"], capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    meta = json.loads(Path(f"{checkpoint.with_name('model.int8.onnx')}.json").read_text())
+    parity = meta["parity"]
+    assert out.returncode == (0 if parity["passed"] else 1), out.stderr
+    assert "int8 against fp32 on 7 images" in out.stdout and "default.same_decisions" in out.stdout
+    assert len(meta["calibration_images"]) == 4 and all(names.index(n) % 2 == 0 for n in meta["calibration_images"])
+    det = FractureDetector.load(checkpoint, precision="int8")
+    assert det.precision == "int8" and 0.0 <= det.predict(EXAMPLES[0]).probability <= 1.0
+    checkpoint.write_bytes(checkpoint.read_bytes() + b"\0")  # another checkpoint now: its int8 file is stale
+    Path(f"{checkpoint}.sha256").write_text(f"{sha256_file(checkpoint)}  model.pt\n")
+    with pytest.raises(BonefracError, match="no int8 export"):
+        FractureDetector.load(checkpoint, precision="int8")

@@ -24,7 +24,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _quantize(args: argparse.Namespace) -> int:
-    require_extra("quantize", "eval")  # the parity is an evaluation (pycocotools for the box AP)
+    require_extra("quantize", "train")  # onnx (onnxruntime's quantizer reads it) and the eval extra for the parity
     from bonefrac.evaluation.parity import quantize_with_parity, summary
 
     path, parity = quantize_with_parity(
