@@ -64,15 +64,13 @@ class PredictOptions:
 
 def stream(det: FractureDetector, files: list[Path], opts: PredictOptions) -> Iterator[ImageResult]:
     """(image, result) per file in input order; images only when an output draws on them."""
-    results = det.predict_many(
-        files,
-        batch_size=opts.batch_size,
-        workers=opts.workers,
-        operating_point=opts.operating_point,
-        threshold=opts.threshold,
-        heatmap=bool(opts.overlay_dir or opts.dicom_out),
-        any_modality=opts.any_modality,
-        with_images=True,
+    draws = bool(opts.overlay_dir or opts.dicom_out)  # heatmaps and display-size images cost only when drawn
+    kwargs = dict(batch_size=opts.batch_size, workers=opts.workers, operating_point=opts.operating_point,
+                  threshold=opts.threshold, heatmap=draws, any_modality=opts.any_modality)  # fmt: skip
+    results: Iterator[ImageResult] = (
+        det.predict_many(files, with_images=True, **kwargs)
+        if draws
+        else ((None, r) for r in det.predict_many(files, with_images=False, **kwargs))
     )
     if not (opts.progress and distributed.is_main() and len(files) > 1):
         yield from results
