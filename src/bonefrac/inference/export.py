@@ -193,23 +193,30 @@ def read_shipped_export(
 def ship_export(checkpoint: str | Path, variant: str = "") -> Path:
     """Export the checkpoint beside itself (`shipped_export_path`) with its `.sha256` and `.json` sidecars.
     The sidecars are written after the ONNX file, so a reader never pairs new metadata with an old graph."""
-    from bonefrac.models.checkpoint import load_model, sha256_file
+    from bonefrac.models.checkpoint import load_model
 
     model, spec, info = load_model(checkpoint)
     path = export_onnx(model, spec, shipped_export_path(checkpoint, variant), info)
-    Path(f"{path}.sha256").write_text(f"{sha256_file(path)}  {path.name}\n")
-    meta = {
-        "format": SHIPPED_FORMAT,
-        "checkpoint_sha256": str(info["sha256"]),
-        "export_settings": EXPORT_SETTINGS,
-        "bonefrac_version": __version__,
-        "spec": spec.to_dict(),
-        "info": jsonable(info),
-    }
-    tmp = path.with_name(f".{path.name}.json.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, f"{path}.json")
+    write_shipped_sidecars(path, EXPORT_SETTINGS, spec.to_dict(), info)
     return path
+
+
+def write_shipped_sidecars(path: Path, settings: str, spec: dict[str, Any], info: dict[str, Any], **extra: Any) -> None:
+    """The `.sha256` and `.json` sidecars of an export shipped beside its checkpoint (`read_shipped_export` reads
+    them): its digest; the checkpoint's digest, the export `settings`, the spec and facts, and `extra`."""
+    from bonefrac.models.checkpoint import sha256_file
+
+    Path(f"{path}.sha256").write_text(f"{sha256_file(path)}  {path.name}\n")
+    meta = {"format": SHIPPED_FORMAT, "checkpoint_sha256": str(info["sha256"]), "export_settings": settings,
+            "bonefrac_version": __version__, "spec": spec, "info": jsonable(info), **extra}  # fmt: skip
+    write_json(Path(f"{path}.json"), meta)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """`obj` as indented JSON, atomically (a reader never sees half a file)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------- `bonefrac export`

@@ -24,8 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from bonefrac._version import __version__
-from bonefrac.inference.export import EXPORT_SETTINGS, SHIPPED_FORMAT, shipped_export_path
+from bonefrac.inference.export import EXPORT_SETTINGS, shipped_export_path, write_json, write_shipped_sidecars
 from bonefrac.models.metadata import jsonable
 
 VARIANT = "int8"
@@ -105,29 +104,11 @@ def ship_int8(
 ) -> Path:
     """Quantize beside the checkpoint (`model.int8.onnx`) with its `.sha256` and a `.json` sidecar naming the
     checkpoint, the settings and the calibration images; `record_parity` adds the parity later."""
-    from bonefrac.models.checkpoint import sha256_file
-
     path = quantize_export(fp32_onnx, shipped_export_path(checkpoint, VARIANT), images)
-    Path(f"{path}.sha256").write_text(f"{sha256_file(path)}  {path.name}\n")
-    meta = {
-        "format": SHIPPED_FORMAT,
-        "checkpoint_sha256": str(info["sha256"]),
-        "export_settings": INT8_SETTINGS,
-        "bonefrac_version": __version__,
-        "precision": VARIANT,
-        "calibration_images": [Path(p).name for p in calibration],
-        "spec": spec_dict,
-        "info": jsonable(info),
-        "parity": None,
-    }
-    write_sidecar(path, meta)
+    names = [Path(p).name for p in calibration]
+    write_shipped_sidecars(path, INT8_SETTINGS, spec_dict, info, precision=VARIANT, calibration_images=names,
+                           parity=None)  # fmt: skip
     return path
-
-
-def write_sidecar(path: Path, meta: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.json.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, f"{path}.json")
 
 
 def record_parity(path: str | Path, parity: dict[str, Any]) -> None:
@@ -135,7 +116,7 @@ def record_parity(path: str | Path, parity: dict[str, Any]) -> None:
     path = Path(path)
     meta = json.loads(Path(f"{path}.json").read_text())
     meta["parity"] = jsonable(parity)
-    write_sidecar(path, meta)
+    write_json(Path(f"{path}.json"), meta)
 
 
 def read_int8(checkpoint: str | Path, sha256: str) -> tuple[Path, dict[str, Any]] | None:
