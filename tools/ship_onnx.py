@@ -8,7 +8,9 @@ Run it whenever model.pt changes (retrained, recalibrated, stamped: `tools/stamp
 and the current export settings, so a stale one is ignored, an install without torch cannot load the model,
 and `tests/inference/test_shipped_onnx.py` fails until this is run. Writes `model.onnx`, `model.onnx.sha256`
 and `model.onnx.json` (spec, facts, checkpoint digest, export settings), then checks onnxruntime against torch
-on the example radiographs and prints the largest probability difference.
+on the example radiographs and prints the largest probability difference. The int8 export beside it
+(`model.int8.onnx`) names the checkpoint too: make it again with `bonefrac quantize ../shared/data/fracatlas
+--split src/bonefrac/weights/split.json` (`tests/inference/test_int8.py` fails until then).
 """
 
 from __future__ import annotations
