@@ -104,6 +104,7 @@ def test_evaluate_reports_the_precision_that_ran(tmp_path: Path, fixtures_dir: P
     assert abs(runs["int8"]["auc"] - runs["fp32"]["auc"]) <= 0.1  # 14 images: one swapped pair moves it ~0.02
 
 
+@pytest.mark.slow
 def test_quantize_command_end_to_end(tmp_path: Path, tiny_detector: Path, fixtures_dir: Path) -> None:
     """`bonefrac quantize` on a tiny random detector: the int8 file and its sidecar beside a copy of the
     checkpoint, calibrated on the split's train images, the gates measured on its val images and printed; the
