@@ -62,6 +62,7 @@ LAZY = {
     ("inference/detector.py", "torch"): "train",  # FractureDetector.model, a checkpoint with no ONNX export
     ("inference/export.py", "torch"): "train",  # exporting (bonefrac export, the first load of a .pt)
     ("inference/export.py", "onnx"): "train",
+    ("inference/quantize.py", "onnx"): "train",  # making an int8 export: bonefrac quantize
     ("models/checkpoint.py", "torch"): "train",  # reading and writing .pt files
     ("models/kinds/classifier.py", "torch"): "train",  # the graph and loss; decoding is numpy and scipy
     ("datasets/splits.py", "sklearn"): "train",  # stratified splits, made by bonefrac train

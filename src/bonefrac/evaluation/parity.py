@@ -20,19 +20,10 @@ from bonefrac.datasets import Record
 from bonefrac.errors import DatasetError
 from bonefrac.evaluation.evaluate import compute_metrics, select_records
 from bonefrac.inference.detector import FractureDetector
+from bonefrac.inference.quantize import CALIBRATION_IMAGES, GATES
 from bonefrac.preprocess import preprocess, read_for_model
 from bonefrac.results import Prediction
 
-#: Largest allowed |int8 - fp32| of each figure, and the least share of images with the same decisions.
-GATES: dict[str, float] = {
-    "auc": 0.005,
-    "ap50_fractured": 0.01,
-    "pointing_game": 0.01,
-    "sensitivity": 0.01,
-    "specificity": 0.01,
-    "same_decisions": 0.99,
-}
-CALIBRATION_IMAGES = 64  # onnxruntime's activation ranges settle by ~50 images; each costs ~0.3 s and memory
 CALIBRATION_SEED = 0
 
 

@@ -34,6 +34,17 @@ CALIBRATION_METHOD = "MinMax"  # each activation's range over the calibration im
 QUANTIZED_BLOCKS = range(5, 16)
 #: The exported graph's nodes of those blocks (the exporter names a node by its module path, "/_blocks.7/...").
 QUANTIZED_PREFIXES = tuple(f"/_blocks.{i}/" for i in QUANTIZED_BLOCKS)
+#: What the int8 export must hold against fp32 on validation images (`evaluation.parity` measures it): the
+#: largest allowed |int8 - fp32| of each figure, and the least share of images with the same decision.
+GATES: dict[str, float] = {
+    "auc": 0.005,
+    "ap50_fractured": 0.01,
+    "pointing_game": 0.01,
+    "sensitivity": 0.01,
+    "specificity": 0.01,
+    "same_decisions": 0.99,
+}
+CALIBRATION_IMAGES = 64  # onnxruntime's activation ranges settle by ~50 images; each costs ~0.3 s
 #: The part of the export's settings that int8 adds: a shipped int8 file made otherwise is stale.
 INT8_SETTINGS = (
     f"{EXPORT_SETTINGS}|int8=QDQ;weights=QInt8 per channel;activations=QUInt8;calibration={CALIBRATION_METHOD};"

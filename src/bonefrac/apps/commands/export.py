@@ -37,7 +37,7 @@ def _quantize(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from bonefrac.datasets.layouts import DATASET_HELP
-    from bonefrac.evaluation.parity import CALIBRATION_IMAGES, GATES
+    from bonefrac.inference.quantize import CALIBRATION_IMAGES, GATES
 
     q = sub.add_parser(
         "quantize",
