@@ -10,6 +10,7 @@ import torch
 
 from bonefrac.models.checkpoint import save_model
 from bonefrac.models.registry import build_model, kind_of
+from bonefrac.results import Prediction
 from bonefrac.spec import ModelSpec
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -56,3 +57,30 @@ def copy_checkpoint(source: Path, folder: Path) -> Path:
         if path.exists():
             shutil.copy2(path, folder / path.name)
     return folder / source.name
+
+
+def prediction(
+    probability: float,
+    detections: list[list[float]],
+    peak: tuple[float, float] = (15.0, 15.0),
+    operating_points: dict[str, float] | None = None,
+) -> Prediction:
+    """A hand-made detector result on a 100 x 100 image for the metric tests: decided at each of
+    `operating_points` (default: "default" at 0.5), its `boxes` the detections when the default point says
+    fractured."""
+    points = operating_points or {"default": 0.5}
+    fractured = probability >= points["default"]
+    return Prediction(
+        path=None,
+        probability=probability,
+        fractured=fractured,
+        threshold=points["default"],
+        operating_point="default",
+        operating_points={name: probability >= t for name, t in points.items()},
+        boxes=detections if fractured else [],
+        model_version="test",
+        width=100,
+        height=100,
+        peak=list(peak),
+        detections=detections,
+    )

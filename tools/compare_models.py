@@ -163,22 +163,21 @@ def table(rows: list[Row]) -> str:
 
 
 def _pairs(values: list[str], what: str) -> dict[str, float]:
-    out = {}
-    for v in values:
-        label, sep, number = v.rpartition("=")
-        if not sep:
-            raise SystemExit(f"{what} {v!r}: expected LABEL=NUMBER")
-        out[label] = float(number)
-    return out
+    """LABEL=NUMBER pairs."""
+    out = _texts(values, what, "NUMBER")
+    try:
+        return {label: float(number) for label, number in out.items()}
+    except ValueError as e:
+        raise SystemExit(f"{what}: expected LABEL=NUMBER ({e})") from None
 
 
-def _texts(values: list[str], what: str) -> dict[str, str]:
+def _texts(values: list[str], what: str, kind: str = "TEXT") -> dict[str, str]:
     """LABEL=TEXT pairs, split at the first "=": the text may hold one, a label may not."""
     out = {}
     for v in values:
         label, sep, text = v.partition("=")
         if not sep:
-            raise SystemExit(f"{what} {v!r}: expected LABEL=TEXT")
+            raise SystemExit(f"{what} {v!r}: expected LABEL={kind}")
         out[label] = text
     return out
 

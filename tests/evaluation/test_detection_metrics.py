@@ -9,13 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _models import FIXTURES, make_checkpoint
+from _models import FIXTURES, make_checkpoint, prediction
 
 from bonefrac.datasets import Record
 from bonefrac.evaluation.detection import _coco_eval, average_precision, detection_scores, froc_curve
 from bonefrac.evaluation.evaluate import compute_metrics, evaluate
 from bonefrac.evaluation.metrics import calibration
-from bonefrac.results import Prediction
 
 # Three images: two fractured (one with two boxes), one without a fracture.
 TRUTH = [[[0, 0, 20, 20], [50, 50, 70, 70]], [[10, 10, 30, 30]], []]
@@ -113,23 +112,6 @@ def test_brier_by_hand() -> None:
     assert c["brier"] == pytest.approx((0.04 + 0.09 + 0.36 + 0.0) / 4)
 
 
-def _pred(probability: float, candidates: list[list[float]]) -> Prediction:
-    return Prediction(
-        path=None,
-        probability=probability,
-        fractured=probability >= 0.5,
-        threshold=0.5,
-        operating_point="default",
-        operating_points={"default": probability >= 0.5},
-        boxes=candidates if probability >= 0.5 else [],
-        model_version="test",
-        width=100,
-        height=100,
-        peak=[15.0, 15.0],
-        detections=candidates,
-    )
-
-
 def test_evaluation_scores_every_candidate_box_and_leaves_out_fractures_without_boxes() -> None:
     records = [
         Record("a.jpg", 1, boxes=[[10, 10, 20, 20]]),
@@ -140,10 +122,10 @@ def test_evaluation_scores_every_candidate_box_and_leaves_out_fractures_without_
     # a.jpg is found by a candidate box although its probability is under the threshold (no `boxes`);
     # b.jpg's false positive outscores it; c.jpg's detection would be another false positive if counted.
     preds = [
-        _pred(0.4, [[10, 10, 20, 20, 0.3]]),
-        _pred(0.6, [[0, 0, 30, 30, 0.6]]),
-        _pred(0.9, [[0, 0, 30, 30, 0.9]]),
-        _pred(0.1, []),
+        prediction(0.4, [[10, 10, 20, 20, 0.3]]),
+        prediction(0.6, [[0, 0, 30, 30, 0.6]]),
+        prediction(0.9, [[0, 0, 30, 30, 0.9]]),
+        prediction(0.1, []),
     ]
     m = compute_metrics(records, preds, {"default": 0.5})
     d = m["detection"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _models import prediction
 
 from bonefrac.datasets import Record
 from bonefrac.evaluation.parity import GATES, calibration_paths, compare, summary
@@ -14,20 +15,7 @@ POINTS = {"default": 0.5, "high_sensitivity": 0.3}
 
 def _pred(probability: float, peak: tuple[float, float] = (15.0, 15.0)) -> Prediction:
     box = [peak[0] - 5, peak[1] - 5, peak[0] + 5, peak[1] + 5, probability]
-    return Prediction(
-        path=None,
-        probability=probability,
-        fractured=probability >= 0.5,
-        threshold=0.5,
-        operating_point="default",
-        operating_points={k: probability >= t for k, t in POINTS.items()},
-        boxes=[box[:4]] if probability >= 0.5 else [],
-        model_version="test",
-        width=100,
-        height=100,
-        peak=list(peak),
-        detections=[box],
-    )
+    return prediction(probability, [box], peak, POINTS)
 
 
 def _set(n: int = 200, seed: int = 0) -> tuple[list[Record], np.ndarray]:
