@@ -167,10 +167,22 @@ def shipped_export_path(checkpoint: str | Path, variant: str = "") -> Path:
 def read_shipped_export(
     checkpoint: str | Path, sha256: str, variant: str = "", settings: str = EXPORT_SETTINGS
 ) -> tuple[Path, ModelSpec, dict[str, Any]] | None:
-    """The export shipped beside the checkpoint with this digest: (ONNX file, spec, info), or None when there is
-    none, or it was made from another checkpoint or by other export `settings` (a stale file is never run; a
-    variant names its own, e.g. `quantize.INT8_SETTINGS`). Raises `ModelLoadError` when the ONNX file does not
-    match its `.sha256`."""
+    """The export shipped beside the checkpoint with this digest: (ONNX file, spec, info), or None
+    (`read_shipped_sidecar`)."""
+    found = read_shipped_sidecar(checkpoint, sha256, variant, settings)
+    if found is None:
+        return None
+    onnx_path, meta = found
+    return onnx_path, ModelSpec.from_dict(meta["spec"]), dict(meta.get("info") or {})
+
+
+def read_shipped_sidecar(
+    checkpoint: str | Path, sha256: str, variant: str = "", settings: str = EXPORT_SETTINGS
+) -> tuple[Path, dict[str, Any]] | None:
+    """The export shipped beside the checkpoint with this digest and its parsed `.json` sidecar, or None when
+    there is none, or it was made from another checkpoint or by other export `settings` (a stale file is never
+    run; a variant names its own, e.g. `quantize.INT8_SETTINGS`). Raises `ModelLoadError` when the ONNX file
+    does not match its `.sha256`."""
     from bonefrac.models.checkpoint import verified_digest
 
     onnx_path = shipped_export_path(checkpoint, variant)
@@ -187,7 +199,7 @@ def read_shipped_export(
     if not fresh or not onnx_path.is_file() or not Path(f"{onnx_path}.sha256").is_file():
         return None
     verified_digest(onnx_path)
-    return onnx_path, ModelSpec.from_dict(meta["spec"]), dict(meta.get("info") or {})
+    return onnx_path, meta
 
 
 def ship_export(checkpoint: str | Path, variant: str = "") -> Path:

@@ -10,6 +10,7 @@ for every command and `FractureDetector.load` (e.g. fp32 for a site that validat
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -22,6 +23,8 @@ from typing import Any
 import numpy as np
 
 from bonefrac.errors import BonefracError
+from bonefrac.inference.backends import OnnxBackend
+from bonefrac.inference.export import write_json
 from bonefrac.paths import cache_dir
 
 PRECISIONS = ("auto", "fp32", "int8")
@@ -79,24 +82,14 @@ def measured_speedup(fp32: Path, int8: Path) -> float:
     speedup = _time_pair(fp32, int8)
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"speedup": speedup, "cpu": _cpu_name(), "fp32": str(fp32), "int8": str(int8)}))
-        os.replace(tmp, cached)
+        write_json(cached, {"speedup": speedup, "cpu": _cpu_name(), "fp32": str(fp32), "int8": str(int8)})
     except OSError:
         pass  # a read-only cache: timed again next time
     return speedup
 
 
 def _time_pair(fp32: Path, int8: Path) -> float:
-    import onnxruntime as ort
-
-    def session(path: Path) -> Any:
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-    sessions = [session(fp32), session(int8)]
+    sessions = [OnnxBackend(path, threads=1).session for path in (fp32, int8)]  # as predict's workers run them
     size = int(sessions[0].get_inputs()[0].shape[-1])
     # A smooth image rather than zeros: some kernels take shortcuts on constant input.
     ramp = np.linspace(-1.0, 1.0, size, dtype=np.float32)
@@ -138,10 +131,16 @@ def _cpu_flags() -> str:
 
 
 def _cpuinfo_field(name: str) -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(name):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    for line in _cpuinfo().splitlines():
+        if line.startswith(name):
+            return line.split(":", 1)[1].strip()
     return ""
+
+
+@functools.cache
+def _cpuinfo() -> str:
+    """/proc/cpuinfo, read once per process ("" where there is none)."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""

@@ -24,7 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from bonefrac.inference.export import EXPORT_SETTINGS, shipped_export_path, write_json, write_shipped_sidecars
+from bonefrac.inference.export import (
+    EXPORT_SETTINGS,
+    read_shipped_sidecar,
+    shipped_export_path,
+    write_json,
+    write_shipped_sidecars,
+)
 from bonefrac.models.metadata import jsonable
 
 VARIANT = "int8"
@@ -131,12 +137,6 @@ def record_parity(path: str | Path, parity: dict[str, Any]) -> None:
 
 
 def read_int8(checkpoint: str | Path, sha256: str) -> tuple[Path, dict[str, Any]] | None:
-    """The int8 export shipped beside the checkpoint with this digest, fresh (`export.read_shipped_export`), and
-    its sidecar; None when there is none."""
-    from bonefrac.inference.export import read_shipped_export
-
-    found = read_shipped_export(checkpoint, sha256, VARIANT, settings=INT8_SETTINGS)
-    if found is None:
-        return None
-    path = found[0]
-    return path, json.loads(Path(f"{path}.json").read_text())
+    """The int8 export shipped beside the checkpoint with this digest, fresh, and its sidecar; None when there
+    is none (`export.read_shipped_sidecar`)."""
+    return read_shipped_sidecar(checkpoint, sha256, VARIANT, INT8_SETTINGS)

@@ -63,9 +63,13 @@ __all__ = ["TrainConfig", "fit"]
 
 
 def predict_cached(
-    model: torch.nn.Module, spec: ModelSpec, cache: DecodeCache, records: list[Record], batch_size: int = 32,
+    model: torch.nn.Module,
+    spec: ModelSpec,
+    cache: DecodeCache,
+    records: list[Record],
+    batch_size: int = 32,
     workers: int = 0,
-) -> np.ndarray:  # fmt: skip
+) -> np.ndarray:
     """Raw (uncalibrated) image logits for records from the decode cache (validation during training), in
     fp32. For a detector, one row per image: the logit, then the heatmap peak's (x, y) on the cached grid."""
     model.eval()
