@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from bonefrac.models.centernet import detection_loss
 from bonefrac.models.grid import STRIDE
 from bonefrac.spec import ModelSpec
 from bonefrac.train.augment import Photometric
@@ -21,6 +22,7 @@ from bonefrac.train.data import DecodeCache, Record
 from bonefrac.train.detector import (
     MAX_BALANCE_REPEAT,
     CropSampler,
+    centernet_targets,
     hard_negatives_state,
     mine,
     mining_subset,
@@ -171,6 +173,50 @@ def test_edge_crops_put_the_box_centre_near_an_edge(cache: DecodeCache, tmp_path
         ys, xs = np.nonzero(_bright(x))  # the bright pixels are the box, clipped to the crop
         assert (xs.min(), xs.max() + 1) == (max(round(bx0), 0), min(round(bx1), CROP))
         assert (ys.min(), ys.max() + 1) == (max(round(by0), 0), min(round(by1), CROP))
+
+
+def test_p_native_mixes_v2s_zoom_into_a_wide_range(cache: DecodeCache, tmp_path: Path) -> None:
+    box = [56.0, 56.0, 76.0, 70.0]
+    record = Record(_square(cache, tmp_path, "a.png", box), 1, boxes=[box])
+    s = CropSampler(cache, [record], crop=CROP, p_box=1.0, gamma=(1, 1), contrast=0, brightness=0, flip_p=0)
+    s.scale, s.pad = (2.5, 3.0), True  # wide draws are all >= 2.5x: any zoom under 1.3 is a native draw
+
+    def zooms(p_native: float) -> np.ndarray:
+        s.p_native = p_native
+        return np.array(
+            [
+                (s.sample(0, np.random.default_rng(k))[1][0, 2] - s.sample(0, np.random.default_rng(k))[1][0, 0]) / 20
+                for k in range(200)
+            ]
+        )
+
+    assert (zooms(0.0) >= 2.4).all()
+    z = zooms(0.5)
+    native = z < 1.3
+    assert 0.35 < native.mean() < 0.65  # about half the crops
+    assert (z[native] >= 0.79).all() and (z[native] <= 1.26).all() and (z[~native] >= 2.4).all()
+
+
+def test_size_in_view_regresses_only_boxes_wholly_in_the_crop() -> None:
+    inside, cut = [8.0, 8.0, 40.0, 40.0], [30.0, 30.0, 80.0, 50.0]  # the second leaves a 64 px crop on the right
+    boxes = np.array([inside, cut], np.float32)
+    plain, in_view = centernet_targets(boxes, CROP), centernet_targets(boxes, CROP, in_view_only=True)
+    assert plain["regress"].tolist()[:2] == [1.0, 1.0] and in_view["regress"].tolist()[:2] == [1.0, 0.0]
+    assert in_view["mask"].tolist() == plain["mask"].tolist()  # both centres still train the heatmap...
+    assert np.array_equal(in_view["heatmap"], plain["heatmap"]) and (in_view["heatmap"] == 1).sum() == 2
+    # ...and a wrong size on the cut box costs nothing once it is out of the regression
+    batch = {k: torch.from_numpy(v)[None] for k, v in in_view.items()}
+    h = CROP // STRIDE
+    heat, offset, global_logit = torch.zeros(1, 1, h, h), torch.zeros(1, 2, h, h), torch.zeros(1)
+    size = torch.zeros(1, 2, h, h)
+    size.view(1, 2, -1)[0, :, int(in_view["index"][0])] = torch.from_numpy(in_view["log_size"][0])
+    _, exact = detection_loss((heat, size, offset, global_logit, None), batch)
+    size.view(1, 2, -1)[0, :, int(in_view["index"][1])] = 5.0
+    _, wrong_cut = detection_loss((heat, size, offset, global_logit, None), batch)
+    assert wrong_cut["size"] == exact["size"] == 0.0
+    batch["regress"] = torch.from_numpy(plain["regress"])[None]
+    _, counted = detection_loss((heat, size, offset, global_logit, None), batch)
+    assert counted["size"] > 1.0
 
 
 @pytest.mark.parametrize("point", [(64, 64), (100, 40), (6, 122)])  # the last two: the window leaves the image

@@ -155,7 +155,12 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, n_centres: int | None
 def target_counts(targets: dict[str, torch.Tensor]) -> tuple[int, int, int]:
     """What `detection_loss` divides by: the centre cells, the boxes and the images of a batch's targets
     (summed over ranks, the global batch's: see `detection_loss`)."""
-    return int(targets["heatmap"].eq(1).sum()), int(targets["mask"].sum()), len(targets["mask"])
+    return int(targets["heatmap"].eq(1).sum()), int(_regressed(targets).sum()), len(targets["mask"])
+
+
+def _regressed(targets: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(N, K) the box slots whose size and offset are supervised (targets without "regress": all in use)."""
+    return targets.get("regress", targets["mask"])
 
 
 def _at(maps: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -179,7 +184,7 @@ def detection_loss(
     one process computes on the whole batch (per-rank counts would weigh a rank's few centres more)."""
     heatmap, log_size, offset, global_logit, _ = outputs
     n_centres, n_boxes, n_images = counts or target_counts(targets)
-    mask = targets["mask"][..., None]
+    mask = _regressed(targets)[..., None]
     n = max(n_boxes, 1) * 2
     l_heat = focal_loss(heatmap, targets["heatmap"], n_centres)
     l_size = (F.l1_loss(_at(log_size, targets["index"]), targets["log_size"], reduction="none") * mask).sum() / n

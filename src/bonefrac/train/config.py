@@ -185,8 +185,17 @@ class TrainConfig:
     zoom_max: float = setting(
         1.25, "...to this; a range other than 0.8-1.25 pads zoomed-out windows (default %(default)g)", Between(0.1, 10)
     )
+    p_native: float = setting(
+        0.0,
+        "detectors: chance that a crop keeps v2's zoom (0.8-1.25, inside the image) instead of --zoom-min..max "
+        "(default %(default)g)",
+        Between(0, 1),
+    )
     p_edge: float = setting(
         0.0, "detectors: chance that a box crop puts the box near a crop edge (default %(default)g)", Between(0, 1)
+    )
+    size_in_view: bool = setting(
+        False, "detectors: regress box size and offset only for boxes wholly inside the crop (default: off)"
     )
     region_balance: bool = setting(
         False, "detectors: share each class's draws between body regions as sqrt(images) (default: off)"

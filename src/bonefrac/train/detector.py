@@ -33,6 +33,7 @@ from bonefrac.train.config import TrainConfig
 from bonefrac.train.data import DecodeCache, Record
 
 MAX_BOXES = 8  # FracAtlas has at most 6 boxes per image
+NATIVE_ZOOM = (0.8, 1.25)  # v2's crop zoom: about the scale inference sees
 #: With `region_balance`, no image is drawn more than this many times its unbalanced number per epoch (the
 #: 6 training fractures of hips or shoulders would otherwise be drawn ~10 times each).
 MAX_BALANCE_REPEAT = 3.0
@@ -53,6 +54,8 @@ class CropSampler:
     contrast: float = 0.1
     brightness: float = 0.05
     pad: bool = False  # windows larger than the image are padded with the letterbox fill (v2: clamped to it)
+    p_native: float = 0.0  # chance that a crop draws v2's zoom (NATIVE_ZOOM, clamped to the image) instead
+    size_in_view: bool = False  # size and offset regressed only for boxes wholly inside the crop
     p_edge: float = 0.0  # chance that a box crop puts the box near a crop edge rather than anywhere inside
     region_balance: bool = False  # each class's draws shared by body region as sqrt(images), not as images
     small_box_factor: float = 1.0  # draws of fractured images whose smallest box is in the smallest third
@@ -109,8 +112,9 @@ class CropSampler:
         """One augmented crop in [0, 1] (crop, crop) and its boxes (k, 4) in crop pixels."""
         img, boxes = self.cache.load(self.records[i].path), self.boxes_on_grid(i)
         size = img.shape[0]
-        window = round(self.crop / math.exp(rng.uniform(*np.log(self.scale))))
-        window = window if self.pad else min(size, window)
+        native = self.p_native > 0 and rng.random() < self.p_native
+        window = round(self.crop / math.exp(rng.uniform(*np.log(NATIVE_ZOOM if native else self.scale))))
+        window = window if self.pad and not native else min(size, window)
         # Where the window may start: inside the image, or holding all of it when larger (zoom-out).
         lo, hi = min(0, size - window), max(0, size - window)
         peaks = self.hard_negatives.get(i) if self.p_hard_negative > 0 and not len(boxes) else None
@@ -147,7 +151,7 @@ class CropSampler:
     def item(self, i: int, seed: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Record `i`'s crop (1, crop, crop) drawn from `seed`, and its CenterNet targets (`data.Samples`)."""
         x, boxes = self.sample(i, np.random.default_rng(seed))
-        targets = centernet_targets(boxes, self.crop)
+        targets = centernet_targets(boxes, self.crop, self.size_in_view)
         return torch.from_numpy(x)[None], {k: torch.from_numpy(v) for k, v in targets.items()}
 
     def start_epoch(self, epoch: int, model: torch.nn.Module) -> bool:
@@ -177,6 +181,8 @@ class CropSampler:
             crop=cfg.crop_size,
             scale=zoom,
             pad=zoom != (TrainConfig.zoom_min, TrainConfig.zoom_max),  # v2 clamped its windows to the image
+            p_native=cfg.p_native,
+            size_in_view=cfg.size_in_view,
             p_edge=cfg.p_edge,
             region_balance=cfg.region_balance,
             small_box_factor=cfg.small_box_factor,
@@ -195,7 +201,7 @@ class CropSampler:
         for i, seed in zip(idx, seeds, strict=True):
             x, boxes = self.sample(i, np.random.default_rng(seed))
             crops.append(x)
-            targets.append(centernet_targets(boxes, self.crop))
+            targets.append(centernet_targets(boxes, self.crop, self.size_in_view))
         stacked = {k: torch.from_numpy(np.stack([t[k] for t in targets])) for k in targets[0]}
         return torch.from_numpy(np.stack(crops))[:, None], stacked
 
@@ -268,12 +274,17 @@ def _draw_gaussian(heatmap: np.ndarray, cx: int, cy: int, radius: int) -> None:
     np.maximum(region, g[radius - top : radius + bottom, radius - left : radius + right], out=region)
 
 
-def centernet_targets(boxes: np.ndarray, size: int) -> dict[str, np.ndarray]:
+def centernet_targets(boxes: np.ndarray, size: int, in_view_only: bool = False) -> dict[str, np.ndarray]:
     """Boxes (k, 4) in input pixels -> the centre heatmap (1, h, w), and per box (up to MAX_BOXES) its cell
-    index, log size in cells, sub-cell offset and a mask of the slots in use."""
+    index, log size in cells, sub-cell offset, a mask of the slots in use and `regress`, the slots whose size
+    and offset are supervised: all of them, or with `in_view_only` those whose box lies wholly in the crop.
+
+    Why `in_view_only`: a box cut by the crop edge (edge crops, 3x zooms of a large fracture) asks the model for
+    an extent it cannot see, which teaches the size head to guess; its centre still trains the heatmap."""
     h = w = size // STRIDE
     heatmap = np.zeros((h, w), np.float32)
     index, mask = np.zeros(MAX_BOXES, np.int64), np.zeros(MAX_BOXES, np.float32)
+    regress = np.zeros(MAX_BOXES, np.float32)
     log_size, offset = np.zeros((MAX_BOXES, 2), np.float32), np.zeros((MAX_BOXES, 2), np.float32)
     for k, (x0, y0, x1, y1) in enumerate(boxes[:MAX_BOXES]):
         bw, bh = max(x1 - x0, 1.0) / STRIDE, max(y1 - y0, 1.0) / STRIDE
@@ -283,8 +294,16 @@ def centernet_targets(boxes: np.ndarray, size: int) -> dict[str, np.ndarray]:
             continue
         _draw_gaussian(heatmap, ix, iy, max(0, int(gaussian_radius(bh, bw))))
         index[k], mask[k] = iy * w + ix, 1.0
+        regress[k] = float(not in_view_only or (x0 >= 0 and y0 >= 0 and x1 <= size and y1 <= size))
         log_size[k], offset[k] = (math.log(bw), math.log(bh)), (cx - ix, cy - iy)
-    return {"heatmap": heatmap[None], "index": index, "log_size": log_size, "offset": offset, "mask": mask}
+    return {
+        "heatmap": heatmap[None],
+        "index": index,
+        "log_size": log_size,
+        "offset": offset,
+        "mask": mask,
+        "regress": regress,
+    }
 
 
 # ---------------------------------------------------------------- hard negatives
