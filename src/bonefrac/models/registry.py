@@ -29,6 +29,7 @@ ARCHS: dict[str, Arch] = {
     "efficientnet_lite0_scratch": Arch("classifier", "bonefrac.models.classifier:lite0_scratch"),
     "seed_cnn": Arch("classifier", "bonefrac.models.classifier:seed_cnn"),
     "lite0_centernet": Arch("detector", "bonefrac.models.centernet:build_detector"),
+    "lite0_centernet_s4": Arch("detector", "bonefrac.models.centernet:build_detector"),
 }
 
 #: Kind name -> "module:attribute" of its `Kind` instance.

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from bonefrac.models.grid import STRIDE
+from bonefrac.models.grid import STRIDE, stride_of
 from bonefrac.preprocess import normalize, resized_shape
 from bonefrac.spec import ModelSpec
 from bonefrac.train import distributed
@@ -56,6 +56,7 @@ class CropSampler:
     pad: bool = False  # windows larger than the image are padded with the letterbox fill (v2: clamped to it)
     p_native: float = 0.0  # chance that a crop draws v2's zoom (NATIVE_ZOOM, clamped to the image) instead
     size_in_view: bool = False  # size and offset regressed only for boxes wholly inside the crop
+    stride: int = STRIDE  # the model's heatmap cell, in input pixels (`grid.stride_of`)
     p_edge: float = 0.0  # chance that a box crop puts the box near a crop edge rather than anywhere inside
     region_balance: bool = False  # each class's draws shared by body region as sqrt(images), not as images
     small_box_factor: float = 1.0  # draws of fractured images whose smallest box is in the smallest third
@@ -151,7 +152,7 @@ class CropSampler:
     def item(self, i: int, seed: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Record `i`'s crop (1, crop, crop) drawn from `seed`, and its CenterNet targets (`data.Samples`)."""
         x, boxes = self.sample(i, np.random.default_rng(seed))
-        targets = centernet_targets(boxes, self.crop, self.size_in_view)
+        targets = centernet_targets(boxes, self.crop, self.size_in_view, self.stride)
         return torch.from_numpy(x)[None], {k: torch.from_numpy(v) for k, v in targets.items()}
 
     def start_epoch(self, epoch: int, model: torch.nn.Module) -> bool:
@@ -183,6 +184,7 @@ class CropSampler:
             pad=zoom != (TrainConfig.zoom_min, TrainConfig.zoom_max),  # v2 clamped its windows to the image
             p_native=cfg.p_native,
             size_in_view=cfg.size_in_view,
+            stride=stride_of(spec.arch),
             p_edge=cfg.p_edge,
             region_balance=cfg.region_balance,
             small_box_factor=cfg.small_box_factor,
@@ -201,7 +203,7 @@ class CropSampler:
         for i, seed in zip(idx, seeds, strict=True):
             x, boxes = self.sample(i, np.random.default_rng(seed))
             crops.append(x)
-            targets.append(centernet_targets(boxes, self.crop, self.size_in_view))
+            targets.append(centernet_targets(boxes, self.crop, self.size_in_view, self.stride))
         stacked = {k: torch.from_numpy(np.stack([t[k] for t in targets])) for k in targets[0]}
         return torch.from_numpy(np.stack(crops))[:, None], stacked
 
@@ -274,21 +276,23 @@ def _draw_gaussian(heatmap: np.ndarray, cx: int, cy: int, radius: int) -> None:
     np.maximum(region, g[radius - top : radius + bottom, radius - left : radius + right], out=region)
 
 
-def centernet_targets(boxes: np.ndarray, size: int, in_view_only: bool = False) -> dict[str, np.ndarray]:
+def centernet_targets(
+    boxes: np.ndarray, size: int, in_view_only: bool = False, stride: int = STRIDE
+) -> dict[str, np.ndarray]:
     """Boxes (k, 4) in input pixels -> the centre heatmap (1, h, w), and per box (up to MAX_BOXES) its cell
     index, log size in cells, sub-cell offset, a mask of the slots in use and `regress`, the slots whose size
     and offset are supervised: all of them, or with `in_view_only` those whose box lies wholly in the crop.
 
     Why `in_view_only`: a box cut by the crop edge (edge crops, 3x zooms of a large fracture) asks the model for
     an extent it cannot see, which teaches the size head to guess; its centre still trains the heatmap."""
-    h = w = size // STRIDE
+    h = w = size // stride
     heatmap = np.zeros((h, w), np.float32)
     index, mask = np.zeros(MAX_BOXES, np.int64), np.zeros(MAX_BOXES, np.float32)
     regress = np.zeros(MAX_BOXES, np.float32)
     log_size, offset = np.zeros((MAX_BOXES, 2), np.float32), np.zeros((MAX_BOXES, 2), np.float32)
     for k, (x0, y0, x1, y1) in enumerate(boxes[:MAX_BOXES]):
-        bw, bh = max(x1 - x0, 1.0) / STRIDE, max(y1 - y0, 1.0) / STRIDE
-        cx, cy = (x0 + x1) / 2 / STRIDE, (y0 + y1) / 2 / STRIDE
+        bw, bh = max(x1 - x0, 1.0) / stride, max(y1 - y0, 1.0) / stride
+        cx, cy = (x0 + x1) / 2 / stride, (y0 + y1) / 2 / stride
         ix, iy = int(cx), int(cy)
         if not (0 <= ix < w and 0 <= iy < h):
             continue
@@ -349,8 +353,9 @@ def mine(
                 g = sampler.cache.geometry(r.path)
                 nh, nw = resized_shape(g.height, g.width, g.size)
                 h, w = score.shape[-2:]
-                centres_y = (torch.arange(h, device=device) + 0.5) * STRIDE
-                centres_x = (torch.arange(w, device=device) + 0.5) * STRIDE
+                stride = x.shape[-1] // w
+                centres_y = (torch.arange(h, device=device) + 0.5) * stride
+                centres_x = (torch.arange(w, device=device) + 0.5) * stride
                 content = ((centres_y >= g.pad_y) & (centres_y < g.pad_y + nh))[:, None] & (
                     (centres_x >= g.pad_x) & (centres_x < g.pad_x + nw)
                 )[None]
@@ -358,7 +363,7 @@ def mine(
                 values, cells = flat.topk(TOP)
                 for k, (v, c) in enumerate(zip(values.tolist(), cells.tolist(), strict=True)):
                     if v > 0:
-                        out[s + j, k] = ((c % w + 0.5) * STRIDE, (c // w + 0.5) * STRIDE)
+                        out[s + j, k] = ((c % w + 0.5) * stride, (c // w + 0.5) * stride)
         return out.reshape(len(batch_indices), -1)
 
     found = distributed.gather_predictions(peaks_of, indices).reshape(len(indices), TOP, 2)

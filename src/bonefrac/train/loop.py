@@ -219,6 +219,11 @@ def initial_model(cfg: TrainConfig, spec: ModelSpec) -> torch.nn.Module:
     if not cfg.init_from:
         return build_model(spec)
     model, init_spec, _ = load_model(cfg.init_from)
+    if init_spec.image_size == spec.image_size and init_spec.arch != spec.arch and hasattr(model, "adopt"):
+        finer = build_model(spec, pretrained=False)  # a detector on another grid: issue 24 point 3
+        if type(finer) is type(model):
+            finer.adopt(model)
+            return finer
     if (init_spec.arch, init_spec.image_size) != (spec.arch, spec.image_size):
         raise ConfigError(
             f"--init-from {cfg.init_from} is {init_spec.arch} at {init_spec.image_size}px; "

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from bonefrac.models.grid import STRIDE
+from bonefrac.models.grid import stride_for
 from bonefrac.models.kinds.base import (
     DETECTION_FLOOR,
     MAX_DETECTIONS,
@@ -101,14 +101,15 @@ def read_detector(
     calibration: dict[str, float],
     heatmap: HeatmapOption,
 ) -> Read:
-    """A detector's image from its stride-`STRIDE` outputs: (h, w) centre logits, (2, h, w) log box size in
-    cells, (2, h, w) centre offset in cells, and the global head's logit.
+    """A detector's image from its outputs on its grid (stride 8 or 4, read from their shape): (h, w) centre
+    logits, (2, h, w) log box size in cells, (2, h, w) centre offset in cells, and the global head's logit.
 
     Each cell inside the image content scores sigmoid(a * z + b), z = (centre logit + global logit) / 2 (the
     training's `detection_model.image_logit` per cell): the heatmap, and the image's probability at its highest.
     Detections are the 3 x 3 local maxima of the centre logits, decoded as CenterNet does, each scored by its own
     centre logit c as sigmoid(a * c + b): without the global head's image-wide term, which would rank every box
     of a confident image above every box of a doubtful one (validation box AP@0.5 0.12 with it, 0.27 without)."""
+    stride = stride_for(g.size, heat_logits.shape[1])
     rows, cols = content_cells(g, heat_logits.shape)
     centre_logit = heat_logits[rows, cols].astype(np.float64)
     score = probabilities((centre_logit + global_logit) / 2, calibration)
@@ -118,9 +119,9 @@ def read_detector(
     # CenterNet's decoding, in model-input pixels, then in the content's (the padding subtracted) and the image's.
     r, c = np.divmod(np.append(keep, best), score.shape[1])
     r, c = r + rows.start, c + cols.start  # on the whole grid
-    centre = (np.stack([c, r], 1) + offset[:, r, c].T.astype(np.float64)) * STRIDE  # (k, 2) x, y
+    centre = (np.stack([c, r], 1) + offset[:, r, c].T.astype(np.float64)) * stride  # (k, 2) x, y
     # (a size beyond twice the input is clipped by the image anyway; capping it avoids exp overflow)
-    half = np.exp(np.minimum(log_size[:, r, c].T.astype(np.float64), np.log(2 * g.size / STRIDE))) * STRIDE / 2
+    half = np.exp(np.minimum(log_size[:, r, c].T.astype(np.float64), np.log(2 * g.size / stride))) * stride / 2
     boxes = g.to_image(np.concatenate([centre - half, centre + half], 1))
     centre = g.to_image(centre)
     scores = box_score.ravel()[np.append(keep, best)][:, None]
@@ -130,7 +131,7 @@ def read_detector(
         probability=float(score.flat[best]),
         detections=detections,
         peak=centre[-1].tolist(),  # the best cell's centre: the best detection's, when it has one
-        heatmap=cell_heatmap_on_image(score, rows, cols, g, full=heatmap == "full") if heatmap else None,
+        heatmap=cell_heatmap_on_image(score, rows, cols, g, stride, full=heatmap == "full") if heatmap else None,
     )
 
 
@@ -138,10 +139,11 @@ def content_cells(g: Geometry, grid: tuple[int, ...]) -> tuple[slice, slice]:
     """The rows and columns of heatmap cells whose centre lies in the image content (not the letterbox
     padding): padding cells see only the zero border, and must neither detect nor score the image."""
     nh, nw = resized_shape(g.height, g.width, g.size)
+    stride = stride_for(g.size, grid[1])
 
     def span(pad: int, n: int, cells: int) -> slice:
-        first = min(max(0, math.ceil((pad - STRIDE / 2) / STRIDE)), cells - 1)
-        return slice(first, max(first + 1, min(cells, math.ceil((pad + n - STRIDE / 2) / STRIDE))))
+        first = min(max(0, math.ceil((pad - stride / 2) / stride)), cells - 1)
+        return slice(first, max(first + 1, min(cells, math.ceil((pad + n - stride / 2) / stride))))
 
     return span(g.pad_y, nh, grid[0]), span(g.pad_x, nw, grid[1])
 
@@ -159,7 +161,9 @@ def local_maxima(score: np.ndarray, floor: float) -> np.ndarray:
     return candidates[np.argsort(-flat[candidates], kind="stable")]
 
 
-def cell_heatmap_on_image(score: np.ndarray, rows: slice, cols: slice, g: Geometry, full: bool = False) -> np.ndarray:
+def cell_heatmap_on_image(
+    score: np.ndarray, rows: slice, cols: slice, g: Geometry, stride: int, full: bool = False
+) -> np.ndarray:
     """The content cells' scores (absolute, not normalised) resized (bilinear) onto the whole image: its full
     (height, width), or display size. The cells are placed where they lie on the model input, the content's
     edge cells extended over the padding, so the map lines up with the image rather than with the cell grid."""
@@ -167,7 +171,7 @@ def cell_heatmap_on_image(score: np.ndarray, rows: slice, cols: slice, g: Geomet
     shape = (g.height, g.width) if full else display_shape(g.height, g.width)
     # The content's extent in cell units, relative to the first content cell's top-left corner (pad by one
     # cell of the edge values on every side so that the box never reaches outside the source).
-    x0, y0 = g.pad_x / STRIDE - cols.start + 1, g.pad_y / STRIDE - rows.start + 1
+    x0, y0 = g.pad_x / stride - cols.start + 1, g.pad_y / stride - rows.start + 1
     source = float_image(np.pad(score.astype(np.float32), 1, mode="edge"))
-    box = (x0, y0, x0 + nw / STRIDE, y0 + nh / STRIDE)
+    box = (x0, y0, x0 + nw / stride, y0 + nh / stride)
     return np.array(source.resize(shape[::-1], Image.BILINEAR, box=box))  # (asarray's would be read-only)
