@@ -321,7 +321,9 @@ def test_mining_keeps_the_top_peaks_inside_the_content(cache: DecodeCache, tmp_p
 def test_recipe_settings_are_checked(tmp_path: Path) -> None:
     base = {"dataset": str(tmp_path), "out": str(tmp_path / "run"), "arch": "lite0_centernet"}
     TrainConfig(**base, zoom_min=0.5, zoom_max=3.0, p_edge=0.3, photometric=0.2, hard_negative_every=2).check()
+    TrainConfig(**base, p_native=0.5, size_in_view=True).check()
     for bad, option in (
+        ({"p_native": 1.2}, "--p-native"),
         ({"zoom_min": 2.0, "zoom_max": 1.0}, "--zoom-min"),
         ({"p_edge": 1.5}, "--p-edge"),
         ({"photometric": -0.1}, "--photometric"),
