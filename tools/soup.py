@@ -5,6 +5,10 @@ then choose the soup's operating points on the validation split, as training doe
         --split runs/A/split.json --out src/bonefrac/weights/model.pt
 
 `--weight` is A's share. Both models must share arch and input size (and should share the pretrained start).
+A fine-tuned model averaged with the model it started from is WiSE-FT (Wortsman et al., "Robust fine-tuning of
+zero-shot models", 2022): it tends to keep the fine-tune's robustness and the start's accuracy. The soup has no
+calibration and no out-of-distribution statistics of its own (the ingredients' describe their own features):
+run `bonefrac calibrate ... --split ... --subset val` on it next, which fits both.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from bonefrac.models.checkpoint import load_checkpoint, save_model, sha256_file
 from bonefrac.models.registry import build_model
 from bonefrac.spec import ModelSpec
 from bonefrac.train.data import DecodeCache, load_dataset, load_split
+from bonefrac.train.detector import CropSampler, pointing_game
 from bonefrac.train.loop import predict_cached
 
 
@@ -55,24 +60,30 @@ def main() -> None:
     cache = DecodeCache(args.cache_dir, spec.image_size, spec.reduce_from)
     cache.build([r.path for r in val], progress=False)
     torch.set_num_threads(2)
-    p = 1 / (1 + np.exp(-predict_cached(model, spec, cache, val)))  # raw logits; the soup is uncalibrated
+    out = predict_cached(model, spec, cache, val)
+    logits = out[:, 0] if out.ndim == 2 else out  # a detector's rows: the logit, then its peak
+    p = 1 / (1 + np.exp(-logits))  # raw logits; the soup is uncalibrated
+    spec.calibration = {"scale": 1.0, "bias": 0.0}
+    spec.ood = None  # refitted on the soup's own features by `bonefrac calibrate`
     y = np.array([r.label for r in val])
     spec.operating_points = choose_operating_points(y, p)
     info = {
         "bonefrac_version": __version__,
-        "soup": {
-            "a": a["path"],
-            "b": b["path"],
+        "soup": {  # file names only: no path of the machine that made it
+            "a": "/".join(Path(a["path"]).parts[-2:]),  # run folder and file
+            "b": "/".join(Path(b["path"]).parts[-2:]),
             "weight_a": w,
             "a_sha256": sha256_file(a["path"]),
             "b_sha256": sha256_file(b["path"]),
         },
         "config": {"a": a["info"].get("config"), "b": b["info"].get("config")},
-        "dataset": str(args.dataset),
+        "dataset": Path(args.dataset).name,
         "n_train": a["info"].get("n_train"),
         "n_val": len(val),
         "validation": discrimination(y, p, spec.operating_points),
     }
+    if out.ndim == 2:  # a detector: its pointing game too, as training records it
+        info["validation"]["pointing_game"] = pointing_game(CropSampler(cache, val), val, out[:, 1:])
     seen = [c["info"].get("image_digests") for c in (a, b)]
     if all(isinstance(d, dict) for d in seen):  # the soup has seen what either ingredient saw
         train = set().union(*(d.get("train", []) for d in seen))

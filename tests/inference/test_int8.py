@@ -34,7 +34,7 @@ def detectors() -> tuple[FractureDetector, FractureDetector]:
     return FractureDetector.load(precision="fp32"), FractureDetector.load(precision="int8")
 
 
-def test_the_int8_export_is_the_current_checkpoints_and_passed_its_gates() -> None:
+def test_the_int8_export_is_the_current_checkpoints_and_records_its_gates() -> None:
     meta = json.loads(Path(f"{INT8}.json").read_text())
     assert shipped_export_path(bundled_model_path(), VARIANT) == INT8
     assert meta["format"] == SHIPPED_FORMAT and meta["precision"] == "int8"
@@ -42,8 +42,9 @@ def test_the_int8_export_is_the_current_checkpoints_and_passed_its_gates() -> No
     assert meta["export_settings"] == INT8_SETTINGS, "the int8 settings changed: " + REGENERATE
     assert Path(f"{INT8}.sha256").read_text().split() == [sha256_file(INT8), INT8.name]
     parity = meta["parity"]
-    assert parity["passed"] and parity["subset"] == "val" and parity["images"] >= 600
-    assert all(gate["holds"] for gate in parity["gates"])
+    assert parity["subset"] == "val" and parity["images"] >= 600 and parity["gates"]
+    # the verdict is the gates' (v3's export misses three of them, so `auto` runs it in fp32: docs/int8.md)
+    assert parity["passed"] == all(gate["holds"] for gate in parity["gates"])
     # calibrated on training images only: none of them is among the validation images it was compared on
     split = json.loads((WEIGHTS_DIR / "split.json").read_text())
     assert meta["calibration_images"] and {split.get(n) for n in meta["calibration_images"]} == {"train"}
@@ -86,14 +87,17 @@ def test_predict_cli_runs_int8_when_asked() -> None:
     assert abs(probs["int8"] - probs["fp32"]) < 0.08 and probs["int8"] != probs["fp32"]
 
 
-def test_auto_follows_the_speed_measured_here(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_follows_the_recorded_gates_and_the_speed_measured_here(monkeypatch: pytest.MonkeyPatch) -> None:
     from bonefrac.inference import precision
 
+    passed = json.loads(Path(f"{INT8}.json").read_text())["parity"]["passed"]
     monkeypatch.setattr(precision, "measured_speedup", lambda fp32, int8: 1.6)
-    assert FractureDetector.load(precision="auto").precision == "int8"
+    fast = FractureDetector.load(precision="auto")
+    assert fast.precision == ("int8" if passed else "fp32")
+    assert passed or "did not pass its parity gates" in fast.precision_reason
     monkeypatch.setattr(precision, "measured_speedup", lambda fp32, int8: 0.9)
     det = FractureDetector.load(precision="auto")
-    assert det.precision == "fp32" and "not faster" in det.precision_reason
+    assert det.precision == "fp32" and ("not faster" in det.precision_reason or not passed)
 
 
 def test_evaluate_reports_the_precision_that_ran(tmp_path: Path, fixtures_dir: Path) -> None:
