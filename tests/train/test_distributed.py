@@ -194,7 +194,7 @@ from bonefrac.models import centernet as detection_model
 from bonefrac.apps.cli import main
 
 built = detection_model.CenterNetLite0
-detection_model.CenterNetLite0 = lambda drop_rate, drop_path_rate: built(drop_rate, 0.0)
+detection_model.CenterNetLite0 = lambda drop_rate, drop_path_rate, stride=8: built(drop_rate, 0.0, stride=stride)
 sys.exit(main(sys.argv[1:]))
 """
 DETECTOR_ARGS = [

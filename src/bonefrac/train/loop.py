@@ -8,9 +8,8 @@ same loop runs data-parallel (see `distributed`): `batch_size` is the global bat
 rank 0 writes files, logs and shows progress; validation is sharded and gathered. On a GPU the steps run in
 mixed precision (autocast; bf16, or fp16 with loss scaling); validation and the weights stay fp32.
 
-Outputs in the run folder: model.pt (best, with operating points chosen on validation and the digests of
-the images it was trained and validated on), last.pt (resume state), history.csv, learning_curve.png,
-split.json, run.json (every command that trained the run, versions, config).
+Outputs in the run folder: model.pt (best, with operating points chosen on validation and its images' digests),
+last.pt (resume state), history.csv, learning_curve.png, split.json, run.json (every command, versions, config).
 """
 
 from __future__ import annotations
@@ -214,16 +213,13 @@ def set_up(cfg: TrainConfig, overwrite: bool) -> Run:
 
 
 def initial_model(cfg: TrainConfig, spec: ModelSpec) -> torch.nn.Module:
-    """ImageNet weights (or random ones), or a trained model to fine-tune (e.g. to add box supervision to a
-    classifier): its weights, this run's recipe."""
+    """ImageNet (or random) weights, or a trained model's to fine-tune with this run's recipe."""
     if not cfg.init_from:
         return build_model(spec)
     model, init_spec, _ = load_model(cfg.init_from)
-    if init_spec.image_size == spec.image_size and init_spec.arch != spec.arch and hasattr(model, "adopt"):
-        finer = build_model(spec, pretrained=False)  # a detector on another grid: issue 24 point 3
-        if type(finer) is type(model):
-            finer.adopt(model)
-            return finer
+    same_kind = init_spec.image_size == spec.image_size and kind_for(init_spec) is kind_for(spec)
+    if same_kind and init_spec.arch != spec.arch and hasattr(model, "adopt"):  # onto another grid (issue 24.3)
+        return build_model(spec, pretrained=False).adopt(model)
     if (init_spec.arch, init_spec.image_size) != (spec.arch, spec.image_size):
         raise ConfigError(
             f"--init-from {cfg.init_from} is {init_spec.arch} at {init_spec.image_size}px; "
