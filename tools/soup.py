@@ -21,8 +21,10 @@ import numpy as np
 import torch
 
 from bonefrac import __version__
+from bonefrac.evaluation.calibration import IDENTITY
 from bonefrac.evaluation.metrics import choose_operating_points, discrimination
 from bonefrac.models.checkpoint import load_checkpoint, save_model, sha256_file
+from bonefrac.models.metadata import without_machine_paths
 from bonefrac.models.registry import build_model
 from bonefrac.spec import ModelSpec
 from bonefrac.train.data import DecodeCache, load_dataset, load_split
@@ -63,21 +65,21 @@ def main() -> None:
     out = predict_cached(model, spec, cache, val)
     logits = out[:, 0] if out.ndim == 2 else out  # a detector's rows: the logit, then its peak
     p = 1 / (1 + np.exp(-logits))  # raw logits; the soup is uncalibrated
-    spec.calibration = {"scale": 1.0, "bias": 0.0}
+    spec.calibration = dict(IDENTITY)
     spec.ood = None  # refitted on the soup's own features by `bonefrac calibrate`
     y = np.array([r.label for r in val])
     spec.operating_points = choose_operating_points(y, p)
     info = {
         "bonefrac_version": __version__,
-        "soup": {  # file names only: no path of the machine that made it
-            "a": "/".join(Path(a["path"]).parts[-2:]),  # run folder and file
+        "soup": {  # run folder and file only: no path of the machine that made it
+            "a": "/".join(Path(a["path"]).parts[-2:]),
             "b": "/".join(Path(b["path"]).parts[-2:]),
             "weight_a": w,
             "a_sha256": sha256_file(a["path"]),
             "b_sha256": sha256_file(b["path"]),
         },
         "config": {"a": a["info"].get("config"), "b": b["info"].get("config")},
-        "dataset": Path(args.dataset).name,
+        "dataset": str(args.dataset),
         "n_train": a["info"].get("n_train"),
         "n_val": len(val),
         "validation": discrimination(y, p, spec.operating_points),
@@ -90,7 +92,7 @@ def main() -> None:
         val = set().union(*(d.get("validation", []) for d in seen)) - train
         info["image_digests"] = {"train": sorted(train), "validation": sorted(val)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    digest = save_model(model, spec, args.out, info)
+    digest = save_model(model, spec, args.out, without_machine_paths(info))
     v = info["validation"]
     lo, hi = v["auc_ci95"]
     print(f"soup {w:.2f} x {args.a} + {1 - w:.2f} x {args.b}: validation AUC {v['auc']:.4f} (95% CI {lo:.3f}-{hi:.3f})")

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bonefrac.models.efficientnet import FEATURES, EfficientNetLite0
-from bonefrac.models.grid import STRIDE, stride_of
+from bonefrac.models.grid import STRIDE, stride_for, stride_of
 from bonefrac.spec import ModelSpec
 
 #: The centre heatmap's initial bias: sigmoid(-2.19) = 0.1, CenterNet's prior for a rare foreground.
@@ -166,7 +166,7 @@ def logits_and_peaks(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     heatmap, _, _, global_logit, _ = model(x)
     peak = heatmap.flatten(1).argmax(1)
     w = heatmap.shape[-1]
-    stride = x.shape[-1] // w
+    stride = stride_for(x.shape[-1], w)
     xy = torch.stack([(peak % w + 0.5) * stride, (peak // w + 0.5) * stride], 1)
     return torch.cat([image_logit(heatmap, global_logit)[:, None], xy.float()], 1)
 

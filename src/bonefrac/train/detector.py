@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from bonefrac.models.grid import STRIDE, stride_of
+from bonefrac.models.grid import STRIDE, stride_for, stride_of
 from bonefrac.preprocess import normalize, resized_shape
 from bonefrac.spec import ModelSpec
 from bonefrac.train import distributed
@@ -349,13 +349,13 @@ def mine(
             x = normalize(x, spec).to(device).contiguous(memory_format=torch.channels_last)
             score = torch.sigmoid(model(x)[0].float())  # (n, 1, h, w) centre heatmap
             peak = (score == F.max_pool2d(score, 3, 1, 1)) & (score >= FLOOR)
+            h, w = score.shape[-2:]
+            stride = stride_for(x.shape[-1], w)
+            centres_y = (torch.arange(h, device=device) + 0.5) * stride
+            centres_x = (torch.arange(w, device=device) + 0.5) * stride
             for j, r in enumerate(recs):
                 g = sampler.cache.geometry(r.path)
                 nh, nw = resized_shape(g.height, g.width, g.size)
-                h, w = score.shape[-2:]
-                stride = x.shape[-1] // w
-                centres_y = (torch.arange(h, device=device) + 0.5) * stride
-                centres_x = (torch.arange(w, device=device) + 0.5) * stride
                 content = ((centres_y >= g.pad_y) & (centres_y < g.pad_y + nh))[:, None] & (
                     (centres_x >= g.pad_x) & (centres_x < g.pad_x + nw)
                 )[None]
